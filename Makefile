@@ -1,0 +1,34 @@
+# hvlm: `make run`, `make test` and `make bench` each install missing Debian packages,
+# configure (once) and build incrementally.
+BUILD_DIR ?= build
+JOBS ?= $(shell nproc)
+PYTHON ?= /usr/bin/python3
+CMAKE_ARGS ?=
+
+.PHONY: all deps configure build run test bench clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+$(BUILD_DIR)/build.ninja:
+	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS)
+
+configure: deps $(BUILD_DIR)/build.ninja
+
+build: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+run: build
+	$(BUILD_DIR)/bench/hvlm-bench stream --spec configs/video_stack.json
+
+test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
+
+bench: build
+	$(BUILD_DIR)/bench/hvlm-bench sweep --json docs/benchmarks/cpu.json
+	$(PYTHON) bench/plot.py docs/benchmarks/cpu.json docs/benchmarks
+
+clean:
+	rm -rf $(BUILD_DIR)

@@ -1,0 +1,90 @@
+#include "attention/attention_stack.h"
+
+#include "attention/tensor_checks.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+namespace hvlm {
+
+AttentionStackImpl::AttentionStackImpl(StackSpec spec) : spec_(std::move(spec)) { reset(); }
+
+void AttentionStackImpl::reset() {
+  TORCH_CHECK(spec_.dim > 0, "stack dim must be positive, got ", spec_.dim);
+  TORCH_CHECK(!spec_.blocks.empty(), "a stack needs at least one block");
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  blocks_.clear();
+  for (size_t i = 0; i < spec_.blocks.size(); ++i) {
+    const auto& b = spec_.blocks[i];
+    try {
+      if (const auto* h = std::get_if<HierarchicalAttentionBlockOptions>(&b.options)) {
+        HierarchicalAttentionBlock block(*h);
+        blocks->push_back(block);
+        blocks_.emplace_back(block);
+      } else {
+        LinearAttentionBlock block(std::get<LinearAttentionBlockOptions>(b.options));
+        blocks->push_back(block);
+        blocks_.emplace_back(block);
+      }
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, "blocks[", i, "] (", b.type, "): ", e.what_without_backtrace());
+    }
+  }
+}
+
+void AttentionStackImpl::pretty_print(std::ostream& stream) const {
+  stream << "hvlm::AttentionStack(dim=" << spec_.dim << ", blocks=" << spec_.blocks.size()
+         << ")";
+}
+
+std::vector<size_t> AttentionStackImpl::memory_blocks() const {
+  std::vector<size_t> out;
+  for (size_t i = 0; i < spec_.blocks.size(); ++i) {
+    if (spec_.blocks[i].type == "cross_memory") out.push_back(i);
+  }
+  return out;
+}
+
+std::vector<size_t> AttentionStackImpl::mamba_blocks() const {
+  std::vector<size_t> out;
+  for (size_t i = 0; i < spec_.blocks.size(); ++i) {
+    if (spec_.blocks[i].type == "mamba") out.push_back(i);
+  }
+  return out;
+}
+
+StackOutput AttentionStackImpl::forward(const at::Tensor& x,
+                                        const std::vector<at::Tensor>& memories,
+                                        const std::vector<MambaState>& states) {
+  c10::InferenceMode inference;
+  const size_t n = blocks_.size();
+  TORCH_CHECK(memories.empty() || memories.size() == n, "memories must be empty or have one entry "
+              "per block (", n, "), got ", memories.size());
+  TORCH_CHECK(states.empty() || states.size() == n, "states must be empty or have one entry per "
+              "block (", n, "), got ", states.size());
+  check_tokens(x, spec_.dim, "x", blocks->parameters().front().scalar_type());
+  StackOutput out;
+  out.states.resize(n);
+  at::Tensor h = x;
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor memory = memories.empty() ? at::Tensor() : memories[i];
+    const MambaState state = states.empty() ? MambaState{} : states[i];
+    try {
+      if (auto* hb = std::get_if<HierarchicalAttentionBlock>(&blocks_[i])) {
+        TORCH_CHECK(!state.conv_state.defined() && !state.ssm_state.defined(),
+                    "only mamba blocks take a state");
+        h = (*hb)->forward(h, memory);
+      } else {
+        TORCH_CHECK(!memory.defined(), "only cross_memory blocks take a memory");
+        std::tie(h, out.states[i]) = std::get<LinearAttentionBlock>(blocks_[i])->forward_stream(h, state);
+      }
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, "blocks[", i, "] (", spec_.blocks[i].type, "): ",
+                  e.what_without_backtrace());
+    }
+  }
+  out.y = h;
+  return out;
+}
+
+}  // namespace hvlm

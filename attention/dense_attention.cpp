@@ -1,0 +1,46 @@
+#include "attention/dense_attention.h"
+
+#include "attention/tensor_checks.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+
+namespace hvlm {
+
+at::Tensor dense_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& allowed) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  auto scores = at::matmul(q, k.transpose(-1, -2)).mul_(scale);
+  if (allowed.defined()) {
+    scores.masked_fill_(allowed.logical_not(), -std::numeric_limits<double>::infinity());
+  }
+  return at::matmul(at::softmax(scores, -1), v);
+}
+
+StandardAttentionImpl::StandardAttentionImpl(const StandardAttentionOptions& options_)
+    : options(options_) {
+  reset();
+}
+
+void StandardAttentionImpl::reset() {
+  check_head_options("StandardAttention", options.dim(), options.num_heads());
+  proj.register_in(*this, options.dim());
+}
+
+void StandardAttentionImpl::pretty_print(std::ostream& stream) const {
+  stream << "hvlm::StandardAttention(dim=" << options.dim()
+         << ", num_heads=" << options.num_heads() << ")";
+}
+
+at::Tensor StandardAttentionImpl::forward(const at::Tensor& x) {
+  check_tokens(x, options.dim(), "x", proj.q_proj->weight.scalar_type());
+  const auto h = options.num_heads();
+  auto q = split_heads(proj.q_proj->forward(x), h);
+  auto k = split_heads(proj.k_proj->forward(x), h);
+  auto v = split_heads(proj.v_proj->forward(x), h);
+  return proj.out_proj->forward(merge_heads(dense_attention(q, k, v)));
+}
+
+}  // namespace hvlm

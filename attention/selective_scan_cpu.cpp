@@ -1,0 +1,169 @@
+#include "attention/selective_scan_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+// Each kernel is compiled for AVX2+FMA and for the baseline ISA; the loader picks the best
+// clone for the running CPU (GCC function multi-versioning).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HVLM_MULTIVERSION __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define HVLM_MULTIVERSION
+#endif
+// Helpers are forced inline so each clone gets them compiled for its own ISA.
+#define HVLM_INLINE inline __attribute__((always_inline))
+
+namespace hvlm::kernels {
+namespace {
+
+// Eight floats; GCC and Clang lower it to one AVX register or two SSE registers. Written with
+// vector types so the hot loops vectorize whatever the auto-vectorizer decides.
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+constexpr int64_t kLanes = 8;
+static_assert(kScanChannelBlock % kLanes == 0, "channel block must be whole vectors");
+
+HVLM_INLINE v8f splat(float x) { return v8f{} + x; }
+
+// exp(x) to about 1 ulp: Cody-Waite reduction x = k ln2 + r with |r| <= ln2/2, the Cephes
+// polynomial for e^r, and 2^k built in the exponent bits. Inputs are clamped to the float range.
+HVLM_INLINE v8f vexp(v8f x) {
+  const v8f hi = splat(88.3762626647949f), lo = splat(-87.3365447505531f);
+  x = x > hi ? hi : x;
+  x = x < lo ? lo : x;
+  // Round to nearest by adding and removing 1.5 * 2^23.
+  const v8f round = splat(12582912.0f);
+  const v8f k = (x * 1.44269504088896341f + round) - round;
+  const v8f r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
+  v8f p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const v8i bits = (__builtin_convertvector(k, v8i) + 127) << 23;
+  return p * (v8f)bits;  // GCC vector casts reinterpret the bits
+}
+
+HVLM_INLINE v8f vsilu(v8f x) { return x / (1.0f + vexp(-x)); }
+
+HVLM_INLINE v8f load(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+HVLM_INLINE void store(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
+
+}  // namespace
+
+HVLM_MULTIVERSION
+void causal_conv_silu(const CausalConvArgs& a, int64_t item_begin, int64_t item_end) {
+  const int64_t blocks = (a.channels + kScanChannelBlock - 1) / kScanChannelBlock;
+  const int64_t hist = a.kernel - 1;
+  for (int64_t item = item_begin; item < item_end; ++item) {
+    const int64_t bi = item / blocks;
+    const int64_t c0 = (item % blocks) * kScanChannelBlock;
+    const int64_t nc = std::min(kScanChannelBlock, a.channels - c0);
+    // Input at time tau of the concatenation [state_in, x], channel c.
+    auto input = [&](int64_t tau, int64_t c) -> float {
+      if (tau < hist) return a.state_in[(bi * a.channels + c) * hist + tau];
+      return a.x[(bi * a.length + (tau - hist)) * a.row_stride_x + c];
+    };
+    for (int64_t t = 0; t < a.length; ++t) {
+      float* out = a.out + (bi * a.length + t) * a.channels + c0;
+      if (t >= hist) {
+        const float* x0 = a.x + (bi * a.length + t - hist) * a.row_stride_x + c0;
+        for (int64_t c = 0; c < nc; ++c) out[c] = a.bias[c0 + c];
+        for (int64_t k = 0; k < a.kernel; ++k) {
+          const float* xk = x0 + k * a.row_stride_x;
+          for (int64_t c = 0; c < nc; ++c) out[c] += a.weight[(c0 + c) * a.kernel + k] * xk[c];
+        }
+      } else {
+        for (int64_t c = 0; c < nc; ++c) {
+          float acc = a.bias[c0 + c];
+          for (int64_t k = 0; k < a.kernel; ++k) {
+            acc += a.weight[(c0 + c) * a.kernel + k] * input(t + k, c0 + c);
+          }
+          out[c] = acc;
+        }
+      }
+      alignas(32) float act[kScanChannelBlock] = {};
+      std::memcpy(act, out, nc * sizeof(float));
+      for (int64_t v = 0; v < kScanChannelBlock; v += kLanes) store(act + v, vsilu(load(act + v)));
+      std::memcpy(out, act, nc * sizeof(float));
+    }
+    // New history: the last `hist` steps of the concatenation.
+    for (int64_t c = 0; c < nc; ++c) {
+      for (int64_t j = 0; j < hist; ++j) {
+        a.state_out[(bi * a.channels + c0 + c) * hist + j] = input(a.length + j, c0 + c);
+      }
+    }
+  }
+}
+
+HVLM_MULTIVERSION
+void selective_scan(const SelectiveScanArgs& a, int64_t item_begin, int64_t item_end) {
+  const int64_t blocks = (a.channels + kScanChannelBlock - 1) / kScanChannelBlock;
+  const int64_t n_state = a.state_size;
+  constexpr int64_t CB = kScanChannelBlock;
+  // State and A of one channel block, laid out [state][channel] so the inner loop runs over
+  // contiguous channels.
+  std::vector<float> h(n_state * CB), at(n_state * CB);
+  for (int64_t item = item_begin; item < item_end; ++item) {
+    const int64_t bi = item / blocks;
+    const int64_t c0 = (item % blocks) * CB;
+    const int64_t nc = std::min(CB, a.channels - c0);
+    float* hb = h.data();
+    float* ab = at.data();
+    std::fill(h.begin(), h.end(), 0.0f);
+    std::fill(at.begin(), at.end(), 0.0f);
+    for (int64_t c = 0; c < nc; ++c) {
+      for (int64_t s = 0; s < n_state; ++s) {
+        hb[s * CB + c] = a.h[(bi * a.channels + c0 + c) * n_state + s];
+        ab[s * CB + c] = a.a[(c0 + c) * n_state + s];
+      }
+    }
+    const float* dvec = a.d + c0;
+    for (int64_t t = 0; t < a.length; ++t) {
+      const int64_t row = bi * a.length + t;
+      const float* u = a.u + row * a.channels + c0;
+      const float* dt = a.delta + row * a.channels + c0;
+      const float* bt = a.b + row * a.row_stride_bc;
+      const float* ct = a.c + row * a.row_stride_bc;
+      const float* z = a.z + row * a.row_stride_z + c0;
+      float* y = a.y + row * a.channels + c0;
+      // Padded channels (c >= nc) carry zeros, so every vector is full.
+      alignas(32) float dtl[CB], du[CB], acc[CB], zl[CB];
+      for (int64_t c = 0; c < CB; ++c) {
+        const bool live = c < nc;
+        dtl[c] = live ? dt[c] : 0.0f;
+        du[c] = live ? dt[c] * u[c] : 0.0f;
+        acc[c] = live ? dvec[c] * u[c] : 0.0f;
+        zl[c] = live ? z[c] : 0.0f;
+      }
+      for (int64_t v = 0; v < CB; v += kLanes) {
+        const v8f dtv = load(dtl + v), duv = load(du + v);
+        v8f accv = load(acc + v);
+        for (int64_t s = 0; s < n_state; ++s) {
+          float* hs = hb + s * CB + v;
+          const v8f hv = vexp(dtv * load(ab + s * CB + v)) * load(hs) + duv * bt[s];
+          store(hs, hv);
+          accv += hv * ct[s];
+        }
+        store(acc + v, accv * vsilu(load(zl + v)));
+      }
+      for (int64_t c = 0; c < nc; ++c) y[c] = acc[c];
+    }
+    for (int64_t c = 0; c < nc; ++c) {
+      for (int64_t s = 0; s < n_state; ++s) {
+        a.h[(bi * a.channels + c0 + c) * n_state + s] = hb[s * CB + c];
+      }
+    }
+  }
+}
+
+}  // namespace hvlm::kernels

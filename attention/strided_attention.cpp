@@ -1,0 +1,72 @@
+#include "attention/strided_attention.h"
+
+#include "attention/dense_attention.h"
+#include "attention/tensor_checks.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+namespace hvlm {
+
+at::Tensor strided_attention_core(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  int64_t stride) {
+  const int64_t g = q.size(0), n = q.size(1), hd = q.size(2);
+  // With stride >= n every class holds one token; n classes of one give the same result.
+  const int64_t s = std::min(stride, n);
+  const int64_t len = (n + s - 1) / s;  // tokens per residue class, the last one padded
+  const int64_t pad = len * s - n;
+  auto regroup = [&](const at::Tensor& t) {
+    auto padded = pad ? at::constant_pad_nd(t, {0, 0, 0, pad}) : t;
+    // position i = c * s + r  ->  [G, s (residue r), len (index c), hd]
+    return padded.view({g, len, s, hd}).transpose(1, 2);
+  };
+  at::Tensor allowed;
+  if (pad) {
+    // Key slot (r, c) is padding iff c * s + r >= n; padded query rows are dropped below.
+    auto pos = at::arange(len * s, q.options().dtype(at::kLong)).view({len, s}).t();
+    allowed = (pos < n).view({1, s, 1, len});
+  }
+  auto out = dense_attention(regroup(q), regroup(k), regroup(v), allowed);
+  return out.transpose(1, 2).reshape({g, len * s, hd}).narrow(1, 0, n);
+}
+
+StridedAttentionImpl::StridedAttentionImpl(const StridedAttentionOptions& options_)
+    : options(options_) {
+  reset();
+}
+
+void StridedAttentionImpl::reset() {
+  check_head_options("StridedAttention", options.dim(), options.num_heads());
+  TORCH_CHECK(options.stride() >= 1, "StridedAttention: stride must be >= 1, got ",
+              options.stride());
+  TORCH_CHECK(options.dropout() >= 0.0 && options.dropout() < 1.0,
+              "StridedAttention: dropout must be in [0, 1), got ", options.dropout());
+  proj.register_in(*this, options.dim());
+}
+
+void StridedAttentionImpl::pretty_print(std::ostream& stream) const {
+  stream << "hvlm::StridedAttention(dim=" << options.dim() << ", num_heads="
+         << options.num_heads() << ", stride=" << options.stride() << ")";
+}
+
+at::Tensor StridedAttentionImpl::forward(const at::Tensor& x) {
+  check_tokens(x, options.dim(), "x", proj.q_proj->weight.scalar_type());
+  const auto h = options.num_heads();
+  auto q = split_heads(proj.q_proj->forward(x), h);
+  auto k = split_heads(proj.k_proj->forward(x), h);
+  auto v = split_heads(proj.v_proj->forward(x), h);
+  const int64_t n = x.size(1);
+  const int64_t s = std::min(options.stride(), n);
+  const int64_t len = (n + s - 1) / s;
+  // scores and probabilities of one head: s classes of len x len, float
+  const int64_t bytes_per_head = 2 * s * len * len * static_cast<int64_t>(sizeof(float));
+  auto out = run_head_chunks(q, k, v, bytes_per_head,
+                             [&](const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc) {
+                               return strided_attention_core(qc, kc, vc, options.stride());
+                             });
+  out = at::dropout(merge_heads(out), options.dropout(), is_training());
+  return proj.out_proj->forward(out);
+}
+
+}  // namespace hvlm

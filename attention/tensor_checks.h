@@ -1,0 +1,23 @@
+// Input validation shared by every module of the attention library.
+// Each check throws c10::Error (TORCH_CHECK) with a message naming the tensor and what was
+// expected, e.g. "x must be [B, T, 768], got [12, 512]". Stateless and thread-safe.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+namespace hvlm {
+
+// Renders a shape as "[2, 64, 768]".
+std::string shape_string(at::IntArrayRef shape);
+
+// x must be a floating-point [B, T, dim] tensor with B >= 1 and T >= min_tokens, with the given
+// dtype and only finite values (NaN and +-Inf are rejected: docs/attention.md, input policy).
+void check_tokens(const at::Tensor& x, int64_t dim, const char* name, at::ScalarType dtype,
+                  int64_t min_tokens = 1);
+
+// Every value of x is finite.
+void check_finite(const at::Tensor& x, const char* name);
+
+}  // namespace hvlm
