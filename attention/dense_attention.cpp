@@ -40,7 +40,12 @@ at::Tensor StandardAttentionImpl::forward(const at::Tensor& x) {
   auto q = split_heads(proj.q_proj->forward(x), h);
   auto k = split_heads(proj.k_proj->forward(x), h);
   auto v = split_heads(proj.v_proj->forward(x), h);
-  return proj.out_proj->forward(merge_heads(dense_attention(q, k, v)));
+  return proj.out_proj->forward(merge_heads(attention_core(q, k, v)));
+}
+
+at::Tensor StandardAttentionImpl::attention_core(const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& v) {
+  return dense_attention(q, k, v);
 }
 
 }  // namespace hvlm

@@ -35,6 +35,9 @@ class StandardAttentionImpl : public torch::nn::Cloneable<StandardAttentionImpl>
   void pretty_print(std::ostream& stream) const override;
   /// x [B, T, D] -> [B, T, D]; every token attends to every token.
   at::Tensor forward(const at::Tensor& x);
+  /// dense_attention over all heads at once, q, k, v [B, H, T, hd] -> [B, H, T, hd]: the
+  /// textbook O(T^2)-memory baseline.
+  at::Tensor attention_core(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
   StandardAttentionOptions options;
   QkvProjections proj;

@@ -113,19 +113,23 @@ at::Tensor LocalGlobalAttentionImpl::forward(const at::Tensor& x) {
   auto q = split_heads(proj.q_proj->forward(x), h);
   auto k = split_heads(proj.k_proj->forward(x), h);
   auto v = split_heads(proj.v_proj->forward(x), h);
-  const int64_t n = x.size(1), hd = options.dim() / h;
+  auto out = at::dropout(merge_heads(attention_core(q, k, v)), options.dropout(), is_training());
+  return proj.out_proj->forward(out);
+}
+
+at::Tensor LocalGlobalAttentionImpl::attention_core(const at::Tensor& q, const at::Tensor& k,
+                                                    const at::Tensor& v) {
+  const int64_t n = q.size(2), hd = q.size(3);
   const int64_t w = options.local_window(), ng = std::min(options.num_global_tokens(), n);
   const int64_t npad = n + w;  // upper bound of the padded length
   // scores, probabilities and the concatenation, plus window copies of k and v, per head
   const int64_t bytes_per_head =
       static_cast<int64_t>(sizeof(float)) * (3 * npad * (2 * w + ng) + 4 * npad * hd + ng * n);
-  auto out = run_head_chunks(q, k, v, bytes_per_head,
-                             [&](const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc) {
-                               return local_global_attention_core(qc, kc, vc, w,
-                                                                  options.num_global_tokens());
-                             });
-  out = at::dropout(merge_heads(out), options.dropout(), is_training());
-  return proj.out_proj->forward(out);
+  return run_head_chunks(q, k, v, bytes_per_head,
+                         [&](const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc) {
+                           return local_global_attention_core(qc, kc, vc, w,
+                                                              options.num_global_tokens());
+                         });
 }
 
 }  // namespace hvlm

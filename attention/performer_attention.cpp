@@ -98,16 +98,19 @@ at::Tensor PerformerAttentionImpl::forward(const at::Tensor& x) {
   auto q = split_heads(proj.q_proj->forward(x), h);
   auto k = split_heads(proj.k_proj->forward(x), h);
   auto v = split_heads(proj.v_proj->forward(x), h);
-  const int64_t n = x.size(1), m = options.num_random_features(), hd = options.dim() / h;
+  auto out = at::dropout(merge_heads(attention_core(q, k, v)), options.dropout(), is_training());
+  return proj.out_proj->forward(out);
+}
+
+at::Tensor PerformerAttentionImpl::attention_core(const at::Tensor& q, const at::Tensor& k,
+                                                  const at::Tensor& v) {
+  const int64_t n = q.size(2), m = options.num_random_features(), hd = q.size(3);
   // features and their exp/temporaries (about 3 [n, m] tensors), plus scaled copies of q, k
   const int64_t bytes_per_head = static_cast<int64_t>(sizeof(float)) * (3 * n * m + 3 * n * hd);
-  auto out = run_head_chunks(q, k, v, bytes_per_head,
-                             [&](const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc) {
-                               return performer_attention_core(qc, kc, vc, projection_matrix,
-                                                               kernel_);
-                             });
-  out = at::dropout(merge_heads(out), options.dropout(), is_training());
-  return proj.out_proj->forward(out);
+  return run_head_chunks(q, k, v, bytes_per_head,
+                         [&](const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc) {
+                           return performer_attention_core(qc, kc, vc, projection_matrix, kernel_);
+                         });
 }
 
 }  // namespace hvlm

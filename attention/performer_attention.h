@@ -55,6 +55,9 @@ class PerformerAttentionImpl : public torch::nn::Cloneable<PerformerAttentionImp
   void pretty_print(std::ostream& stream) const override;
   /// x [B, T, D] -> [B, T, D].
   at::Tensor forward(const at::Tensor& x);
+  /// The attention between projected heads, q, k, v [B, H, T, hd] -> [B, H, T, hd], run over
+  /// bounded groups of heads. forward() is out_proj(merge(attention_core(split(q_proj(x)), ...))).
+  at::Tensor attention_core(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
   PerformerAttentionOptions options;
   QkvProjections proj;

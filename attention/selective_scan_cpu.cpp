@@ -5,15 +5,17 @@
 #include <cstring>
 #include <vector>
 
-// Each kernel is compiled for AVX2+FMA and for the baseline ISA; the loader picks the best
-// clone for the running CPU (GCC function multi-versioning).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define HVLM_MULTIVERSION __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define HVLM_MULTIVERSION
-#endif
-// Helpers are forced inline so each clone gets them compiled for its own ISA.
+// Each kernel body is compiled twice, for AVX2+FMA and for the baseline ISA, and the entry
+// points pick one from the running CPU's features. (target_clones("arch=haswell") is no use
+// here: its resolver checks the CPU model and so never picks the fast clone on AMD.)
+// Helpers are forced inline so that each copy gets them compiled for its own ISA.
 #define HVLM_INLINE inline __attribute__((always_inline))
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HVLM_X86_DISPATCH 1
+#define HVLM_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define HVLM_X86_DISPATCH 0
+#endif
 
 namespace hvlm::kernels {
 namespace {
@@ -60,8 +62,9 @@ HVLM_INLINE void store(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
 
 }  // namespace
 
-HVLM_MULTIVERSION
-void causal_conv_silu(const CausalConvArgs& a, int64_t item_begin, int64_t item_end) {
+namespace {
+
+HVLM_INLINE void conv_body(const CausalConvArgs& a, int64_t item_begin, int64_t item_end) {
   const int64_t blocks = (a.channels + kScanChannelBlock - 1) / kScanChannelBlock;
   const int64_t hist = a.kernel - 1;
   for (int64_t item = item_begin; item < item_end; ++item) {
@@ -105,8 +108,7 @@ void causal_conv_silu(const CausalConvArgs& a, int64_t item_begin, int64_t item_
   }
 }
 
-HVLM_MULTIVERSION
-void selective_scan(const SelectiveScanArgs& a, int64_t item_begin, int64_t item_end) {
+HVLM_INLINE void scan_body(const SelectiveScanArgs& a, int64_t item_begin, int64_t item_end) {
   const int64_t blocks = (a.channels + kScanChannelBlock - 1) / kScanChannelBlock;
   const int64_t n_state = a.state_size;
   constexpr int64_t CB = kScanChannelBlock;
@@ -127,7 +129,8 @@ void selective_scan(const SelectiveScanArgs& a, int64_t item_begin, int64_t item
         ab[s * CB + c] = a.a[(c0 + c) * n_state + s];
       }
     }
-    const float* dvec = a.d + c0;
+    alignas(32) float dvec[CB] = {};  // D of the block, zero-padded
+    std::memcpy(dvec, a.d + c0, nc * sizeof(float));
     for (int64_t t = 0; t < a.length; ++t) {
       const int64_t row = bi * a.length + t;
       const float* u = a.u + row * a.channels + c0;
@@ -136,27 +139,45 @@ void selective_scan(const SelectiveScanArgs& a, int64_t item_begin, int64_t item
       const float* ct = a.c + row * a.row_stride_bc;
       const float* z = a.z + row * a.row_stride_z + c0;
       float* y = a.y + row * a.channels + c0;
-      // Padded channels (c >= nc) carry zeros, so every vector is full.
-      alignas(32) float dtl[CB], du[CB], acc[CB], zl[CB];
-      for (int64_t c = 0; c < CB; ++c) {
-        const bool live = c < nc;
-        dtl[c] = live ? dt[c] : 0.0f;
-        du[c] = live ? dt[c] * u[c] : 0.0f;
-        acc[c] = live ? dvec[c] * u[c] : 0.0f;
-        zl[c] = live ? z[c] : 0.0f;
-      }
-      for (int64_t v = 0; v < CB; v += kLanes) {
-        const v8f dtv = load(dtl + v), duv = load(du + v);
-        v8f accv = load(acc + v);
-        for (int64_t s = 0; s < n_state; ++s) {
-          float* hs = hb + s * CB + v;
-          const v8f hv = vexp(dtv * load(ab + s * CB + v)) * load(hs) + duv * bt[s];
-          store(hs, hv);
-          accv += hv * ct[s];
+      // A partial last block is staged through zero-padded copies, so every vector is full.
+      alignas(32) float dtl[CB], ul[CB], zl[CB], yl[CB];
+      const bool full = nc == CB;
+      if (!full) {
+        for (int64_t c = 0; c < CB; ++c) {
+          const bool live = c < nc;
+          dtl[c] = live ? dt[c] : 0.0f;
+          ul[c] = live ? u[c] : 0.0f;
+          zl[c] = live ? z[c] : 0.0f;
         }
-        store(acc + v, accv * vsilu(load(zl + v)));
       }
-      for (int64_t c = 0; c < nc; ++c) y[c] = acc[c];
+      const float* dts = full ? dt : dtl;
+      const float* us = full ? u : ul;
+      const float* zs = full ? z : zl;
+      float* ys = full ? y : yl;
+      // All vectors of the block advance together through the states: independent chains
+      // that keep the FMA units busy.
+      constexpr int64_t kVecs = CB / kLanes;
+      v8f dtv[kVecs], duv[kVecs], accv[kVecs];
+      for (int64_t v = 0; v < kVecs; ++v) {
+        const v8f uv = load(us + v * kLanes);
+        dtv[v] = load(dts + v * kLanes);
+        duv[v] = dtv[v] * uv;
+        accv[v] = load(dvec + v * kLanes) * uv;
+      }
+      for (int64_t s = 0; s < n_state; ++s) {
+        const float bs = bt[s], cs = ct[s];
+        float* hs = hb + s * CB;
+        const float* as = ab + s * CB;
+        for (int64_t v = 0; v < kVecs; ++v) {
+          const v8f hv = vexp(dtv[v] * load(as + v * kLanes)) * load(hs + v * kLanes) + duv[v] * bs;
+          store(hs + v * kLanes, hv);
+          accv[v] += hv * cs;
+        }
+      }
+      for (int64_t v = 0; v < kVecs; ++v) {
+        store(ys + v * kLanes, accv[v] * vsilu(load(zs + v * kLanes)));
+      }
+      if (!full) std::memcpy(y, yl, nc * sizeof(float));
     }
     for (int64_t c = 0; c < nc; ++c) {
       for (int64_t s = 0; s < n_state; ++s) {
@@ -164,6 +185,35 @@ void selective_scan(const SelectiveScanArgs& a, int64_t item_begin, int64_t item
       }
     }
   }
+}
+
+#if HVLM_X86_DISPATCH
+HVLM_TARGET_AVX2 void conv_avx2(const CausalConvArgs& a, int64_t begin, int64_t end) {
+  conv_body(a, begin, end);
+}
+HVLM_TARGET_AVX2 void scan_avx2(const SelectiveScanArgs& a, int64_t begin, int64_t end) {
+  scan_body(a, begin, end);
+}
+bool cpu_has_avx2_fma() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
+#endif
+
+}  // namespace
+
+void causal_conv_silu(const CausalConvArgs& args, int64_t item_begin, int64_t item_end) {
+#if HVLM_X86_DISPATCH
+  if (cpu_has_avx2_fma()) return conv_avx2(args, item_begin, item_end);
+#endif
+  conv_body(args, item_begin, item_end);
+}
+
+void selective_scan(const SelectiveScanArgs& args, int64_t item_begin, int64_t item_end) {
+#if HVLM_X86_DISPATCH
+  if (cpu_has_avx2_fma()) return scan_avx2(args, item_begin, item_end);
+#endif
+  scan_body(args, item_begin, item_end);
 }
 
 }  // namespace hvlm::kernels

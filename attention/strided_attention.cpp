@@ -56,17 +56,21 @@ at::Tensor StridedAttentionImpl::forward(const at::Tensor& x) {
   auto q = split_heads(proj.q_proj->forward(x), h);
   auto k = split_heads(proj.k_proj->forward(x), h);
   auto v = split_heads(proj.v_proj->forward(x), h);
-  const int64_t n = x.size(1);
+  auto out = at::dropout(merge_heads(attention_core(q, k, v)), options.dropout(), is_training());
+  return proj.out_proj->forward(out);
+}
+
+at::Tensor StridedAttentionImpl::attention_core(const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v) {
+  const int64_t n = q.size(2);
   const int64_t s = std::min(options.stride(), n);
   const int64_t len = (n + s - 1) / s;
   // scores and probabilities of one head: s classes of len x len, float
   const int64_t bytes_per_head = 2 * s * len * len * static_cast<int64_t>(sizeof(float));
-  auto out = run_head_chunks(q, k, v, bytes_per_head,
-                             [&](const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc) {
-                               return strided_attention_core(qc, kc, vc, options.stride());
-                             });
-  out = at::dropout(merge_heads(out), options.dropout(), is_training());
-  return proj.out_proj->forward(out);
+  return run_head_chunks(q, k, v, bytes_per_head,
+                         [&](const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc) {
+                           return strided_attention_core(qc, kc, vc, options.stride());
+                         });
 }
 
 }  // namespace hvlm

@@ -25,3 +25,13 @@ template <typename T>
 using optional = c10::optional<T>;
 }  // namespace hvlm::compat
 #endif
+
+// c10::Allocator::allocate became a const member in 1.x and non-const in 2.x, and 2.3 added
+// the pure virtual copy_data.
+#if HVLM_TORCH_AT_LEAST(2, 3)
+#define HVLM_ALLOCATE_CONST
+#define HVLM_ALLOCATOR_HAS_COPY_DATA 1
+#else
+#define HVLM_ALLOCATE_CONST const
+#define HVLM_ALLOCATOR_HAS_COPY_DATA 0
+#endif
