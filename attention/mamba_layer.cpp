@@ -147,7 +147,7 @@ at::Tensor MambaLayerImpl::run_chunk(const at::Tensor& x, at::Tensor& conv_state
   auto xz = in_proj->forward(x).contiguous();  // [B, L, 2E]: x | z
   auto u = at::empty({batch, length, e}, xz.options());
   auto conv_next = at::empty_like(conv_state);
-  auto conv_weight = conv1d->weight.view({e, options.d_conv()}).contiguous();
+  auto conv_weight = conv1d->weight.view({e, options.d_conv()}).t().contiguous();
   kernels::CausalConvArgs conv;
   conv.batch = batch;
   conv.length = length;

@@ -65,39 +65,49 @@ HVLM_INLINE void store(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
 namespace {
 
 HVLM_INLINE void conv_body(const CausalConvArgs& a, int64_t item_begin, int64_t item_end) {
-  const int64_t blocks = (a.channels + kScanChannelBlock - 1) / kScanChannelBlock;
+  constexpr int64_t CB = kScanChannelBlock;
+  constexpr int64_t kVecs = CB / kLanes;
+  const int64_t blocks = (a.channels + CB - 1) / CB;
   const int64_t hist = a.kernel - 1;
+  std::vector<float> weights(a.kernel * CB);  // [kernel][CB], zero-padded
   for (int64_t item = item_begin; item < item_end; ++item) {
     const int64_t bi = item / blocks;
-    const int64_t c0 = (item % blocks) * kScanChannelBlock;
-    const int64_t nc = std::min(kScanChannelBlock, a.channels - c0);
+    const int64_t c0 = (item % blocks) * CB;
+    const int64_t nc = std::min(CB, a.channels - c0);
+    const bool full = nc == CB;
     // Input at time tau of the concatenation [state_in, x], channel c.
     auto input = [&](int64_t tau, int64_t c) -> float {
       if (tau < hist) return a.state_in[(bi * a.channels + c) * hist + tau];
       return a.x[(bi * a.length + (tau - hist)) * a.row_stride_x + c];
     };
+    alignas(32) float bias[CB] = {};
+    std::memcpy(bias, a.bias + c0, nc * sizeof(float));
+    std::fill(weights.begin(), weights.end(), 0.0f);
+    for (int64_t k = 0; k < a.kernel; ++k) {
+      std::memcpy(weights.data() + k * CB, a.weight + k * a.channels + c0, nc * sizeof(float));
+    }
+    alignas(32) float staged[CB];
     for (int64_t t = 0; t < a.length; ++t) {
-      float* out = a.out + (bi * a.length + t) * a.channels + c0;
-      if (t >= hist) {
-        const float* x0 = a.x + (bi * a.length + t - hist) * a.row_stride_x + c0;
-        for (int64_t c = 0; c < nc; ++c) out[c] = a.bias[c0 + c];
-        for (int64_t k = 0; k < a.kernel; ++k) {
-          const float* xk = x0 + k * a.row_stride_x;
-          for (int64_t c = 0; c < nc; ++c) out[c] += a.weight[(c0 + c) * a.kernel + k] * xk[c];
+      v8f acc[kVecs];
+      for (int64_t v = 0; v < kVecs; ++v) acc[v] = load(bias + v * kLanes);
+      for (int64_t k = 0; k < a.kernel; ++k) {
+        const int64_t tau = t + k;
+        const float* src;
+        if (full && tau >= hist) {
+          src = a.x + (bi * a.length + tau - hist) * a.row_stride_x + c0;
+        } else {  // the carried-in history or a partial block: stage with zero padding
+          for (int64_t c = 0; c < CB; ++c) staged[c] = c < nc ? input(tau, c0 + c) : 0.0f;
+          src = staged;
         }
-      } else {
-        for (int64_t c = 0; c < nc; ++c) {
-          float acc = a.bias[c0 + c];
-          for (int64_t k = 0; k < a.kernel; ++k) {
-            acc += a.weight[(c0 + c) * a.kernel + k] * input(t + k, c0 + c);
-          }
-          out[c] = acc;
+        const float* wk = weights.data() + k * CB;
+        for (int64_t v = 0; v < kVecs; ++v) {
+          acc[v] += load(wk + v * kLanes) * load(src + v * kLanes);
         }
       }
-      alignas(32) float act[kScanChannelBlock] = {};
-      std::memcpy(act, out, nc * sizeof(float));
-      for (int64_t v = 0; v < kScanChannelBlock; v += kLanes) store(act + v, vsilu(load(act + v)));
-      std::memcpy(out, act, nc * sizeof(float));
+      float* out = a.out + (bi * a.length + t) * a.channels + c0;
+      float* dst = full ? out : staged;
+      for (int64_t v = 0; v < kVecs; ++v) store(dst + v * kLanes, vsilu(acc[v]));
+      if (!full) std::memcpy(out, staged, nc * sizeof(float));
     }
     // New history: the last `hist` steps of the concatenation.
     for (int64_t c = 0; c < nc; ++c) {

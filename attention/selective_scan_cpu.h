@@ -21,14 +21,14 @@ struct CausalConvArgs {
   int64_t batch = 0, length = 0, channels = 0, kernel = 0;
   const float* x = nullptr;      // [batch, length, row_stride_x], first `channels` used
   int64_t row_stride_x = 0;
-  const float* weight = nullptr; // [channels, kernel]
+  const float* weight = nullptr; // [kernel, channels] (the conv1d weight transposed)
   const float* bias = nullptr;   // [channels]
   const float* state_in = nullptr;  // [batch, channels, kernel - 1]: the previous inputs
   float* state_out = nullptr;       // [batch, channels, kernel - 1]; may not alias state_in
   float* out = nullptr;             // [batch, length, channels]: silu(conv(x))
 };
 
-// out[b, t, c] = silu(bias[c] + sum_k weight[c, k] * xx[b, t + k, c]), where xx is state_in
+// out[b, t, c] = silu(bias[c] + sum_k weight[k, c] * xx[b, t + k, c]), where xx is state_in
 // followed by x along time; state_out receives the last kernel - 1 steps of xx.
 void causal_conv_silu(const CausalConvArgs& args, int64_t item_begin, int64_t item_end);
 

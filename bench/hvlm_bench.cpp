@@ -13,6 +13,7 @@
 #include "attention/dense_attention.h"
 #include "attention/local_global_attention.h"
 #include "attention/mamba_layer.h"
+#include "attention/openmp_wait_policy.h"
 #include "attention/performer_attention.h"
 #include "attention/cross_memory_attention.h"
 #include "attention/selective_scan_cpu.h"
@@ -136,8 +137,8 @@ std::function<void()> mamba_scan_work(MambaLayer& layer, int64_t n) {
   auto x_dbl = at::randn({1, n, r + 2 * s});
   auto delta = at::softplus(at::randn({1, n, e}) - 4.0);
   auto a = (-at::exp(layer->A_log)).contiguous();
-  auto conv_w = layer->conv1d->weight.view({e, -1}).contiguous();
-  const int64_t k = conv_w.size(1);
+  auto conv_w = layer->conv1d->weight.view({e, -1}).t().contiguous();
+  const int64_t k = conv_w.size(0);
   return [=, &layer]() {
     auto u = at::empty({1, n, e});
     auto y = at::empty({1, n, e});
@@ -352,6 +353,7 @@ int run_stream(const Args& args) {
 
 int main(int argc, char** argv) {
   using namespace hvlm::bench;
+  hvlm::use_passive_openmp_wait(argv);
   install_tracking_allocator();
   if (argc < 2 || (std::string(argv[1]) != "sweep" && std::string(argv[1]) != "stream")) {
     std::fprintf(stderr, "usage: hvlm-bench sweep|stream [--option value ...] (see the source header)\n");
