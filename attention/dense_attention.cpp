@@ -35,12 +35,9 @@ void StandardAttentionImpl::pretty_print(std::ostream& stream) const {
 }
 
 at::Tensor StandardAttentionImpl::forward(const at::Tensor& x) {
-  check_tokens(x, options.dim(), "x", proj.q_proj->weight.scalar_type());
-  const auto h = options.num_heads();
-  auto q = split_heads(proj.q_proj->forward(x), h);
-  auto k = split_heads(proj.k_proj->forward(x), h);
-  auto v = split_heads(proj.v_proj->forward(x), h);
-  return proj.out_proj->forward(merge_heads(attention_core(q, k, v)));
+  return proj.self_attention(x, options.num_heads(), 0.0, is_training(),
+                             [this](const at::Tensor& q, const at::Tensor& k,
+                                    const at::Tensor& v) { return attention_core(q, k, v); });
 }
 
 at::Tensor StandardAttentionImpl::attention_core(const at::Tensor& q, const at::Tensor& k,

@@ -1,5 +1,7 @@
 #include "attention/multi_head.h"
 
+#include "attention/tensor_checks.h"
+
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
@@ -12,6 +14,18 @@ void QkvProjections::register_in(torch::nn::Module& owner, int64_t dim) {
   k_proj = owner.register_module("k_proj", torch::nn::Linear(dim, dim));
   v_proj = owner.register_module("v_proj", torch::nn::Linear(dim, dim));
   out_proj = owner.register_module("out_proj", torch::nn::Linear(dim, dim));
+}
+
+at::Tensor QkvProjections::self_attention(
+    const at::Tensor& x, int64_t num_heads, double dropout, bool training,
+    const std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>&
+        core) {
+  check_tokens(x, q_proj->weight.size(1), "x", q_proj->weight.scalar_type());
+  auto q = split_heads(q_proj->forward(x), num_heads);
+  auto k = split_heads(k_proj->forward(x), num_heads);
+  auto v = split_heads(v_proj->forward(x), num_heads);
+  auto out = at::dropout(merge_heads(core(q, k, v)), dropout, training);
+  return out_proj->forward(out);
 }
 
 void check_head_options(const char* module, int64_t dim, int64_t num_heads) {

@@ -25,6 +25,14 @@ struct QkvProjections {
 
   // Creates the four Linear(dim, dim) layers and registers them on `owner`.
   void register_in(torch::nn::Module& owner, int64_t dim);
+
+  // Self-attention of x [B, T, dim] through `core` (q, k, v [B, H, T, hd] -> [B, H, T, hd]):
+  // checks x, projects, splits heads, runs the core, merges, applies dropout (training only)
+  // and the output projection.
+  at::Tensor self_attention(
+      const at::Tensor& x, int64_t num_heads, double dropout, bool training,
+      const std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>&
+          core);
 };
 
 // Checks dim > 0, num_heads > 0 and num_heads | dim, naming the module in the error.

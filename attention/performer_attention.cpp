@@ -93,13 +93,9 @@ void PerformerAttentionImpl::pretty_print(std::ostream& stream) const {
 }
 
 at::Tensor PerformerAttentionImpl::forward(const at::Tensor& x) {
-  check_tokens(x, options.dim(), "x", proj.q_proj->weight.scalar_type());
-  const auto h = options.num_heads();
-  auto q = split_heads(proj.q_proj->forward(x), h);
-  auto k = split_heads(proj.k_proj->forward(x), h);
-  auto v = split_heads(proj.v_proj->forward(x), h);
-  auto out = at::dropout(merge_heads(attention_core(q, k, v)), options.dropout(), is_training());
-  return proj.out_proj->forward(out);
+  return proj.self_attention(x, options.num_heads(), options.dropout(), is_training(),
+                             [this](const at::Tensor& q, const at::Tensor& k,
+                                    const at::Tensor& v) { return attention_core(q, k, v); });
 }
 
 at::Tensor PerformerAttentionImpl::attention_core(const at::Tensor& q, const at::Tensor& k,
