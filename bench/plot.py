@@ -14,6 +14,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+COLORS = {"dense": "tab:blue", "strided": "tab:red", "local_global": "tab:orange",
+          "performer": "tab:green", "mamba": "tab:purple", "cross_memory": "tab:brown"}
+
+
 def series(rows, key):
     out = {}
     for r in rows:
@@ -28,7 +32,7 @@ def plot(data, key, ylabel, title, path, parts):
             if p != part:
                 continue
             ns, ys = zip(*points)
-            ax.plot(ns, [max(y, 1e-3) for y in ys], marker="o", label=mech)
+            ax.plot(ns, [max(y, 1e-3) for y in ys], marker="o", label=mech, color=COLORS.get(mech))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length n (tokens)")
