@@ -7,6 +7,7 @@
 // The recurrent state is an argument, never module state: one instance serves every session.
 // CPU path: the conv and the scan are fused C++ loops (selective_scan_cpu.h), parallel over
 // channel blocks; long sequences run in chunks of time so working memory stays bounded.
+// Inference only: no gradient flows through the fused kernels (train with the Python twin).
 // Thread-safety: forward and forward_stream are safe to call concurrently in eval mode.
 #pragma once
 
