@@ -1,8 +1,18 @@
-"""hierarchicalvlm: the Python twin of hvlm's attention library.
+"""hierarchicalvlm: the Python twin of hvlm's C++ attention library.
 
-The modules in ``hierarchicalvlm.attention`` compute the same functions as the C++ library
-(docs/attention.md is the contract) from the same weights, so models trained here can be
-served by hvlm: export them with ``hierarchicalvlm.export``.
+`hierarchicalvlm.attention` holds the modules (the seed's import paths and signatures), with
+the exact semantics of docs/attention.md, for training and as the C++ library's test oracle;
+`hierarchicalvlm.export` writes their weights to safetensors for the C++ side.
 """
 
+from .attention import (AttentionStack, CrossMemoryAttention, HierarchicalAttentionBlock,
+                        LinearAttentionBlock, LocalGlobalAttention, MambaLayer,
+                        PerformerAttention, StridedAttention)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AttentionStack", "CrossMemoryAttention", "HierarchicalAttentionBlock",
+    "LinearAttentionBlock", "LocalGlobalAttention", "MambaLayer", "PerformerAttention",
+    "StridedAttention",
+]

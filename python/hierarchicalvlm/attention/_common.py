@@ -1,100 +1,155 @@
-"""Pieces shared by the attention modules: input checks, the q/k/v/out projections, the block
-MLP, and plain masked softmax attention (docs/attention.md)."""
+"""Shared pieces of the attention modules: option and shape validation, the q/k/v/out
+projections of the self- and cross-attention modules, head splitting, the block MLP and a
+plain masked softmax attention used by the sparse patterns (docs/attention.md)."""
+
+import math
+import numbers
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+__all__ = [
+    "shape_string",
+    "check_tokens",
+    "check_int",
+    "check_number",
+    "check_dropout",
+    "check_heads",
+    "QkvAttention",
+    "Mlp",
+    "mlp_hidden_dim",
+    "split_heads",
+    "merge_heads",
+    "masked_softmax_attention",
+]
 
-def check_tokens(x, dim, name="x", min_tokens=1):
-    """x must be a [B, T, dim] floating-point tensor with B >= 1 and T >= min_tokens."""
+
+def shape_string(shape):
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
+
+def check_tokens(x, dim, name="x", min_tokens=1, batch_one_ok=True):
+    """Checks that `x` is a `[B, T, dim]` tensor with `T >= min_tokens` (ValueError if not)."""
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a tensor, got {type(x).__name__}")
+        raise ValueError(f"{name} must be a [B, T, {dim}] tensor, got {type(x).__name__}")
     if x.dim() != 3 or x.shape[2] != dim:
-        raise ValueError(f"{name} must be [B, T, {dim}], got {list(x.shape)}")
-    if x.shape[0] < 1 or x.shape[1] < min_tokens:
-        raise ValueError(f"{name} must have B >= 1 and at least {min_tokens} token(s), "
-                         f"got {list(x.shape)}")
+        raise ValueError(f"{name} must be [B, T, {dim}], got {shape_string(x.shape)}")
+    if x.shape[0] < 1:
+        raise ValueError(f"{name} must have a batch of at least 1, got {shape_string(x.shape)}")
+    if x.shape[1] < min_tokens:
+        raise ValueError(
+            f"{name} must have at least {min_tokens} token(s), got {shape_string(x.shape)}")
     if not x.is_floating_point():
-        raise ValueError(f"{name} must be floating point, got {x.dtype}")
+        raise ValueError(f"{name} must be a floating point tensor, got {x.dtype}")
 
 
-def check_heads(module, dim, num_heads):
-    if dim <= 0:
-        raise ValueError(f"{module}: dim must be positive, got {dim}")
-    if num_heads <= 0:
-        raise ValueError(f"{module}: num_heads must be positive, got {num_heads}")
-    if dim % num_heads:
-        raise ValueError(f"{module}: num_heads ({num_heads}) must divide dim ({dim})")
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_dropout(module, dropout):
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"{module}: dropout must be in [0, 1), got {dropout}")
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_int(owner, name, value, minimum=None):
+    """Returns `value` as int; ValueError naming it when it is not an integer >= minimum."""
+    if not _is_int(value):
+        raise ValueError(f"{owner}: {name} must be an integer, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_number(owner, name, value):
+    if not _is_number(value) or not math.isfinite(float(value)):
+        raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_dropout(owner, value):
+    value = check_number(owner, "dropout", value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{owner}: dropout must be in [0, 1), got {value}")
+    return value
+
+
+def check_heads(owner, dim, num_heads):
+    dim = check_int(owner, "dim", dim, minimum=1)
+    num_heads = check_int(owner, "num_heads", num_heads, minimum=1)
+    if dim % num_heads != 0:
+        raise ValueError(f"{owner}: num_heads ({num_heads}) must divide dim ({dim})")
+    return dim, num_heads
 
 
 def split_heads(x, num_heads):
-    """[B, T, H * hd] -> [B, H, T, hd]"""
+    """[B, T, D] -> [B, H, T, D / H]."""
     b, t, d = x.shape
-    return x.view(b, t, num_heads, d // num_heads).transpose(1, 2)
+    return x.reshape(b, t, num_heads, d // num_heads).transpose(1, 2)
 
 
 def merge_heads(x):
-    """[B, H, T, hd] -> [B, T, H * hd]"""
+    """[B, H, T, hd] -> [B, T, H * hd]."""
     b, h, t, hd = x.shape
     return x.transpose(1, 2).reshape(b, t, h * hd)
 
 
-def dense_attention(q, k, v, allowed=None):
-    """softmax(q k^T / sqrt(hd)) v; `allowed` (bool, broadcastable to [..., Tq, Tk]) masks keys."""
+def masked_softmax_attention(q, k, v, allowed=None):
+    """softmax(q k^T / sqrt(hd), masked to `allowed`) v over the last two dims."""
     scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
-class SelfAttentionBase(nn.Module):
-    """q_proj, k_proj, v_proj, out_proj (Linear(dim, dim)) around an attention core."""
+class QkvAttention(nn.Module):
+    """Base of the four attention modules: `q_proj`, `k_proj`, `v_proj`, `out_proj`, each a
+    `Linear(D, D)` with bias. Subclasses implement `_core(q, k, v)` on `[B, H, T, hd]`.
+    Dropout (training only) is applied to the merged head outputs, before `out_proj`."""
 
-    def __init__(self, name, dim, num_heads, dropout):
+    def __init__(self, owner, dim, num_heads, dropout):
         super().__init__()
-        check_heads(name, dim, num_heads)
-        check_dropout(name, dropout)
-        self.dim, self.num_heads = dim, num_heads
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dim, self.num_heads = check_heads(owner, dim, num_heads)
+        self.head_dim = self.dim // self.num_heads
+        self.dropout = check_dropout(owner, dropout)
+        self.q_proj = nn.Linear(self.dim, self.dim)
+        self.k_proj = nn.Linear(self.dim, self.dim)
+        self.v_proj = nn.Linear(self.dim, self.dim)
+        self.out_proj = nn.Linear(self.dim, self.dim)
 
-    def attention_core(self, q, k, v):
-        """q, k, v [B, H, T, hd] -> [B, H, T, hd]; defined by each mechanism."""
+    def _core(self, q, k, v):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _finish(self, heads):
+        out = F.dropout(merge_heads(heads), self.dropout, self.training)
+        return self.out_proj(out)
+
     def forward(self, x):
-        check_tokens(x, self.dim)
-        h = self.num_heads
-        q = split_heads(self.q_proj(x), h)
-        k = split_heads(self.k_proj(x), h)
-        v = split_heads(self.v_proj(x), h)
-        return self.out_proj(self.dropout(merge_heads(self.attention_core(q, k, v))))
+        check_tokens(x, self.dim, "x")
+        q = split_heads(self.q_proj(x), self.num_heads)
+        k = split_heads(self.k_proj(x), self.num_heads)
+        v = split_heads(self.v_proj(x), self.num_heads)
+        return self._finish(self._core(q, k, v))
+
+
+def mlp_hidden_dim(owner, dim, mlp_ratio):
+    ratio = check_number(owner, "mlp_ratio", mlp_ratio)
+    if ratio <= 0:
+        raise ValueError(f"{owner}: mlp_ratio must be positive, got {ratio}")
+    hidden = int(dim * ratio)
+    if hidden < 1:
+        raise ValueError(f"{owner}: mlp_ratio * dim must be >= 1, got {ratio} * {dim}")
+    return hidden
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU (exact) -> fc2, dropout after the activation and after fc2."""
+    """`fc2(gelu(fc1(x)))` with exact (erf) GELU."""
 
-    def __init__(self, dim, hidden, dropout=0.0):
+    def __init__(self, dim, hidden):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
-        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.dropout(self.fc2(self.dropout(nn.functional.gelu(self.fc1(x)))))
-
-
-def mlp_hidden_dim(dim, mlp_ratio):
-    if not mlp_ratio > 0:
-        raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
-    hidden = int(dim * mlp_ratio)
-    if hidden < 1:
-        raise ValueError(f"mlp_ratio * dim must be >= 1, got {mlp_ratio} * {dim}")
-    return hidden
+        return self.fc2(F.gelu(self.fc1(x)))

@@ -1,193 +1,295 @@
-"""Linear-time mixers: Performer (FAVOR+) attention, the Mamba layer, and their block.
+"""Linear-time mixers: Performer (FAVOR+) attention, the Mamba selective state space layer,
+and the block that hosts them. Semantics: docs/attention.md; parameter names match the C++
+library (and, for Mamba, the reference implementation)."""
 
-Semantics: docs/attention.md. Each module mirrors the C++ class of the same name in
-attention/ (same options, same parameter names and shapes).
-"""
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.nn import functional as F
 
-from ._common import Mlp, SelfAttentionBase, check_dropout, check_tokens, mlp_hidden_dim
+from ._common import (Mlp, QkvAttention, check_dropout, check_int, check_number, check_tokens,
+                      mlp_hidden_dim, shape_string)
 
-KERNELS = ("softmax", "relu", "elu")
+__all__ = [
+    "PerformerAttention",
+    "MambaLayer",
+    "LinearAttentionBlock",
+    "orthogonal_random_features",
+    "performer_features",
+    "KERNEL_TYPES",
+]
+
+KERNEL_TYPES = ("softmax", "relu", "elu")
 
 
-def orthogonal_random_features(num_features, head_dim, generator=None):
-    """W [m, hd]: stacked orthogonal blocks, rows scaled by chi-distributed norms."""
+def orthogonal_random_features(num_features, head_dim):
+    """`[m, hd]`: blocks of `hd` orthogonal rows (transposed Q of the QR decomposition of a
+    standard normal matrix), stacked and cut to `m` rows; row `r` scaled by the norm of a fresh
+    standard normal vector of length `hd`."""
     blocks = []
     for _ in range(0, num_features, head_dim):
-        q, _ = torch.linalg.qr(torch.randn(head_dim, head_dim, generator=generator))
+        q, _ = torch.linalg.qr(torch.randn(head_dim, head_dim))
         blocks.append(q.t())
-    w = torch.cat(blocks, 0)[:num_features]
-    norms = torch.randn(num_features, head_dim, generator=generator).norm(dim=1, keepdim=True)
+    w = torch.cat(blocks, dim=0)[:num_features]
+    norms = torch.randn(num_features, head_dim).norm(dim=1, keepdim=True)
     return (w * norms).contiguous()
 
 
-def performer_features(x, projection, kernel, is_query):
-    """phi(x) for x [..., n, hd] and W [m, hd] -> [..., n, m]."""
+def performer_features(x, projection, kernel_type, is_query):
+    """phi(x) for `x [..., n, hd]` and `projection [m, hd]` -> `[..., n, m]`."""
     xs = x * (x.shape[-1] ** -0.25)
     u = torch.matmul(xs, projection.t())
-    if kernel == "relu":
+    if kernel_type == "relu":
         return F.relu(u) + 1e-3
-    if kernel == "elu":
+    if kernel_type == "elu":
         return F.elu(u) + 1.0
-    diag = xs.pow(2).sum(-1, keepdim=True) * 0.5
+    diag = 0.5 * (xs * xs).sum(dim=-1, keepdim=True)
     if is_query:
-        stab = u.max(dim=-1, keepdim=True).values
+        stab = u.amax(dim=-1, keepdim=True)            # per token
     else:
-        stab = u.amax(dim=(-2, -1), keepdim=True)
+        stab = u.amax(dim=(-2, -1), keepdim=True)      # per (batch, head)
+    # The stabilisers cancel in the ratio; detached as they are constants of the estimator.
+    stab = stab.detach()
     return (torch.exp(u - diag - stab) + 1e-4) * (projection.shape[0] ** -0.5)
 
 
-class PerformerAttention(SelfAttentionBase):
-    """FAVOR+: out = phi(q) (phi(k)^T v) / (phi(q) . sum_j phi(k_j)), O(n m) per head."""
+class PerformerAttention(QkvAttention):
+    """FAVOR+ non-causal linear attention per head:
+    `out = phi(q) (phi(k)^T v) / (phi(q) . sum_j phi(k_j))`, `O(T * m)` time and memory.
+    `projection_matrix [m, hd]` is a persistent buffer (saved with the weights)."""
 
-    def __init__(self, dim=768, num_heads=12, num_random_features=256, kernel_type="softmax",
+    def __init__(self, dim, num_heads, num_random_features=256, kernel_type="softmax",
                  dropout=0.0):
         super().__init__("PerformerAttention", dim, num_heads, dropout)
-        if num_random_features < 1:
-            raise ValueError("PerformerAttention: num_random_features must be >= 1, "
-                             f"got {num_random_features}")
-        if kernel_type not in KERNELS:
-            raise ValueError(f"kernel_type must be one of softmax, relu, elu, got '{kernel_type}'")
-        self.num_random_features, self.kernel_type = num_random_features, kernel_type
-        self.register_buffer("projection_matrix",
-                             orthogonal_random_features(num_random_features, dim // num_heads))
+        self.num_random_features = check_int("PerformerAttention", "num_random_features",
+                                             num_random_features, minimum=1)
+        if kernel_type not in KERNEL_TYPES:
+            raise ValueError("PerformerAttention: kernel_type must be one of softmax, relu, elu, "
+                             f"got {kernel_type!r}")
+        self.kernel_type = kernel_type
+        self.register_buffer(
+            "projection_matrix",
+            orthogonal_random_features(self.num_random_features, self.head_dim),
+            persistent=True)
 
-    def redraw_projection(self, generator=None):
-        """Draws a fresh W (e.g. between training steps); export saves the one in use."""
-        self.projection_matrix.copy_(orthogonal_random_features(
-            self.num_random_features, self.dim // self.num_heads, generator))
+    def extra_repr(self):
+        return (f"dim={self.dim}, num_heads={self.num_heads}, "
+                f"num_random_features={self.num_random_features}, "
+                f"kernel_type={self.kernel_type!r}")
 
-    def attention_core(self, q, k, v):
-        w = self.projection_matrix
-        phi_k = performer_features(k, w, self.kernel_type, is_query=False)
-        kv = torch.matmul(phi_k.transpose(-1, -2), v)
-        k_sum = phi_k.sum(-2).unsqueeze(-1)
-        phi_q = performer_features(q, w, self.kernel_type, is_query=True)
+    def _core(self, q, k, v):
+        w = self.projection_matrix.to(q.dtype)
+        phi_k = performer_features(k, w, self.kernel_type, is_query=False)   # [B, H, n, m]
+        phi_q = performer_features(q, w, self.kernel_type, is_query=True)    # [B, H, n, m]
+        kv = torch.matmul(phi_k.transpose(-1, -2), v)                        # [B, H, m, hd]
+        k_sum = phi_k.sum(dim=-2).unsqueeze(-1)                              # [B, H, m, 1]
         return torch.matmul(phi_q, kv) / torch.matmul(phi_q, k_sum)
 
 
-class MambaLayer(nn.Module):
-    """Mamba-1 selective SSM with the reference implementation's parameter names."""
+def _inverse_softplus(y):
+    return y + torch.log(-torch.expm1(-y))
 
-    def __init__(self, dim=768, state_size=16, expand_factor=2.0, d_conv=4, dt_rank="auto",
+
+class MambaLayer(nn.Module):
+    """Mamba selective SSM layer (docs/attention.md, reference parameter names).
+
+    `forward(x)` runs from the zero state; `forward_stream(x, state)` takes and returns the
+    per-sequence state `(conv_state [B, E, d_conv - 1], ssm_state [B, E, N])`, so that running
+    segments one after another equals running their concatenation.
+    """
+
+    def __init__(self, dim, state_size=16, expand_factor=2.0, d_conv=4, dt_rank="auto",
                  dt_init="random", dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4, dropout=0.0):
         super().__init__()
-        if dim <= 0 or state_size < 1 or d_conv < 1:
-            raise ValueError(f"MambaLayer: need dim > 0, state_size >= 1, d_conv >= 1, got "
-                             f"{dim}, {state_size}, {d_conv}")
+        owner = "MambaLayer"
+        self.dim = check_int(owner, "dim", dim, minimum=1)
+        self.state_size = check_int(owner, "state_size", state_size, minimum=1)
+        self.expand_factor = check_number(owner, "expand_factor", expand_factor)
+        if self.expand_factor <= 0:
+            raise ValueError(f"{owner}: expand_factor must be positive, got {expand_factor}")
+        self.inner_dim = int(self.expand_factor * self.dim)
+        if self.inner_dim < 1:
+            raise ValueError(f"{owner}: int(expand_factor * dim) must be >= 1, got "
+                             f"{expand_factor} * {dim}")
+        self.d_conv = check_int(owner, "d_conv", d_conv, minimum=1)
+        if dt_rank == "auto":
+            rank = 0
+        elif isinstance(dt_rank, str):
+            raise ValueError(f"{owner}: dt_rank must be an integer or 'auto', got {dt_rank!r}")
+        else:
+            rank = check_int(owner, "dt_rank", dt_rank, minimum=0)
+        self.dt_rank = rank if rank > 0 else -(-self.dim // 16)
         if dt_init not in ("constant", "random"):
-            raise ValueError(f"MambaLayer: dt_init must be 'constant' or 'random', got '{dt_init}'")
-        if not (0 < dt_min <= dt_max and dt_init_floor > 0):
-            raise ValueError("MambaLayer: need 0 < dt_min <= dt_max and dt_init_floor > 0")
-        check_dropout("MambaLayer", dropout)
-        inner = int(expand_factor * dim)
-        if inner < 1:
-            raise ValueError(f"MambaLayer: expand_factor * dim must be >= 1, got {expand_factor} * {dim}")
-        rank = math.ceil(dim / 16) if dt_rank in ("auto", 0, None) else int(dt_rank)
-        if rank < 1:
-            raise ValueError(f"MambaLayer: dt_rank must be 'auto' or >= 1, got {dt_rank}")
-        self.dim, self.state_size, self.inner_dim, self.dt_rank = dim, state_size, inner, rank
-        self.d_conv = d_conv
-        self.in_proj = nn.Linear(dim, 2 * inner, bias=False)
-        self.conv1d = nn.Conv1d(inner, inner, d_conv, groups=inner, padding=d_conv - 1)
-        self.x_proj = nn.Linear(inner, rank + 2 * state_size, bias=False)
-        self.dt_proj = nn.Linear(rank, inner)
-        self.out_proj = nn.Linear(inner, dim, bias=False)
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, state_size + 1, dtype=torch.float32))
-                                  .repeat(inner, 1))
-        self.D = nn.Parameter(torch.ones(inner))
-        self.dropout = nn.Dropout(dropout)
+            raise ValueError(f"{owner}: dt_init must be 'constant' or 'random', got {dt_init!r}")
+        self.dt_init = dt_init
+        self.dt_min = check_number(owner, "dt_min", dt_min)
+        self.dt_max = check_number(owner, "dt_max", dt_max)
+        self.dt_init_floor = check_number(owner, "dt_init_floor", dt_init_floor)
+        if not (0 < self.dt_min <= self.dt_max and self.dt_init_floor > 0):
+            raise ValueError(f"{owner}: need 0 < dt_min <= dt_max and dt_init_floor > 0, got "
+                             f"dt_min={dt_min} dt_max={dt_max} dt_init_floor={dt_init_floor}")
+        self.dropout = check_dropout(owner, dropout)
+
+        e, n, r = self.inner_dim, self.state_size, self.dt_rank
+        self.in_proj = nn.Linear(self.dim, 2 * e, bias=False)
+        self.conv1d = nn.Conv1d(e, e, self.d_conv, groups=e, padding=self.d_conv - 1, bias=True)
+        self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, e, bias=True)
+        self.A_log = nn.Parameter(torch.empty(e, n))
+        self.D = nn.Parameter(torch.empty(e))
+        self.out_proj = nn.Linear(e, self.dim, bias=False)
+        self.reset_ssm_parameters()
+
+    def reset_ssm_parameters(self):
+        """dt_proj, A_log and D initialisation (the Linear/Conv layers keep PyTorch's)."""
         with torch.no_grad():
-            std = rank ** -0.5
-            if dt_init == "constant":
+            std = self.dt_rank ** -0.5
+            if self.dt_init == "constant":
                 self.dt_proj.weight.fill_(std)
             else:
                 self.dt_proj.weight.uniform_(-std, std)
-            dt = torch.exp(torch.rand(inner, dtype=torch.float64)
-                           * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-            dt = dt.clamp(min=dt_init_floor)
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            lo, hi = math.log(self.dt_min), math.log(self.dt_max)
+            dt = torch.exp(torch.rand(self.inner_dim, dtype=torch.float64) * (hi - lo) + lo)
+            dt = dt.clamp(min=self.dt_init_floor)
+            self.dt_proj.bias.copy_(_inverse_softplus(dt))
+            a = torch.arange(1, self.state_size + 1, dtype=torch.float32)
+            self.A_log.copy_(torch.log(a).expand(self.inner_dim, self.state_size))
+            self.D.fill_(1.0)
 
-    def initial_state(self, batch, device=None):
-        return (torch.zeros(batch, self.inner_dim, self.d_conv - 1, device=device),
-                torch.zeros(batch, self.inner_dim, self.state_size, device=device))
+    def extra_repr(self):
+        return (f"dim={self.dim}, state_size={self.state_size}, inner_dim={self.inner_dim}, "
+                f"d_conv={self.d_conv}, dt_rank={self.dt_rank}")
+
+    def initial_state(self, batch, device=None, dtype=torch.float32):
+        """The zero state `(conv_state [B, E, d_conv - 1], ssm_state [B, E, N])`."""
+        device = device if device is not None else self.A_log.device
+        return (torch.zeros(batch, self.inner_dim, self.d_conv - 1, device=device, dtype=dtype),
+                torch.zeros(batch, self.inner_dim, self.state_size, device=device, dtype=dtype))
+
+    def _check_state(self, state, batch):
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise ValueError("state must be a (conv_state, ssm_state) pair, got "
+                             f"{type(state).__name__}")
+        conv_state, ssm_state = state
+        want_conv = (batch, self.inner_dim, self.d_conv - 1)
+        want_ssm = (batch, self.inner_dim, self.state_size)
+        for name, t, want in (("conv_state", conv_state, want_conv),
+                              ("ssm_state", ssm_state, want_ssm)):
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"{name} must be a {shape_string(want)} tensor, got "
+                                 f"{type(t).__name__}")
+            if tuple(t.shape) != want:
+                raise ValueError(f"{name} must be {shape_string(want)}, got "
+                                 f"{shape_string(t.shape)}")
+            if not t.is_floating_point():
+                raise ValueError(f"{name} must be a floating point tensor, got {t.dtype}")
+        return conv_state, ssm_state
 
     def forward(self, x):
-        return self.forward_stream(x)[0]
+        return self.forward_stream(x, None)[0]
 
     def forward_stream(self, x, state=None):
-        """x [B, T, D] continuing from state (conv_state, ssm_state) -> (y, next_state)."""
-        check_tokens(x, self.dim)
-        b, t, _ = x.shape
+        """`x [B, T, D]`, `state` None (zeros) or `(conv_state, ssm_state)` ->
+        `(y [B, T, D], (conv_state, ssm_state))`."""
+        check_tokens(x, self.dim, "x")
+        bsz, length, _ = x.shape
         if state is None:
-            state = self.initial_state(b, x.device)
-        conv_state, ssm_state = state
-        e, n, k = self.inner_dim, self.state_size, self.d_conv
-        if tuple(conv_state.shape) != (b, e, k - 1) or tuple(ssm_state.shape) != (b, e, n):
-            raise ValueError(f"state must be ([{b}, {e}, {k - 1}], [{b}, {e}, {n}]), got "
-                             f"({list(conv_state.shape)}, {list(ssm_state.shape)})")
-        xz = self.in_proj(x)
-        xs, z = xz[..., :e], xz[..., e:]
-        seq = torch.cat([conv_state, xs.transpose(1, 2)], dim=2)      # [B, E, k-1+T]
-        u = F.silu(F.conv1d(seq, self.conv1d.weight, self.conv1d.bias, groups=e))  # [B, E, T]
-        next_conv = seq[:, :, seq.shape[2] - (k - 1):]
-        u = u.transpose(1, 2)                                          # [B, T, E]
-        x_dbl = self.x_proj(u)
-        dt, bm, cm = x_dbl.split([self.dt_rank, n, n], dim=-1)
-        delta = F.softplus(self.dt_proj(dt))                           # [B, T, E]
-        a = -torch.exp(self.A_log.float())                             # [E, N]
-        h = ssm_state.float()
+            conv_state, ssm_state = self.initial_state(bsz, x.device, x.dtype)
+        else:
+            conv_state, ssm_state = self._check_state(state, bsz)
+            conv_state = conv_state.to(x.dtype)
+            ssm_state = ssm_state.to(x.dtype)
+        e, n, r = self.inner_dim, self.state_size, self.dt_rank
+
+        xz = self.in_proj(x)                                # [B, T, 2E]
+        xi, z = xz[..., :e], xz[..., e:]
+        # Causal depthwise conv over [previous d_conv - 1 inputs, this segment].
+        seq = torch.cat([conv_state, xi.transpose(1, 2)], dim=2)  # [B, E, d_conv - 1 + T]
+        conv = F.conv1d(seq, self.conv1d.weight, self.conv1d.bias, groups=e)  # [B, E, T]
+        new_conv_state = seq[:, :, seq.shape[2] - (self.d_conv - 1):]
+        u = F.silu(conv).transpose(1, 2)                    # [B, T, E]
+
+        x_dbl = self.x_proj(u)                              # [B, T, R + 2N]
+        dt, bmat, cmat = x_dbl[..., :r], x_dbl[..., r:r + n], x_dbl[..., r + n:]
+        delta = F.softplus(self.dt_proj(dt))                # [B, T, E]
+        a = -torch.exp(self.A_log.to(x.dtype))              # [E, N]
+        decay = torch.exp(delta.unsqueeze(-1) * a)          # [B, T, E, N]
+        drive = (delta * u).unsqueeze(-1) * bmat.unsqueeze(2)  # [B, T, E, N]
+        h = ssm_state
         ys = []
-        for i in range(t):
-            d_i = delta[:, i].unsqueeze(-1)                            # [B, E, 1]
-            h = torch.exp(d_i * a) * h + d_i * bm[:, i].unsqueeze(1) * u[:, i].unsqueeze(-1)
-            ys.append((h * cm[:, i].unsqueeze(1)).sum(-1))             # [B, E]
-        y = torch.stack(ys, dim=1) + u * self.D
+        for t in range(length):
+            h = decay[:, t] * h + drive[:, t]
+            ys.append(torch.matmul(h, cmat[:, t].unsqueeze(-1)).squeeze(-1))  # [B, E]
+        y = torch.stack(ys, dim=1) + u * self.D.to(x.dtype)
         y = y * F.silu(z)
-        return self.dropout(self.out_proj(y)), (next_conv.contiguous(), h)
+        out = F.dropout(self.out_proj(y), self.dropout, self.training)
+        return out, (new_conv_state.contiguous(), h.contiguous())
+
+
+_LINEAR_OPTIONS = {
+    "performer": {"num_random_features": 256, "kernel_type": "softmax"},
+    "mamba": {"state_size": 16, "expand_factor": 2.0, "d_conv": 4, "dt_rank": "auto",
+              "dt_init": "random", "dt_min": 1e-3, "dt_max": 0.1, "dt_init_floor": 1e-4},
+}
 
 
 class LinearAttentionBlock(nn.Module):
-    """Pre-norm residual block around a Performer or a Mamba layer."""
+    """Pre-norm residual block around a Performer attention or a Mamba layer:
 
-    TYPES = ("performer", "mamba")
+        x = x + dropout(attn(norm1(x)))
+        x = x + dropout(mlp(norm2(x)))
 
-    def __init__(self, dim=768, attention_type="performer", num_heads=12, num_random_features=256,
-                 kernel_type="softmax", state_size=16, expand_factor=2.0, d_conv=4, dt_rank="auto",
-                 dt_init="random", dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4, mlp_ratio=4.0,
-                 dropout=0.0):
+    Type options (keyword only): performer `num_random_features`, `kernel_type`; mamba
+    `state_size`, `expand_factor`, `d_conv`, `dt_rank`, `dt_init`, `dt_min`, `dt_max`,
+    `dt_init_floor` (`num_heads` is ignored for mamba). `forward(x, state=None)` returns the
+    output tensor; `forward_stream(x, state=None)` also returns the Mamba state (None for
+    performer).
+    """
+
+    TYPES = tuple(_LINEAR_OPTIONS)
+
+    def __init__(self, dim=768, attention_type="performer", num_heads=12, mlp_ratio=4.0,
+                 dropout=0.0, **options):
         super().__init__()
-        if attention_type not in self.TYPES:
-            raise ValueError("LinearAttentionBlock: attention_type must be performer or mamba, "
-                             f"got '{attention_type}'")
-        check_dropout("LinearAttentionBlock", dropout)
-        self.dim, self.attention_type = dim, attention_type
-        self.norm1 = nn.LayerNorm(dim)
+        owner = "LinearAttentionBlock"
+        if attention_type not in _LINEAR_OPTIONS:
+            raise ValueError(f"{owner}: attention_type must be performer or mamba, got "
+                             f"{attention_type!r}")
+        known = _LINEAR_OPTIONS[attention_type]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"{owner}: unknown option(s) for attention_type "
+                             f"{attention_type!r}: {', '.join(unknown)}")
+        opts = dict(known, **options)
+        self.dim = check_int(owner, "dim", dim, minimum=1)
+        self.attention_type = attention_type
+        self.dropout = check_dropout(owner, dropout)
+        hidden = mlp_hidden_dim(owner, self.dim, mlp_ratio)
+        self.norm1 = nn.LayerNorm(self.dim, eps=1e-5)
         if attention_type == "performer":
-            self.attn = PerformerAttention(dim, num_heads, num_random_features, kernel_type, dropout)
+            self.attn = PerformerAttention(self.dim, num_heads, dropout=self.dropout, **opts)
         else:
-            self.attn = MambaLayer(dim, state_size, expand_factor, d_conv, dt_rank, dt_init,
-                                   dt_min, dt_max, dt_init_floor, dropout)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, mlp_hidden_dim(dim, mlp_ratio), dropout)
-        self.dropout = nn.Dropout(dropout)
+            self.attn = MambaLayer(self.dim, dropout=self.dropout, **opts)
+        self.norm2 = nn.LayerNorm(self.dim, eps=1e-5)
+        self.mlp = Mlp(self.dim, hidden)
 
-    def forward(self, x):
-        return self.forward_stream(x)[0]
+    def extra_repr(self):
+        return f"dim={self.dim}, attention_type={self.attention_type!r}"
+
+    def forward(self, x, state=None):
+        return self.forward_stream(x, state)[0]
 
     def forward_stream(self, x, state=None):
-        """(y, next_state); next_state is None for performer blocks."""
-        check_tokens(x, self.dim)
+        """-> `(y, new_state)`; `new_state` is the Mamba state, None for a performer block."""
+        check_tokens(x, self.dim, "x")
         normed = self.norm1(x)
         if self.attention_type == "mamba":
-            attn, next_state = self.attn.forward_stream(normed, state)
+            attn, new_state = self.attn.forward_stream(normed, state)
         else:
             if state is not None:
-                raise ValueError("a performer block takes no recurrent state; only mamba blocks do")
-            attn, next_state = self.attn(normed), None
-        h = x + self.dropout(attn)
-        return h + self.mlp(self.norm2(h)), next_state
+                raise ValueError("a performer block takes no recurrent state; only mamba "
+                                 "blocks do")
+            attn, new_state = self.attn(normed), None
+        x = x + F.dropout(attn, self.dropout, self.training)
+        return x + F.dropout(self.mlp(self.norm2(x)), self.dropout, self.training), new_state
