@@ -137,9 +137,11 @@ SafetensorsContents parse_safetensors(const void* data, size_t size, const std::
     }
     entries.push_back(parse_entry(item.key(), item.value(), data_size, source));
   }
-  // Tensors must not share bytes.
+  // Tensors must not share bytes (an empty tensor occupies none, wherever its offsets point).
   std::vector<const Entry*> by_offset;
-  for (const auto& e : entries) by_offset.push_back(&e);
+  for (const auto& e : entries) {
+    if (e.end > e.begin) by_offset.push_back(&e);
+  }
   std::sort(by_offset.begin(), by_offset.end(),
             [](const Entry* a, const Entry* b) { return a->begin < b->begin; });
   for (size_t i = 1; i < by_offset.size(); ++i) {
