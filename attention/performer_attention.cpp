@@ -24,8 +24,11 @@ PerformerKernel parse_performer_kernel(const std::string& name) {
 at::Tensor orthogonal_random_features(int64_t num_features, int64_t head_dim) {
   std::vector<at::Tensor> blocks;
   for (int64_t rows = 0; rows < num_features; rows += head_dim) {
-    auto q = std::get<0>(at::linalg_qr(at::randn({head_dim, head_dim})));
-    blocks.push_back(q.t());
+    auto qr = at::linalg_qr(at::randn({head_dim, head_dim}));
+    // Fixing the signs by diag(R) makes Q uniformly (Haar) distributed; raw QR output leans
+    // towards the axes.
+    auto signs = at::sign(std::get<1>(qr).diagonal()).unsqueeze(0);
+    blocks.push_back((std::get<0>(qr) * signs).t());
   }
   auto w = at::cat(blocks, 0).narrow(0, 0, num_features);
   auto norms = at::randn({num_features, head_dim}).norm(2, {1}, /*keepdim=*/true);

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <utility>
@@ -157,6 +158,9 @@ SafetensorsContents parse_safetensors(const void* data, size_t size, const std::
 }
 
 SafetensorsContents read_safetensors(const std::string& path) {
+  std::error_code ec;
+  TORCH_CHECK(std::filesystem::is_regular_file(path, ec), "cannot open weights file '", path,
+              "': it does not exist or is not a regular file");
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   TORCH_CHECK(in, "cannot open weights file '", path, "'");
   const std::streamoff size = in.tellg();

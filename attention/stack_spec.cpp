@@ -53,7 +53,9 @@ class KeyReader {
   void reject_unknown(const std::string& type) const {
     std::string unknown;
     for (const auto& item : obj_.items()) {
-      if (!seen_.count(item.key())) unknown += (unknown.empty() ? "" : ", ") + item.key();
+      if (!seen_.count(item.key())) {
+        unknown += (unknown.empty() ? "" : ", ") + where_ + "." + item.key();
+      }
     }
     TORCH_CHECK(unknown.empty(), where_, ": unknown option(s) for a ", type, " block: ", unknown);
   }

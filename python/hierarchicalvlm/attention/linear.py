@@ -29,8 +29,10 @@ def orthogonal_random_features(num_features, head_dim):
     standard normal vector of length `hd`."""
     blocks = []
     for _ in range(0, num_features, head_dim):
-        q, _ = torch.linalg.qr(torch.randn(head_dim, head_dim))
-        blocks.append(q.t())
+        q, r = torch.linalg.qr(torch.randn(head_dim, head_dim))
+        # Fixing the signs by diag(R) makes Q uniformly (Haar) distributed; raw QR output
+        # leans towards the axes.
+        blocks.append((q * torch.sign(torch.diagonal(r)).unsqueeze(0)).t())
     w = torch.cat(blocks, dim=0)[:num_features]
     norms = torch.randn(num_features, head_dim).norm(dim=1, keepdim=True)
     return (w * norms).contiguous()
