@@ -79,16 +79,9 @@ TEST(PerformerAttention, CoreMatchesExplicitQuadraticFormula) {
   }
 }
 
-// BUG: orthogonal_random_features uses Q of at::linalg_qr as it comes. Householder QR
-// (LAPACK) chooses the signs of R's diagonal, which gives Q's columns a preferred sign (the
-// first entry of Q's first column is always negative), so the rows of W are not isotropic and
-// FAVOR+'s positive random features become a biased estimate of exp(q.k / sqrt(hd)). Here
-// (seed 33, m = 16384) the error is 0.25; with Q multiplied by sign(diag(R)) it is 0.047 on
-// the same draws (the 1e-4 feature epsilon and the estimator's variance account for that).
-// On another draw, without the epsilon and in float64, the error stayed near 9.5% from
-// m = 8192 to m = 262144, where i.i.d. Gaussian rows reached 0.5%. The Python twin (linear.py) and docs/attention.md use the
-// same construction; projection_matrix is saved with the weights, so fixing the initialiser
-// does not change parity.
+// FAVOR+'s positive random features estimate exp(q.k / sqrt(hd)) only if W's rows are
+// isotropic: orthogonal_random_features fixes the signs of QR's Q by diag(R) (raw LAPACK Q
+// leans towards the axes; with it this check measured an error of 0.25 instead of 0.047).
 TEST(PerformerAttention, SoftmaxKernelApproximatesSoftmaxAttention) {
   c10::InferenceMode guard;
   at::manual_seed(33);
@@ -100,10 +93,8 @@ TEST(PerformerAttention, SoftmaxKernelApproximatesSoftmaxAttention) {
   EXPECT_LE(max_relative_error(got, testing::masked_attention_oracle(q, k, v)), 0.08);
 }
 
-// BUG: see SoftmaxKernelApproximatesSoftmaxAttention. Each row of a block should be uniformly
-// distributed in direction (a Haar-random Q), so every entry of the unit rows averages to zero
-// over many blocks. Here entry r of row r averages about -0.4 for r < hd - 1 and +0.39 for the
-// last row (hd = 4, 1000 blocks); the off-diagonal entries average about 0.
+// Each row of a block is uniformly distributed in direction (a Haar-random Q), so every entry
+// of the unit rows averages to zero over many blocks.
 TEST(PerformerAttention, ProjectionRowsHaveNoPreferredDirection) {
   at::manual_seed(38);
   const int64_t hd = 4, blocks = 1000;

@@ -114,9 +114,7 @@ TEST(StackSpec, DtRankAcceptsAutoOrAnInteger) {
       {"blocks[0].dt_rank must be an integer"}));
 }
 
-// BUG: docs/attention.md says an unknown key is an error naming `blocks[i].key` (the Python
-// twin says "blocks[1]: unknown option(s) for a mamba block: blocks[1].foo"); the C++ message
-// is "blocks[1]: unknown option(s) for a mamba block: foo", which never spells blocks[1].foo.
+// Unknown keys are named as blocks[i].key, as in the Python twin.
 TEST(StackSpec, RejectsUnknownOptionNamingTheKey) {
   EXPECT_TRUE(ThrowsWith(
       [] { StackSpec::parse(with_blocks(R"({"type": "strided"}, {"type": "mamba", "foo": 1})")); },
