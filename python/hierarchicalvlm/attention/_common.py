@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "block_options",
     "shape_string",
     "check_tokens",
     "check_int",
@@ -153,3 +154,17 @@ class Mlp(nn.Module):
 
     def forward(self, x):
         return self.fc2(F.gelu(self.fc1(x)))
+
+
+def block_options(owner, table, attention_type, options):
+    """The options of a block's attention_type: its defaults from `table` overridden by
+    `options`; an unknown type or an option of another type is a ValueError."""
+    if attention_type not in table:
+        raise ValueError(f"{owner}: attention_type must be one of {', '.join(table)}, got "
+                         f"{attention_type!r}")
+    known = table[attention_type]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"{owner}: unknown option(s) for attention_type "
+                         f"{attention_type!r}: {', '.join(unknown)}")
+    return dict(known, **options)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import (Mlp, QkvAttention, check_dropout, check_int, check_number, check_tokens,
-                      mlp_hidden_dim, shape_string)
+from ._common import (Mlp, QkvAttention, block_options, check_dropout, check_int,
+                      check_number, check_tokens, mlp_hidden_dim, shape_string)
 
 __all__ = [
     "PerformerAttention",
@@ -255,15 +255,7 @@ class LinearAttentionBlock(nn.Module):
                  dropout=0.0, **options):
         super().__init__()
         owner = "LinearAttentionBlock"
-        if attention_type not in _LINEAR_OPTIONS:
-            raise ValueError(f"{owner}: attention_type must be performer or mamba, got "
-                             f"{attention_type!r}")
-        known = _LINEAR_OPTIONS[attention_type]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise ValueError(f"{owner}: unknown option(s) for attention_type "
-                             f"{attention_type!r}: {', '.join(unknown)}")
-        opts = dict(known, **options)
+        opts = block_options(owner, _LINEAR_OPTIONS, attention_type, options)
         self.dim = check_int(owner, "dim", dim, minimum=1)
         self.attention_type = attention_type
         self.dropout = check_dropout(owner, dropout)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import (Mlp, QkvAttention, check_dropout, check_heads, check_int, check_number,
+from ._common import (Mlp, QkvAttention, block_options, check_dropout, check_heads, check_int, check_number,
                       check_tokens, masked_softmax_attention, merge_heads, mlp_hidden_dim,
                       shape_string, split_heads)
 
@@ -215,15 +215,7 @@ class HierarchicalAttentionBlock(nn.Module):
                  dropout=0.0, **options):
         super().__init__()
         owner = "HierarchicalAttentionBlock"
-        if attention_type not in _HIERARCHICAL_OPTIONS:
-            raise ValueError(f"{owner}: attention_type must be one of strided, local_global, "
-                             f"cross_memory, got {attention_type!r}")
-        known = _HIERARCHICAL_OPTIONS[attention_type]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise ValueError(f"{owner}: unknown option(s) for attention_type "
-                             f"{attention_type!r}: {', '.join(unknown)}")
-        opts = dict(known, **options)
+        opts = block_options(owner, _HIERARCHICAL_OPTIONS, attention_type, options)
         self.dim = check_int(owner, "dim", dim, minimum=1)
         self.attention_type = attention_type
         self.dropout = check_dropout(owner, dropout)
