@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import (Mlp, QkvAttention, block_options, check_dropout, check_heads, check_int, check_number,
-                      check_tokens, masked_softmax_attention, merge_heads, mlp_hidden_dim,
-                      shape_string, split_heads)
+from ._common import (Mlp, QkvAttention, block_options, check_dropout, check_heads, check_int,
+                      check_number, check_tokens, masked_softmax_attention, merge_heads,
+                      mlp_hidden_dim, shape_string, split_heads)
 
 __all__ = [
     "StridedAttention",
