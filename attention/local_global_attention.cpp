@@ -22,6 +22,8 @@ int64_t pick_block_size(int64_t n, int64_t local_window, int64_t requested) {
 at::Tensor global_positions(int64_t n, int64_t num_global_tokens) {
   auto opts = at::TensorOptions().dtype(at::kLong);
   if (num_global_tokens <= 0 || n <= 0) return at::empty({0}, opts);
+  // With g >= n the steps n/g <= 1 reach every position; this also bounds the work by n.
+  if (num_global_tokens >= n) return at::arange(n, opts);
   // floor(t * n / g) in exact integer arithmetic, then distinct values (g > n repeats some).
   auto pos = at::div(at::arange(num_global_tokens, opts) * n, num_global_tokens, "floor");
   return std::get<0>(at::unique_consecutive(pos));

@@ -79,12 +79,16 @@ Entry parse_entry(const std::string& name, const json& e, uint64_t data_size,
   TORCH_CHECK(e.contains("shape") && e.at("shape").is_array(), where,
               " must have a shape array");
   uint64_t numel = 1;
+  uint64_t nonzero_product = 1;  // bounded too: LibTorch computes strides from it
   for (const auto& d : e.at("shape")) {
     TORCH_CHECK(is_non_negative_int(d) && d.get<uint64_t>() <= (uint64_t{1} << 62), where,
                 " has an invalid dimension ", d.dump(), " in its shape");
     const uint64_t dim = d.get<uint64_t>();
-    TORCH_CHECK(dim == 0 || numel <= std::numeric_limits<uint64_t>::max() / 8 / dim, where,
-                " has a shape whose size overflows");
+    if (dim > 0) {
+      TORCH_CHECK(nonzero_product <= std::numeric_limits<uint64_t>::max() / 8 / dim, where,
+                  " has a shape whose size overflows");
+      nonzero_product *= dim;
+    }
     numel *= dim;
     out.shape.push_back(static_cast<int64_t>(dim));
   }

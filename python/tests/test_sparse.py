@@ -43,6 +43,7 @@ def test_global_positions_follow_the_docs():
     assert global_positions(10, 3).tolist() == [0, 3, 6]
     assert global_positions(5, 9).tolist() == [0, 1, 2, 3, 4]   # duplicates count once
     assert global_positions(7, 0).tolist() == []
+    assert global_positions(5, 1 << 40).tolist() == [0, 1, 2, 3, 4]  # bounded by n, not g
     for n, g in [(37, 3), (5, 9), (64, 64), (11, 4)]:
         assert global_positions(n, g).tolist() == global_set(n, g)
 

@@ -70,6 +70,13 @@ TEST(LocalGlobalAttention, GlobalPositionsCountDuplicatesOnceWhenMoreGlobalsThan
   }
 }
 
+TEST(LocalGlobalAttention, GlobalPositionsOfAHugeGlobalCountCostOnlyN) {
+  // g far beyond n would be an unbounded allocation if positions were listed per t.
+  EXPECT_EQ(to_vector(global_positions(5, int64_t{1} << 40)),
+            (std::vector<int64_t>{0, 1, 2, 3, 4}));
+  EXPECT_EQ(to_vector(global_positions(5, 5)), (std::vector<int64_t>{0, 1, 2, 3, 4}));
+}
+
 TEST(LocalGlobalAttention, GlobalPositionsAreEmptyWithoutGlobalTokens) {
   EXPECT_EQ(global_positions(10, 0).numel(), 0);
   EXPECT_EQ(global_positions(1, 0).numel(), 0);

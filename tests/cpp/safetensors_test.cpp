@@ -362,6 +362,13 @@ TEST(Safetensors, ZeroByteTensorSharingAnOffsetDoesNotOverlap) {
       json{{"a", entry("F32", {2}, 0, 8)}, {"b", entry("I64", {0, 3}, 8, 8)}}, data)));
 }
 
+TEST(Safetensors, EmptyTensorWithHugeOtherDimensionsIsRejected) {
+  const uint64_t big = uint64_t{1} << 62;
+  EXPECT_TRUE(ThrowsWith(
+      [&] { parse_guarded(make_file(json{{"a", entry("F32", {0, big, big}, 0, 0)}}, "")); },
+      {"tensor 'a'", "overflows"}));
+}
+
 TEST(Safetensors, RejectsUnknownEntryField) {
   auto e = entry("F32", {1}, 0, 4);
   e["foo"] = 1;

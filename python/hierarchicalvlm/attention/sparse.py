@@ -58,6 +58,8 @@ def global_positions(n, num_global_tokens, device=None):
     g = int(num_global_tokens)
     if g <= 0 or n <= 0:
         return torch.empty(0, dtype=torch.long, device=device)
+    if g >= n:  # steps of n/g <= 1 reach every position; never loop over a huge g
+        return torch.arange(n, dtype=torch.long, device=device)
     positions = sorted({(t * n) // g for t in range(g)})
     return torch.tensor(positions, dtype=torch.long, device=device)
 
