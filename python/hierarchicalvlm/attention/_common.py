@@ -11,6 +11,7 @@ from torch import nn
 
 __all__ = [
     "block_options",
+    "PreNormBlock",
     "shape_string",
     "check_tokens",
     "check_int",
@@ -168,3 +169,31 @@ def block_options(owner, table, attention_type, options):
         raise ValueError(f"{owner}: unknown option(s) for attention_type "
                          f"{attention_type!r}: {', '.join(unknown)}")
     return dict(known, **options)
+
+
+class PreNormBlock(nn.Module):
+    """What both block types share: norm1, the attention, norm2 and the MLP (registered in that
+    order, as in C++), combined as x + dropout(attn), then x + dropout(mlp(norm2(x))).
+    `make_attention(block)` builds the attention once block.dim, .options and .dropout are set."""
+
+    def __init__(self, owner, table, dim, attention_type, mlp_ratio, dropout, options,
+                 make_attention):
+        super().__init__()
+        self.options = block_options(owner, table, attention_type, options)
+        self.dim = check_int(owner, "dim", dim, minimum=1)
+        self.attention_type = attention_type
+        self.dropout = check_dropout(owner, dropout)
+        hidden = mlp_hidden_dim(owner, self.dim, mlp_ratio)
+        self.norm1 = nn.LayerNorm(self.dim, eps=1e-5)
+        self.attn = make_attention(self)
+        self.norm2 = nn.LayerNorm(self.dim, eps=1e-5)
+        self.mlp = Mlp(self.dim, hidden)
+
+    def extra_repr(self):
+        return f"dim={self.dim}, attention_type={self.attention_type!r}"
+
+    def residual(self, x, attn):
+        """x + dropout(attn) (attn None adds nothing), then the MLP half."""
+        if attn is not None:
+            x = x + F.dropout(attn, self.dropout, self.training)
+        return x + F.dropout(self.mlp(self.norm2(x)), self.dropout, self.training)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import (Mlp, QkvAttention, block_options, check_dropout, check_int,
-                      check_number, check_tokens, mlp_hidden_dim, shape_string)
+from ._common import (PreNormBlock, QkvAttention, check_dropout, check_int,
+                      check_number, check_tokens, shape_string)
 
 __all__ = [
     "PerformerAttention",
@@ -236,7 +236,7 @@ _LINEAR_OPTIONS = {
 }
 
 
-class LinearAttentionBlock(nn.Module):
+class LinearAttentionBlock(PreNormBlock):
     """Pre-norm residual block around a Performer attention or a Mamba layer:
 
         x = x + dropout(attn(norm1(x)))
@@ -253,23 +253,14 @@ class LinearAttentionBlock(nn.Module):
 
     def __init__(self, dim=768, attention_type="performer", num_heads=12, mlp_ratio=4.0,
                  dropout=0.0, **options):
-        super().__init__()
-        owner = "LinearAttentionBlock"
-        opts = block_options(owner, _LINEAR_OPTIONS, attention_type, options)
-        self.dim = check_int(owner, "dim", dim, minimum=1)
-        self.attention_type = attention_type
-        self.dropout = check_dropout(owner, dropout)
-        hidden = mlp_hidden_dim(owner, self.dim, mlp_ratio)
-        self.norm1 = nn.LayerNorm(self.dim, eps=1e-5)
-        if attention_type == "performer":
-            self.attn = PerformerAttention(self.dim, num_heads, dropout=self.dropout, **opts)
-        else:
-            self.attn = MambaLayer(self.dim, dropout=self.dropout, **opts)
-        self.norm2 = nn.LayerNorm(self.dim, eps=1e-5)
-        self.mlp = Mlp(self.dim, hidden)
+        def make_attention(block):
+            if attention_type == "performer":
+                return PerformerAttention(block.dim, num_heads, dropout=block.dropout,
+                                          **block.options)
+            return MambaLayer(block.dim, dropout=block.dropout, **block.options)
 
-    def extra_repr(self):
-        return f"dim={self.dim}, attention_type={self.attention_type!r}"
+        super().__init__("LinearAttentionBlock", _LINEAR_OPTIONS, dim, attention_type,
+                         mlp_ratio, dropout, options, make_attention)
 
     def forward(self, x, state=None):
         return self.forward_stream(x, state)[0]
@@ -285,5 +276,4 @@ class LinearAttentionBlock(nn.Module):
                 raise ValueError("a performer block takes no recurrent state; only mamba "
                                  "blocks do")
             attn, new_state = self.attn(normed), None
-        x = x + F.dropout(attn, self.dropout, self.training)
-        return x + F.dropout(self.mlp(self.norm2(x)), self.dropout, self.training), new_state
+        return self.residual(x, attn), new_state

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import (Mlp, QkvAttention, block_options, check_dropout, check_heads, check_int,
+from ._common import (PreNormBlock, QkvAttention, check_dropout, check_heads, check_int,
                       check_number, check_tokens, masked_softmax_attention, merge_heads,
-                      mlp_hidden_dim, shape_string, split_heads)
+                      shape_string, split_heads)
 
 __all__ = [
     "StridedAttention",
@@ -201,7 +201,7 @@ _HIERARCHICAL_OPTIONS = {
 }
 
 
-class HierarchicalAttentionBlock(nn.Module):
+class HierarchicalAttentionBlock(PreNormBlock):
     """Pre-norm residual block around a strided, local_global or cross_memory attention:
 
         x = x + dropout(attn(norm1(x)))      # cross_memory: attn(norm1(x), memory, residual=False)
@@ -215,26 +215,18 @@ class HierarchicalAttentionBlock(nn.Module):
 
     def __init__(self, dim=768, num_heads=12, attention_type="strided", mlp_ratio=4.0,
                  dropout=0.0, **options):
-        super().__init__()
-        owner = "HierarchicalAttentionBlock"
-        opts = block_options(owner, _HIERARCHICAL_OPTIONS, attention_type, options)
-        self.dim = check_int(owner, "dim", dim, minimum=1)
-        self.attention_type = attention_type
-        self.dropout = check_dropout(owner, dropout)
-        hidden = mlp_hidden_dim(owner, self.dim, mlp_ratio)
-        self.norm1 = nn.LayerNorm(self.dim, eps=1e-5)
-        if attention_type == "strided":
-            self.attn = StridedAttention(self.dim, num_heads, opts["stride"], dropout=self.dropout)
-        elif attention_type == "local_global":
-            self.attn = LocalGlobalAttention(self.dim, num_heads, opts["local_window"],
-                                             opts["num_global_tokens"], dropout=self.dropout)
-        else:
-            self.attn = CrossMemoryAttention(self.dim, num_heads, dropout=self.dropout)
-        self.norm2 = nn.LayerNorm(self.dim, eps=1e-5)
-        self.mlp = Mlp(self.dim, hidden)
+        def make_attention(block):
+            opts = block.options
+            if attention_type == "strided":
+                return StridedAttention(block.dim, num_heads, opts["stride"],
+                                        dropout=block.dropout)
+            if attention_type == "local_global":
+                return LocalGlobalAttention(block.dim, num_heads, opts["local_window"],
+                                            opts["num_global_tokens"], dropout=block.dropout)
+            return CrossMemoryAttention(block.dim, num_heads, dropout=block.dropout)
 
-    def extra_repr(self):
-        return f"dim={self.dim}, attention_type={self.attention_type!r}"
+        super().__init__("HierarchicalAttentionBlock", _HIERARCHICAL_OPTIONS, dim,
+                         attention_type, mlp_ratio, dropout, options, make_attention)
 
     def forward(self, x, memory=None):
         check_tokens(x, self.dim, "x")
@@ -247,6 +239,4 @@ class HierarchicalAttentionBlock(nn.Module):
                 raise ValueError(f"a {self.attention_type} block takes no memory; only "
                                  "cross_memory blocks do")
             attn = self.attn(normed)
-        if attn is not None:
-            x = x + F.dropout(attn, self.dropout, self.training)
-        return x + F.dropout(self.mlp(self.norm2(x)), self.dropout, self.training)
+        return self.residual(x, attn)
