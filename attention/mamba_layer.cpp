@@ -140,11 +140,15 @@ std::pair<at::Tensor, MambaState> MambaLayerImpl::forward_stream(const at::Tenso
 
 at::Tensor MambaLayerImpl::run_chunk(const at::Tensor& x, at::Tensor& conv_state,
                                      at::Tensor& ssm_state) {
-  const int64_t batch = x.size(0), length = x.size(1);
-  const int64_t e = inner_dim_, n = options.state_size(), r = dt_rank_;
-  const int64_t items = kernels::scan_work_items(batch, e);
-
   auto xz = in_proj->forward(x).contiguous();  // [B, L, 2E]: x | z
+  auto u = conv_stage(xz, conv_state);
+  auto x_dbl = x_proj->forward(u).contiguous();  // [B, L, R + 2N]: dt | B | C
+  auto delta = at::softplus(dt_proj->forward(x_dbl.narrow(-1, 0, dt_rank_))).contiguous();
+  return out_proj->forward(scan_stage(u, x_dbl, delta, xz, ssm_state));
+}
+
+at::Tensor MambaLayerImpl::conv_stage(const at::Tensor& xz, at::Tensor& conv_state) {
+  const int64_t batch = xz.size(0), length = xz.size(1), e = inner_dim_;
   auto u = at::empty({batch, length, e}, xz.options());
   auto conv_next = at::empty_like(conv_state);
   auto conv_weight = conv1d->weight.view({e, options.d_conv()}).t().contiguous();
@@ -160,16 +164,21 @@ at::Tensor MambaLayerImpl::run_chunk(const at::Tensor& x, at::Tensor& conv_state
   conv.state_in = conv_state.data_ptr<float>();
   conv.state_out = conv_next.data_ptr<float>();
   conv.out = u.data_ptr<float>();
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, kernels::scan_work_items(batch, e), 1, [&](int64_t begin, int64_t end) {
     kernels::causal_conv_silu(conv, begin, end);
   });
   conv_state = conv_next;
+  return u;
+}
 
-  auto x_dbl = x_proj->forward(u).contiguous();  // [B, L, R + 2N]: dt | B | C
-  auto delta = at::softplus(dt_proj->forward(x_dbl.narrow(-1, 0, r))).contiguous();
+at::Tensor MambaLayerImpl::scan_stage(const at::Tensor& u, const at::Tensor& x_dbl,
+                                      const at::Tensor& delta, const at::Tensor& xz,
+                                      at::Tensor& ssm_state) {
+  const int64_t batch = u.size(0), length = u.size(1);
+  const int64_t e = inner_dim_, n = options.state_size(), r = dt_rank_;
   auto a = (-at::exp(A_log)).contiguous();
   auto d = D.contiguous();
-  auto y = at::empty({batch, length, e}, xz.options());
+  auto y = at::empty({batch, length, e}, u.options());
   kernels::SelectiveScanArgs scan;
   scan.batch = batch;
   scan.length = length;
@@ -186,10 +195,10 @@ at::Tensor MambaLayerImpl::run_chunk(const at::Tensor& x, at::Tensor& conv_state
   scan.row_stride_z = 2 * e;
   scan.h = ssm_state.data_ptr<float>();
   scan.y = y.data_ptr<float>();
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, kernels::scan_work_items(batch, e), 1, [&](int64_t begin, int64_t end) {
     kernels::selective_scan(scan, begin, end);
   });
-  return out_proj->forward(y);
+  return y;
 }
 
 }  // namespace hvlm

@@ -82,6 +82,16 @@ class MambaLayerImpl : public torch::nn::Cloneable<MambaLayerImpl> {
   /// R, the delta projection rank.
   int64_t dt_rank() const { return dt_rank_; }
 
+  /// The fused CPU stages of one chunk (float32, contiguous inputs; exposed for benchmarks).
+  /// silu(causal_conv(x)) for xz [B, L, 2E] (x | z) continuing from conv_state [B, E, d_conv-1],
+  /// which is replaced by the state after this chunk -> u [B, L, E].
+  at::Tensor conv_stage(const at::Tensor& xz, at::Tensor& conv_state);
+  /// The selective scan gated by silu(z): u [B, L, E], x_dbl [B, L, R + 2N] (dt | B | C),
+  /// delta [B, L, E] (after softplus), xz as above; ssm_state [B, E, N] is updated in place
+  /// -> y [B, L, E] (before out_proj).
+  at::Tensor scan_stage(const at::Tensor& u, const at::Tensor& x_dbl, const at::Tensor& delta,
+                        const at::Tensor& xz, at::Tensor& ssm_state);
+
   MambaLayerOptions options;
   torch::nn::Linear in_proj{nullptr};
   torch::nn::Conv1d conv1d{nullptr};

@@ -16,7 +16,6 @@
 #include "attention/openmp_wait_policy.h"
 #include "attention/performer_attention.h"
 #include "attention/cross_memory_attention.h"
-#include "attention/selective_scan_cpu.h"
 #include "attention/strided_attention.h"
 #include "attention/weights.h"
 #include "bench/memory_tracker.h"
@@ -130,36 +129,18 @@ struct Row {
   Measurement m;
 };
 
-// The selective scan kernels alone, on inputs shaped like MambaLayer's at sequence length n.
+// The conv and selective-scan stages alone, on inputs shaped like MambaLayer's at length n.
 std::function<void()> mamba_scan_work(MambaLayer& layer, int64_t n) {
   const int64_t e = layer->inner_dim(), s = layer->options.state_size(), r = layer->dt_rank();
+  const int64_t k = layer->options.d_conv();
   auto xz = at::randn({1, n, 2 * e});
   auto x_dbl = at::randn({1, n, r + 2 * s});
   auto delta = at::softplus(at::randn({1, n, e}) - 4.0);
-  auto a = (-at::exp(layer->A_log)).contiguous();
-  auto conv_w = layer->conv1d->weight.view({e, -1}).t().contiguous();
-  const int64_t k = conv_w.size(0);
   return [=, &layer]() {
-    auto u = at::empty({1, n, e});
-    auto y = at::empty({1, n, e});
-    auto conv_in = at::zeros({1, e, k - 1}), conv_out = at::empty({1, e, k - 1});
-    auto h = at::zeros({1, e, s});
-    kernels::CausalConvArgs c;
-    c.batch = 1; c.length = n; c.channels = e; c.kernel = k;
-    c.x = xz.data_ptr<float>(); c.row_stride_x = 2 * e;
-    c.weight = conv_w.data_ptr<float>(); c.bias = layer->conv1d->bias.data_ptr<float>();
-    c.state_in = conv_in.data_ptr<float>(); c.state_out = conv_out.data_ptr<float>();
-    c.out = u.data_ptr<float>();
-    kernels::SelectiveScanArgs sc;
-    sc.batch = 1; sc.length = n; sc.channels = e; sc.state_size = s;
-    sc.u = u.data_ptr<float>(); sc.delta = delta.data_ptr<float>(); sc.a = a.data_ptr<float>();
-    sc.b = x_dbl.data_ptr<float>() + r; sc.c = x_dbl.data_ptr<float>() + r + s;
-    sc.row_stride_bc = r + 2 * s; sc.d = layer->D.data_ptr<float>();
-    sc.z = xz.data_ptr<float>() + e; sc.row_stride_z = 2 * e;
-    sc.h = h.data_ptr<float>(); sc.y = y.data_ptr<float>();
-    const int64_t items = kernels::scan_work_items(1, e);
-    at::parallel_for(0, items, 1, [&](int64_t b, int64_t end) { kernels::causal_conv_silu(c, b, end); });
-    at::parallel_for(0, items, 1, [&](int64_t b, int64_t end) { kernels::selective_scan(sc, b, end); });
+    auto conv_state = at::zeros({1, e, k - 1});
+    auto ssm_state = at::zeros({1, e, s});
+    auto u = layer->conv_stage(xz, conv_state);
+    layer->scan_stage(u, x_dbl, delta, xz, ssm_state);
   };
 }
 
