@@ -65,6 +65,7 @@ StackOutput AttentionStackImpl::forward(const at::Tensor& x,
   check_tokens(x, spec_.dim, "x", blocks->parameters().front().scalar_type());
   StackOutput out;
   out.states.resize(n);
+  out.memory_inputs.resize(n);
   at::Tensor h = x;
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor memory = memories.empty() ? at::Tensor() : memories[i];
@@ -73,6 +74,7 @@ StackOutput AttentionStackImpl::forward(const at::Tensor& x,
       if (auto* hb = std::get_if<HierarchicalAttentionBlock>(&blocks_[i])) {
         TORCH_CHECK(!state.conv_state.defined() && !state.ssm_state.defined(),
                     "only mamba blocks take a state");
+        if (spec_.blocks[i].type == "cross_memory") out.memory_inputs[i] = h;
         h = (*hb)->forward(h, memory);
       } else {
         TORCH_CHECK(!memory.defined(), "only cross_memory blocks take a memory");

@@ -23,6 +23,9 @@ struct StackOutput {
   at::Tensor y;
   /// One entry per block: the next state for mamba blocks, undefined for the others.
   std::vector<MambaState> states;
+  /// One entry per block: for cross_memory blocks the [B, T, D] hidden states that entered the
+  /// block (what a session's memory bank stores), undefined for the others.
+  std::vector<at::Tensor> memory_inputs;
 };
 
 class AttentionStackImpl : public torch::nn::Cloneable<AttentionStackImpl> {

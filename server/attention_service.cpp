@@ -1,0 +1,392 @@
+#include "server/attention_service.h"
+
+#include "server/log.h"
+#include "server/segment_runner.h"
+#include "server/service_error.h"
+#include "server/session_state.h"
+#include "server/tensor_codec.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+
+namespace hvlm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t micros_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(b - a).count();
+}
+
+grpc::StatusCode grpc_code(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kInvalidArgument: return grpc::StatusCode::INVALID_ARGUMENT;
+    case ErrorCode::kNotFound: return grpc::StatusCode::NOT_FOUND;
+    case ErrorCode::kAlreadyExists: return grpc::StatusCode::ALREADY_EXISTS;
+    case ErrorCode::kFailedPrecondition: return grpc::StatusCode::FAILED_PRECONDITION;
+    case ErrorCode::kAborted: return grpc::StatusCode::ABORTED;
+    case ErrorCode::kResourceExhausted: return grpc::StatusCode::RESOURCE_EXHAUSTED;
+    case ErrorCode::kDeadlineExceeded: return grpc::StatusCode::DEADLINE_EXCEEDED;
+    case ErrorCode::kCancelled: return grpc::StatusCode::CANCELLED;
+    case ErrorCode::kUnavailable: return grpc::StatusCode::UNAVAILABLE;
+    case ErrorCode::kInternal: return grpc::StatusCode::INTERNAL;
+  }
+  return grpc::StatusCode::UNKNOWN;
+}
+
+// Runs `work`, returning OK or the status of what it threw.
+template <typename Work>
+grpc::Status guarded(Work&& work) {
+  try {
+    work();
+    return grpc::Status::OK;
+  } catch (...) {
+    return to_status(std::current_exception());
+  }
+}
+
+// A request that waited past its deadline, or whose client gave up, is not worth computing.
+void check_still_wanted(grpc::CallbackServerContext* ctx) {
+  if (ctx->IsCancelled()) fail(ErrorCode::kCancelled, "the client cancelled the call");
+  if (ctx->deadline() <= std::chrono::system_clock::now()) {
+    fail(ErrorCode::kDeadlineExceeded, "the deadline passed before the request could run");
+  }
+}
+
+void fill_timings(const StageTimings& t, v1::StageTimings* out) {
+  out->set_queue_micros(t.queue_micros);
+  out->set_decode_micros(t.decode_micros);
+  out->set_compute_micros(t.compute_micros);
+  out->set_memory_update_micros(t.memory_update_micros);
+  out->set_encode_micros(t.encode_micros);
+}
+
+}  // namespace
+
+grpc::Status to_status(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const ServiceError& e) {
+    return grpc::Status(grpc_code(e.code()), e.what());
+  } catch (const c10::Error& e) {
+    std::string m = e.what_without_backtrace();
+    if (m.size() > kMaxErrorMessageChars) m.resize(kMaxErrorMessageChars);
+    return grpc::Status(grpc::StatusCode::INTERNAL, m);
+  } catch (const std::bad_alloc&) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "out of memory");
+  } catch (const std::exception& e) {
+    return grpc::Status(grpc::StatusCode::INTERNAL, e.what());
+  } catch (...) {
+    return grpc::Status(grpc::StatusCode::INTERNAL, "unknown error");
+  }
+}
+
+AttentionServiceImpl::AttentionServiceImpl(const StackRegistry& stacks, SessionStore& sessions,
+                                           WorkerPool& workers, const LimitsConfig& limits)
+    : stacks_(stacks), sessions_(sessions), workers_(workers), limits_(limits) {}
+
+template <typename Work>
+grpc::ServerUnaryReactor* AttentionServiceImpl::inline_call(grpc::CallbackServerContext* ctx,
+                                                            const char* rpc, Work work) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  const grpc::Status status = guarded(work);
+  if (!status.ok()) {
+    log::debug("request failed", {{"rpc", rpc}, {"code", std::to_string(status.error_code())},
+                                  {"error", status.error_message()}});
+  }
+  reactor->Finish(status);
+  return reactor;
+}
+
+template <typename Work>
+grpc::ServerUnaryReactor* AttentionServiceImpl::on_worker(grpc::CallbackServerContext* ctx,
+                                                          const char* rpc, Work work) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  const auto arrival = Clock::now();
+  const bool queued = workers_.try_submit([ctx, reactor, rpc, arrival, work]() mutable {
+    const grpc::Status status = guarded([&] {
+      check_still_wanted(ctx);
+      work(micros_between(arrival, Clock::now()));
+    });
+    if (!status.ok()) {
+      log::debug("request failed", {{"rpc", rpc}, {"code", std::to_string(status.error_code())},
+                                    {"error", status.error_message()}});
+    }
+    reactor->Finish(status);
+  });
+  if (!queued) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                 "server busy: the request queue is full or the server is stopping"));
+  }
+  return reactor;
+}
+
+const HostedStack& AttentionServiceImpl::stack_or_throw(const std::string& name) const {
+  const HostedStack* stack = stacks_.find(name);
+  if (stack == nullptr) {
+    std::string names;
+    for (const HostedStack* s : stacks_.list()) names += (names.empty() ? "" : ", ") + s->name;
+    fail(ErrorCode::kNotFound, "no stack named '", name, "' (stacks: ", names, ")");
+  }
+  return *stack;
+}
+
+void AttentionServiceImpl::fill_session(const SessionInfo& info, v1::SessionInfo* out) const {
+  out->set_session_id(info.session_id);
+  out->set_stack(info.stack);
+  out->set_segments_seen(info.segments_seen);
+  for (const auto& bank : info.banks) {
+    auto* b = out->add_memory_banks();
+    b->set_block_index(static_cast<int32_t>(bank.block_index));
+    b->set_length(bank.length);
+    b->set_bytes(bank.bytes);
+  }
+  out->set_state_bytes(info.state_bytes);
+  out->set_total_bytes(info.total_bytes);
+  out->set_batch_size(info.batch);
+  out->set_created_unix_micros(info.created_unix_micros);
+  out->set_last_used_unix_micros(info.last_used_unix_micros);
+  out->set_streaming(info.streaming);
+}
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::ListStacks(grpc::CallbackServerContext* ctx,
+                                                           const v1::ListStacksRequest*,
+                                                           v1::ListStacksResponse* resp) {
+  return inline_call(ctx, "ListStacks", [&] {
+    for (const HostedStack* s : stacks_.list()) {
+      auto* info = resp->add_stacks();
+      info->set_name(s->name);
+      info->set_dim(s->dim());
+      info->set_weights_loaded(s->weights_loaded);
+      info->set_weights_source(s->weights_source);
+      info->set_dtype(dtype_name(s->dtype));
+      info->set_device(s->device.str());
+      info->set_fingerprint(s->fingerprint);
+      const nlohmann::json spec = s->spec().to_json();
+      for (size_t i = 0; i < spec["blocks"].size(); ++i) {
+        auto* block = info->add_blocks();
+        block->set_index(static_cast<int32_t>(i));
+        block->set_type(s->spec().blocks[i].type);
+        block->set_options_json(spec["blocks"][i].dump());
+        const auto it = s->memory.find(i);
+        if (it != s->memory.end()) {
+          auto* m = block->mutable_memory();
+          m->set_policy(it->second.policy == MemoryPolicy::kFifo ? v1::FIFO : v1::MERGE);
+          m->set_capacity(it->second.capacity);
+          m->set_tokens_per_segment(it->second.tokens_per_segment);
+        }
+      }
+    }
+  });
+}
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::Forward(grpc::CallbackServerContext* ctx,
+                                                        const v1::ForwardRequest* req,
+                                                        v1::ForwardResponse* resp) {
+  return on_worker(ctx, "Forward", [this, req, resp](int64_t queue_micros) {
+    StageTimings t;
+    t.queue_micros = queue_micros;
+    auto start = Clock::now();
+    const DecodedTokens in = decode_tokens(req->features(), "features", limits_.max_tokens_per_segment, false);
+    at::Tensor y;
+    if (!req->session_id().empty()) {
+      if (req->memories_size() > 0) {
+        fail(ErrorCode::kInvalidArgument, "memories cannot be given with a session_id: the session's "
+             "memory banks are used");
+      }
+      if (!req->stack().empty() && req->stack() != sessions_.info(req->session_id()).stack) {
+        fail(ErrorCode::kInvalidArgument, "session '", req->session_id(), "' is bound to stack '",
+             sessions_.info(req->session_id()).stack, "', not '", req->stack(), "'");
+      }
+      std::optional<uint64_t> sequence;
+      if (req->has_sequence()) sequence = req->sequence();
+      t.decode_micros = micros_between(start, Clock::now());
+      SegmentResult r = run_segment(sessions_, req->session_id(), sequence, in.tokens, false, &t);
+      y = r.output;
+      resp->set_session_id(req->session_id());
+      resp->set_sequence(r.sequence);
+      ++segments_;
+    } else {
+      if (req->has_sequence()) fail(ErrorCode::kInvalidArgument, "sequence needs a session_id");
+      const HostedStack& stack = stack_or_throw(req->stack());
+      std::map<size_t, at::Tensor> memories;
+      for (int i = 0; i < req->memories_size(); ++i) {
+        const auto& m = req->memories(i);
+        const std::string field = "memories[" + std::to_string(i) + "]";
+        if (m.block_index() < 0 || !stack.memory.count(static_cast<size_t>(m.block_index()))) {
+          std::string blocks;
+          for (size_t b : stack.memory_blocks) blocks += (blocks.empty() ? "" : ", ") + std::to_string(b);
+          fail(ErrorCode::kInvalidArgument, field, ".block_index ", m.block_index(),
+               " is not a cross_memory block of stack '", stack.name, "' (cross_memory blocks: ",
+               blocks.empty() ? "none" : blocks, ")");
+        }
+        if (memories.count(static_cast<size_t>(m.block_index()))) {
+          fail(ErrorCode::kInvalidArgument, field, ".block_index ", m.block_index(), " is given twice");
+        }
+        memories[static_cast<size_t>(m.block_index())] =
+            decode_tokens(m.tokens(), field + ".tokens", limits_.max_memory_tokens, true).tokens;
+      }
+      t.decode_micros = micros_between(start, Clock::now());
+      y = forward_stateless(stack, in.tokens, memories, &t);
+    }
+    start = Clock::now();
+    encode_tokens(y, in.unbatched, in.dtype, resp->mutable_output());
+    t.encode_micros = micros_between(start, Clock::now());
+    fill_timings(t, resp->mutable_timings());
+  });
+}
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::OpenSession(grpc::CallbackServerContext* ctx,
+                                                            const v1::OpenSessionRequest* req,
+                                                            v1::OpenSessionResponse* resp) {
+  return inline_call(ctx, "OpenSession", [&] {
+    const SessionInfo info = sessions_.open(stack_or_throw(req->stack()), req->session_id());
+    log::info("session opened", {{"session_id", info.session_id}, {"stack", info.stack}});
+    fill_session(info, resp->mutable_session());
+  });
+}
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::CloseSession(grpc::CallbackServerContext* ctx,
+                                                             const v1::CloseSessionRequest* req,
+                                                             v1::CloseSessionResponse*) {
+  return inline_call(ctx, "CloseSession", [&] {
+    sessions_.close(req->session_id());
+    log::info("session closed", {{"session_id", req->session_id()}});
+  });
+}
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::GetSession(grpc::CallbackServerContext* ctx,
+                                                           const v1::GetSessionRequest* req,
+                                                           v1::GetSessionResponse* resp) {
+  return inline_call(ctx, "GetSession",
+                     [&] { fill_session(sessions_.info(req->session_id()), resp->mutable_session()); });
+}
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::ExportSession(grpc::CallbackServerContext* ctx,
+                                                              const v1::ExportSessionRequest* req,
+                                                              v1::ExportSessionResponse* resp) {
+  return on_worker(ctx, "ExportSession", [this, req, resp](int64_t) {
+    const auto [stack, state] = sessions_.snapshot(req->session_id());
+    std::string bytes = export_session(req->session_id(), *stack, state);
+    if (static_cast<int64_t>(bytes.size()) > limits_.max_message_bytes - 1024) {
+      fail(ErrorCode::kResourceExhausted, "session '", req->session_id(), "' exports to ", bytes.size(),
+           " bytes, more than max_message_bytes allows");
+    }
+    resp->set_state(std::move(bytes));
+  });
+}
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::ImportSession(grpc::CallbackServerContext* ctx,
+                                                              const v1::ImportSessionRequest* req,
+                                                              v1::ImportSessionResponse* resp) {
+  return on_worker(ctx, "ImportSession", [this, req, resp](int64_t) {
+    c10::InferenceMode guard;
+    ExportedSession imported = import_session(req->state(), stacks_, limits_.max_tokens_per_segment);
+    const std::string id = req->session_id().empty() ? imported.session_id : req->session_id();
+    const HostedStack& stack = stack_or_throw(imported.stack);
+    const SessionInfo info = sessions_.import(stack, id, std::move(imported.state));
+    log::info("session imported", {{"session_id", id}, {"stack", stack.name},
+                                   {"segments_seen", std::to_string(info.segments_seen)}});
+    fill_session(info, resp->mutable_session());
+  });
+}
+
+// --- StreamSegments ------------------------------------------------------------------------
+
+// One stream: read a segment, run it on a worker, write its output, read the next. The first
+// message binds the stream to its session; OnDone unbinds it.
+class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentRequest, v1::SegmentResponse> {
+ public:
+  SegmentStreamReactor(AttentionServiceImpl* service, grpc::CallbackServerContext* ctx)
+      : service_(service), ctx_(ctx) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client finished sending (or went away); nothing is in flight
+      Finish(grpc::Status::OK);
+      return;
+    }
+    arrival_ = Clock::now();
+    if (!service_->workers_.try_submit([this] { process(); })) {
+      Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "server busy: the request queue is full or the server is stopping"));
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the response could not be sent"));
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnDone() override {
+    if (attached_) service_->sessions_.detach_stream(session_id_);
+    delete this;
+  }
+
+ private:
+  // Runs on a worker.
+  void process() {
+    const grpc::Status status = guarded([this] {
+      check_still_wanted(ctx_);
+      StageTimings t;
+      auto start = Clock::now();
+      t.queue_micros = micros_between(arrival_, start);
+      if (!attached_) {
+        if (request_.session_id().empty()) {
+          fail(ErrorCode::kInvalidArgument, "the first message of a stream must name its session_id");
+        }
+        check_session_id(request_.session_id());
+        service_->sessions_.attach_stream(request_.session_id());
+        session_id_ = request_.session_id();
+        attached_ = true;
+      } else if (!request_.session_id().empty() && request_.session_id() != session_id_) {
+        fail(ErrorCode::kInvalidArgument, "this stream serves session '", session_id_,
+             "'; a message named session '", request_.session_id(), "'");
+      }
+      const DecodedTokens in = decode_tokens(request_.features(), "features",
+                                             service_->limits_.max_tokens_per_segment, false);
+      t.decode_micros = micros_between(start, Clock::now());
+      const SegmentResult r = run_segment(service_->sessions_, session_id_, request_.sequence(),
+                                          in.tokens, true, &t);
+      ++service_->segments_;
+      start = Clock::now();
+      response_.Clear();
+      response_.set_session_id(session_id_);
+      response_.set_sequence(r.sequence);
+      encode_tokens(r.output, in.unbatched, in.dtype, response_.mutable_output());
+      t.encode_micros = micros_between(start, Clock::now());
+      fill_timings(t, response_.mutable_timings());
+      log::debug("segment done", {{"session_id", session_id_}, {"sequence", std::to_string(r.sequence)},
+                                  {"compute_us", std::to_string(t.compute_micros)}});
+    });
+    if (!status.ok()) {
+      log::debug("stream failed", {{"session_id", session_id_}, {"code", std::to_string(status.error_code())},
+                                   {"error", status.error_message()}});
+      Finish(status);
+      return;
+    }
+    StartWrite(&response_);
+  }
+
+  AttentionServiceImpl* service_;
+  grpc::CallbackServerContext* ctx_;
+  v1::SegmentRequest request_;
+  v1::SegmentResponse response_;
+  Clock::time_point arrival_;
+  std::string session_id_;  // set by the first message
+  bool attached_ = false;
+};
+
+grpc::ServerBidiReactor<v1::SegmentRequest, v1::SegmentResponse>* AttentionServiceImpl::StreamSegments(
+    grpc::CallbackServerContext* ctx) {
+  return new SegmentStreamReactor(this, ctx);
+}
+
+}  // namespace hvlm

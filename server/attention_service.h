@@ -1,0 +1,70 @@
+// AttentionServiceImpl: hvlm.v1.AttentionService on gRPC's callback API. The only place that
+// knows gRPC: it decodes requests, calls the stack registry, session store and segment runner,
+// encodes responses, and turns every exception into a grpc::Status exactly once (to_status).
+// Tensor work (Forward, segments, export, import) runs on the WorkerPool; cheap calls
+// (ListStacks, sessions' bookkeeping) answer inline. One reactor per stream, at most one read
+// and one write in flight; the reactor deletes itself in OnDone.
+// Thread-safe; must outlive the grpc::Server it is registered with.
+#pragma once
+
+#include "hvlm/v1/attention_service.grpc.pb.h"
+#include "server/config.h"
+#include "server/session_store.h"
+#include "server/stack_registry.h"
+#include "server/worker_pool.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <exception>
+
+namespace hvlm {
+
+class AttentionServiceImpl final : public v1::AttentionService::CallbackService {
+ public:
+  AttentionServiceImpl(const StackRegistry& stacks, SessionStore& sessions, WorkerPool& workers,
+                       const LimitsConfig& limits);
+
+  grpc::ServerUnaryReactor* ListStacks(grpc::CallbackServerContext* ctx, const v1::ListStacksRequest* req,
+                                       v1::ListStacksResponse* resp) override;
+  grpc::ServerUnaryReactor* Forward(grpc::CallbackServerContext* ctx, const v1::ForwardRequest* req,
+                                    v1::ForwardResponse* resp) override;
+  grpc::ServerBidiReactor<v1::SegmentRequest, v1::SegmentResponse>* StreamSegments(
+      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerUnaryReactor* OpenSession(grpc::CallbackServerContext* ctx, const v1::OpenSessionRequest* req,
+                                        v1::OpenSessionResponse* resp) override;
+  grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* ctx, const v1::CloseSessionRequest* req,
+                                         v1::CloseSessionResponse* resp) override;
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* ctx, const v1::GetSessionRequest* req,
+                                       v1::GetSessionResponse* resp) override;
+  grpc::ServerUnaryReactor* ExportSession(grpc::CallbackServerContext* ctx,
+                                          const v1::ExportSessionRequest* req,
+                                          v1::ExportSessionResponse* resp) override;
+  grpc::ServerUnaryReactor* ImportSession(grpc::CallbackServerContext* ctx,
+                                          const v1::ImportSessionRequest* req,
+                                          v1::ImportSessionResponse* resp) override;
+
+  /// Segments completed by streams and session Forwards since start.
+  int64_t segments_processed() const { return segments_.load(); }
+
+ private:
+  friend class SegmentStreamReactor;
+  template <typename Work>
+  grpc::ServerUnaryReactor* on_worker(grpc::CallbackServerContext* ctx, const char* rpc, Work work);
+  template <typename Work>
+  grpc::ServerUnaryReactor* inline_call(grpc::CallbackServerContext* ctx, const char* rpc, Work work);
+  const HostedStack& stack_or_throw(const std::string& name) const;
+  void fill_session(const SessionInfo& info, v1::SessionInfo* out) const;
+
+  const StackRegistry& stacks_;
+  SessionStore& sessions_;
+  WorkerPool& workers_;
+  const LimitsConfig limits_;
+  std::atomic<int64_t> segments_{0};
+};
+
+// The status for an exception thrown below the edge: ServiceError keeps its code; c10::Error
+// (a library failure) is INTERNAL; std::bad_alloc is RESOURCE_EXHAUSTED.
+grpc::Status to_status(const std::exception_ptr& error);
+
+}  // namespace hvlm

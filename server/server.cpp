@@ -1,0 +1,131 @@
+#include "server/server.h"
+
+#include "server/log.h"
+
+#include <ATen/Parallel.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <thread>
+
+namespace hvlm {
+namespace {
+
+int intra_op_threads(const ServerConfig& config) {
+  if (config.intra_op_threads > 0) return static_cast<int>(config.intra_op_threads);
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+}  // namespace
+
+std::unique_ptr<Server> Server::start(const ServerConfig& config) {
+  std::unique_ptr<Server> s(new Server());
+  s->config_ = config;
+  const int threads = intra_op_threads(config);
+  at::set_num_threads(threads);
+
+  s->stacks_ = StackRegistry::create(config);
+  for (const HostedStack* stack : s->stacks_->list()) {
+    log::info("stack ready", {{"stack", stack->name},
+                              {"blocks", std::to_string(stack->spec().blocks.size())},
+                              {"dim", std::to_string(stack->dim())},
+                              {"device", stack->device.str()},
+                              {"weights", stack->weights_loaded ? stack->weights_source
+                                                                : stack->weights_source + ", no weights file"},
+                              {"fingerprint", stack->fingerprint}});
+    if (!stack->weights_loaded) {
+      log::warn("stack has no weights file: serving a seeded random init", {{"stack", stack->name}});
+    }
+  }
+
+  SessionStore::Options store;
+  store.max_sessions = config.limits.max_sessions;
+  store.idle_ttl_seconds = config.limits.session_idle_ttl_seconds;
+  store.max_memory_bytes = config.limits.max_session_memory_bytes;
+  store.evict_lru = config.limits.evict_lru;
+  s->sessions_ = std::make_unique<SessionStore>(store);
+
+  WorkerPool::Options pool;
+  pool.threads = config.workers;
+  pool.max_queued = config.limits.max_queued_requests;
+  pool.thread_init = [threads] { at::set_num_threads(threads); };
+  s->workers_ = std::make_unique<WorkerPool>(pool);
+
+  s->service_ = std::make_unique<AttentionServiceImpl>(*s->stacks_, *s->sessions_, *s->workers_, config.limits);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &s->port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.limits.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config.limits.max_message_bytes));
+  builder.RegisterService(s->service_.get());
+  s->grpc_ = builder.BuildAndStart();
+  if (!s->grpc_ || s->port_ == 0) {
+    s->workers_->shutdown();
+    throw std::runtime_error("cannot listen on " + config.listen);
+  }
+  s->host_ = config.listen.substr(0, config.listen.rfind(':'));
+  if (auto* health = s->grpc_->GetHealthCheckService()) {
+    health->SetServingStatus(true);
+    health->SetServingStatus(v1::AttentionService::service_full_name(), true);
+  }
+  s->expiry_ = std::thread([raw = s.get()] { raw->expiry_loop(); });
+  log::info("hvlm-server listening", {{"address", s->address()},
+                                      {"workers", std::to_string(config.workers)},
+                                      {"intra_op_threads", std::to_string(threads)}});
+  return s;
+}
+
+Server::~Server() { shutdown(0); }
+
+std::string Server::address() const {
+  const std::string host = host_ == "0.0.0.0" || host_ == "[::]" || host_.empty() ? "127.0.0.1" : host_;
+  return host + ":" + std::to_string(port_);
+}
+
+void Server::expiry_loop() {
+  const double ttl = config_.limits.session_idle_ttl_seconds;
+  const auto period = std::chrono::duration<double>(std::clamp(ttl / 4, 0.05, 1.0));
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!cv_.wait_for(lock, period, [this] { return stopping_; })) {
+    lock.unlock();
+    const size_t n = sessions_->expire_idle();
+    if (n > 0) log::info("sessions expired", {{"count", std::to_string(n)}});
+    lock.lock();
+  }
+}
+
+void Server::shutdown(double grace_seconds) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  log::info("shutting down", {{"grace_seconds", std::to_string(grace_seconds)}});
+  if (grpc_) {
+    if (auto* health = grpc_->GetHealthCheckService()) health->Shutdown();
+    const auto deadline = std::chrono::system_clock::now() +
+                          std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                              std::chrono::duration<double>(grace_seconds));
+    grpc_->Shutdown(deadline);
+  }
+  if (workers_) workers_->shutdown();
+  if (expiry_.joinable()) expiry_.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopped_ = true;
+  }
+  cv_.notify_all();
+  log::info("stopped");
+}
+
+void Server::wait() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [this] { return stopped_; });
+}
+
+}  // namespace hvlm

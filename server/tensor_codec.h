@@ -1,0 +1,33 @@
+// Conversion between hvlm.v1.Tensor (dtype, shape, raw little-endian bytes) and at::Tensor, with
+// every check a request needs before anything is allocated: dtype known, dimensions in range,
+// byte length exact, element count within the caller's limit, values finite. Errors are
+// ServiceErrors (INVALID_ARGUMENT / RESOURCE_EXHAUSTED) naming the field. Stateless; thread-safe.
+#pragma once
+
+#include "hvlm/v1/attention_service.pb.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+
+namespace hvlm {
+
+struct DecodedTokens {
+  /// [B, T, D] CPU tensor in the wire dtype (a [T, D] input gets B = 1).
+  at::Tensor tokens;
+  /// True when the input was [T, D]; the output is then returned as [T, D] too.
+  bool unbatched = false;
+  /// The wire dtype, used for the response.
+  v1::DType dtype = v1::FLOAT32;
+};
+
+// Decodes a [T, D] or [B, T, D] tensor named `field` (e.g. "features"). `allow_empty_time`
+// permits T = 0 (memories). `max_tokens` bounds B * T (RESOURCE_EXHAUSTED beyond it).
+DecodedTokens decode_tokens(const v1::Tensor& tensor, const std::string& field, int64_t max_tokens,
+                            bool allow_empty_time);
+
+// Encodes `tokens` ([B, T, D], any device, floating) as `dtype`; drops B when `unbatched`.
+void encode_tokens(const at::Tensor& tokens, bool unbatched, v1::DType dtype, v1::Tensor* out);
+
+}  // namespace hvlm
