@@ -307,30 +307,37 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
 
   void OnReadDone(bool ok) override {
     if (!ok) {  // the client finished sending (or went away); nothing is in flight
-      Finish(grpc::Status::OK);
+      finish(grpc::Status::OK);
       return;
     }
     arrival_ = Clock::now();
     if (!service_->workers_.try_submit([this] { process(); })) {
-      Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+      finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                           "server busy: the request queue is full or the server is stopping"));
     }
   }
 
   void OnWriteDone(bool ok) override {
     if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the response could not be sent"));
+      finish(grpc::Status(grpc::StatusCode::CANCELLED, "the response could not be sent"));
       return;
     }
     StartRead(&request_);
   }
 
-  void OnDone() override {
-    if (attached_) service_->sessions_.detach_stream(session_id_);
-    delete this;
-  }
+  void OnDone() override { delete this; }
 
  private:
+  // Every Finish goes through here: the session is free for a new stream as soon as the
+  // client can see this stream's status.
+  void finish(const grpc::Status& status) {
+    if (attached_) {
+      service_->sessions_.detach_stream(session_id_);
+      attached_ = false;
+    }
+    Finish(status);
+  }
+
   // Runs on a worker.
   void process() {
     const grpc::Status status = guarded([this] {
@@ -369,7 +376,7 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
     if (!status.ok()) {
       log::debug("stream failed", {{"session_id", session_id_}, {"code", std::to_string(status.error_code())},
                                    {"error", status.error_message()}});
-      Finish(status);
+      finish(status);
       return;
     }
     StartWrite(&response_);
