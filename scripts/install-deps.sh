@@ -10,10 +10,14 @@ PACKAGES=(
   # LibTorch (CPU) and an optimized BLAS: without libopenblas0-pthread Debian's
   # LibTorch falls back to the reference BLAS, about 45x slower.
   libtorch-dev libopenblas0-pthread
-  # C++ libraries
+  # C++ libraries: tests, JSON, gRPC + protobuf (and their code generators), logs, config
   libgtest-dev nlohmann-json3-dev
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  libspdlog-dev libyaml-cpp-dev
   # Python twin, test oracle, plots (Debian's /usr/bin/python3)
   python3 python3-torch python3-numpy python3-matplotlib python3-pytest
+  # Python client (hierarchicalvlm.client): gRPC runtime and protoc for its stubs
+  python3-grpcio python3-grpc-tools python3-protobuf
 )
 
 missing=()
