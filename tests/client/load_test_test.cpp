@@ -1,0 +1,156 @@
+// The `load` command against an in-process fake server: every measured segment is counted,
+// warmup is not, the run stops by itself (segment count or duration), and failed sessions are
+// counted with the first error instead of aborting the run. Also the StartGate barrier.
+#include "client/load_test.h"
+
+#include "tests/client/fake_attention_service.h"
+#include "tests/client/temp_path.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace hvlm::client {
+namespace {
+
+using testing::FakeAttentionService;
+using testing::FakeServer;
+using testing::kFakeDim;
+
+LoadOptions options_for(const FakeServer& server) {
+  LoadOptions options;
+  options.connection.server = server.address();
+  options.connection.timeout_seconds = 10;
+  options.stack = "echo";
+  options.sessions = 6;
+  options.segment_frames = 4;
+  options.segments_per_session = 3;
+  options.warmup_segments = 1;
+  return options;
+}
+
+TEST(LoadTest, CountsEveryMeasuredSegmentAndClosesEverySession) {
+  FakeServer server;
+  const LoadOptions options = options_for(server);
+  std::ostringstream out;
+  const RunSummary summary = run_load(options, out);
+  EXPECT_EQ(summary.latency_ms.count, 18u);  // 6 sessions x 3, warmup left out
+  EXPECT_EQ(server.service().segments_served(), 24);
+  EXPECT_EQ(summary.errors, 0);
+  EXPECT_EQ(summary.first_error, "");
+  EXPECT_EQ(summary.dim, kFakeDim);
+  EXPECT_EQ(summary.sessions, 6);
+  EXPECT_GT(summary.seconds, 0);
+  EXPECT_GT(summary.latency_ms.per_second, 0);
+  EXPECT_DOUBLE_EQ(summary.server_compute_ms.p99, 1.5);
+  EXPECT_EQ(server.service().sessions_opened(), 6);
+  EXPECT_EQ(server.service().sessions_closed(), 6);
+  EXPECT_NE(out.str().find("load: 6 sessions on 1 channel,"), std::string::npos) << out.str();
+}
+
+TEST(LoadTest, DurationRunsStopByThemselves) {
+  FakeServer server;
+  LoadOptions options = options_for(server);
+  options.segments_per_session = 0;
+  options.duration_seconds = 0.3;
+  options.sessions = 4;
+  options.channels = 2;
+  options.batch = 2;
+  options.dtype = hvlm::v1::FLOAT16;
+  options.json_path = testing::unique_temp_path("summary.json");
+  std::ostringstream out;
+  const RunSummary summary = run_load(options, out);
+  EXPECT_GE(summary.seconds, 0.3);
+  EXPECT_LT(summary.seconds, 5.0);
+  EXPECT_GE(summary.latency_ms.count, 4u);
+  EXPECT_EQ(summary.errors, 0);
+  EXPECT_EQ(server.service().sessions_open(), 0);
+
+  std::ifstream in(options.json_path);
+  const nlohmann::json json = nlohmann::json::parse(in);
+  EXPECT_EQ(json["mode"], "load");
+  EXPECT_EQ(json["sessions"], 4);
+  EXPECT_EQ(json["batch"], 2);
+  EXPECT_EQ(json["dtype"], "float16");
+  EXPECT_EQ(json["segments"], summary.latency_ms.count);
+  std::remove(options.json_path.c_str());
+}
+
+TEST(LoadTest, FailedSessionsAreCountedWithTheFirstError) {
+  FakeAttentionService::Options fake;
+  fake.fail_at_sequence = 2;
+  FakeServer server(fake);
+  const LoadOptions options = options_for(server);
+  std::ostringstream out;
+  const RunSummary summary = run_load(options, out);
+  // Each session: segment 0 (warmup) and 1 (measured) pass, segment 2 fails.
+  EXPECT_EQ(summary.errors, 6);
+  EXPECT_EQ(summary.first_error, "StreamSegments: INVALID_ARGUMENT: features rejected at segment 2");
+  EXPECT_EQ(summary.latency_ms.count, 6u);
+  EXPECT_EQ(server.service().sessions_closed(), 6);
+}
+
+TEST(LoadTest, FailuresDuringWarmupDoNotBlockTheOthers) {
+  FakeAttentionService::Options fake;
+  fake.fail_at_sequence = 0;
+  FakeServer server(fake);
+  LoadOptions options = options_for(server);
+  options.warmup_segments = 2;
+  std::ostringstream out;
+  const RunSummary summary = run_load(options, out);
+  EXPECT_EQ(summary.errors, 6);
+  EXPECT_EQ(summary.latency_ms.count, 0u);
+  EXPECT_EQ(summary.seconds, 0);
+  EXPECT_EQ(summary.latency_ms.per_second, 0);
+}
+
+TEST(LoadTest, UnknownStackFailsEveryOpenSession) {
+  FakeServer server;
+  LoadOptions options = options_for(server);
+  options.stack = "missing";
+  options.dim = kFakeDim;
+  std::ostringstream out;
+  const RunSummary summary = run_load(options, out);
+  EXPECT_EQ(summary.errors, 6);
+  EXPECT_EQ(summary.first_error, "OpenSession: NOT_FOUND: no stack 'missing'");
+}
+
+TEST(LoadTest, TooLargeSegmentsFromTheStacksDimAreAUsageError) {
+  FakeServer server;
+  LoadOptions options = options_for(server);
+  options.sessions = 1024;
+  options.segment_frames = 1 << 20;
+  std::ostringstream out;
+  EXPECT_THROW(run_load(options, out), UsageError);
+  EXPECT_EQ(server.service().sessions_opened(), 0);
+}
+
+TEST(StartGate, OpensOnTheLastArrivalForEveryWaiter) {
+  StartGate gate(4);
+  std::atomic<int> passed{0};
+  std::vector<std::thread> waiters;
+  for (int i = 0; i < 3; ++i) {
+    waiters.emplace_back([&] {
+      gate.arrive_and_wait();
+      ++passed;
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(passed.load(), 0);
+  gate.arrive();  // the fourth party, not waiting
+  for (std::thread& t : waiters) t.join();
+  EXPECT_EQ(passed.load(), 3);
+  EXPECT_LE(gate.open_time(), std::chrono::steady_clock::now());
+  // Arrivals after opening do not block.
+  gate.arrive_and_wait();
+}
+
+}  // namespace
+}  // namespace hvlm::client
