@@ -212,6 +212,18 @@ StackConfig parse_stack(const std::string& name, const YAML::Node& node, const s
 
 }  // namespace
 
+void check_listen_address(const std::string& address, const std::string& key) {
+  const size_t colon = address.rfind(':');
+  const std::string host = colon == std::string::npos ? "" : address.substr(0, colon);
+  const std::string port = colon == std::string::npos ? "" : address.substr(colon + 1);
+  const bool port_ok = !port.empty() && port.size() <= 5 &&
+                       port.find_first_not_of("0123456789") == std::string::npos &&
+                       std::stoi(port) <= 65535;
+  if (host.empty() || !port_ok) {
+    bad(key, "must be host:port with a port from 0 to 65535, got '" + address + "'");
+  }
+}
+
 ServerConfig ServerConfig::parse(const std::string& yaml_text, const std::string& base_dir) {
   YAML::Node root;
   try {
@@ -222,9 +234,7 @@ ServerConfig ServerConfig::parse(const std::string& yaml_text, const std::string
   Mapping m(root, "");
   ServerConfig c;
   c.listen = m.string("listen", c.listen);
-  if (c.listen.empty() || c.listen.rfind(':') == std::string::npos) {
-    bad("listen", "must be host:port, got '" + c.listen + "'");
-  }
+  check_listen_address(c.listen, "listen");
   c.device = m.choice("device", c.device, {"cpu", "cuda", "auto"});
   c.dtype = m.choice("dtype", c.dtype, {"float32", "bfloat16", "float16"});
   c.intra_op_threads = m.integer("intra_op_threads", c.intra_op_threads, 0);

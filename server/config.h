@@ -81,4 +81,8 @@ struct ServerConfig {
   static ServerConfig load(const std::string& path);
 };
 
+// Checks a listen address: host:port with a non-empty host and a decimal port 0..65535 (0
+// picks a free port). Throws ConfigError naming `key` ("listen" or "--listen").
+void check_listen_address(const std::string& address, const std::string& key);
+
 }  // namespace hvlm

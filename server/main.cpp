@@ -59,7 +59,7 @@ bool parse_flags(int argc, char** argv, Flags* flags) {
       std::cerr << "hvlm-server: unknown flag '" << arg << "'\n" << kUsage;
       return false;
     }
-    if (i + 1 >= argc) {
+    if (i + 1 >= argc || argv[i + 1][0] == '\0') {
       std::cerr << "hvlm-server: " << arg << " needs a value\n";
       return false;
     }
@@ -82,15 +82,30 @@ int main(int argc, char** argv) {
   hvlm::ServerConfig config;
   try {
     config = hvlm::ServerConfig::load(flags.config);
-    if (!flags.listen.empty()) config.listen = flags.listen;
+    if (!flags.listen.empty()) {
+      hvlm::check_listen_address(flags.listen, "--listen");
+      config.listen = flags.listen;
+    }
     if (!flags.device.empty()) {
       if (flags.device != "cpu" && flags.device != "cuda" && flags.device != "auto") {
         throw hvlm::ConfigError("--device must be cpu, cuda or auto, got '" + flags.device + "'");
       }
       config.device = flags.device;
     }
-    if (!flags.log_level.empty()) config.log_level = flags.log_level;
-    if (!flags.log_format.empty()) config.log_format = flags.log_format;
+    if (!flags.log_level.empty()) {
+      try {
+        hvlm::log::parse_level(flags.log_level);
+      } catch (const std::invalid_argument& e) {
+        throw hvlm::ConfigError(std::string("--log-level: ") + e.what());
+      }
+      config.log_level = flags.log_level;
+    }
+    if (!flags.log_format.empty()) {
+      if (flags.log_format != "text" && flags.log_format != "json") {
+        throw hvlm::ConfigError("--log-format must be text or json, got '" + flags.log_format + "'");
+      }
+      config.log_format = flags.log_format;
+    }
     hvlm::log::configure(config.log_level, config.log_format);
   } catch (const std::exception& e) {
     std::cerr << "hvlm-server: " << e.what() << "\n";

@@ -105,8 +105,8 @@ void Server::shutdown(double grace_seconds) {
     stopping_ = true;
   }
   cv_.notify_all();
-  log::info("shutting down", {{"grace_seconds", std::to_string(grace_seconds)}});
   if (grpc_) {
+    log::info("shutting down", {{"grace_seconds", std::to_string(grace_seconds)}});
     if (auto* health = grpc_->GetHealthCheckService()) health->Shutdown();
     const auto deadline = std::chrono::system_clock::now() +
                           std::chrono::duration_cast<std::chrono::system_clock::duration>(
@@ -120,7 +120,7 @@ void Server::shutdown(double grace_seconds) {
     stopped_ = true;
   }
   cv_.notify_all();
-  log::info("stopped");
+  if (grpc_) log::info("stopped");
 }
 
 void Server::wait() {

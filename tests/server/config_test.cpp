@@ -69,6 +69,8 @@ TEST(ServerConfig, ErrorsNameTheOffendingKey) {
       {"device: gpu\n" + s, "device: must be one of cpu, cuda, auto"},
       {"workers: 0\n" + s, "workers: must be an integer >= 1"},
       {"listen: nowhere\n" + s, "listen: must be host:port"},
+      {"listen: 127.0.0.1:99999\n" + s, "listen: must be host:port with a port from 0 to 65535"},
+      {"listen: ':80'\n" + s, "listen: must be host:port"},
       {"limits: {max_sessions: x}\n" + s, "limits.max_sessions: must be an integer >= 1, got 'x'"},
       {"limits: {on_full: panic}\n" + s, "limits.on_full: must be one of reject, evict_lru"},
       {"limits: {max_tokens: 1}\n" + s, "limits.max_tokens: unknown key"},
