@@ -62,6 +62,22 @@ struct Entry {
   uint64_t begin, end;
 };
 
+// A short description of an untrusted JSON value for an error message: never dump() it, which
+// recurses once per nesting level.
+std::string describe(const json& v) {
+  if (v.is_string()) {
+    const std::string text = v.get<std::string>();
+    return "\"" + (text.size() <= 32 ? text : text.substr(0, 32) + "...") + "\"";
+  }
+  if (v.is_number() || v.is_boolean() || v.is_null()) return v.dump();
+  return std::string("a JSON ") + v.type_name();
+}
+
+// The deepest nesting a header may have: {"name": {"shape": [...]}} is 3.
+constexpr int kMaxHeaderDepth = 8;
+// The most dimensions a tensor may have.
+constexpr size_t kMaxRank = 16;
+
 Entry parse_entry(const std::string& name, const json& e, uint64_t data_size,
                   const std::string& source) {
   const std::string where = source + ": tensor '" + name + "'";
@@ -74,15 +90,17 @@ Entry parse_entry(const std::string& name, const json& e, uint64_t data_size,
   TORCH_CHECK(e.contains("dtype") && e.at("dtype").is_string() &&
                   dtype_from_name(e.at("dtype").get<std::string>(), &out.dtype),
               where, " has a missing or unsupported dtype ",
-              e.contains("dtype") ? e.at("dtype").dump() : std::string("(none)"),
+              e.contains("dtype") ? describe(e.at("dtype")) : std::string("(none)"),
               " (supported: F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL)");
   TORCH_CHECK(e.contains("shape") && e.at("shape").is_array(), where,
               " must have a shape array");
+  TORCH_CHECK(e.at("shape").size() <= kMaxRank, where, " has ", e.at("shape").size(),
+              " dimensions, more than ", kMaxRank);
   uint64_t numel = 1;
   uint64_t nonzero_product = 1;  // bounded too: LibTorch computes strides from it
   for (const auto& d : e.at("shape")) {
     TORCH_CHECK(is_non_negative_int(d) && d.get<uint64_t>() <= (uint64_t{1} << 62), where,
-                " has an invalid dimension ", d.dump(), " in its shape");
+                " has an invalid dimension ", describe(d), " in its shape");
     const uint64_t dim = d.get<uint64_t>();
     if (dim > 0) {
       TORCH_CHECK(nonzero_product <= std::numeric_limits<uint64_t>::max() / 8 / dim, where,
@@ -121,8 +139,14 @@ SafetensorsContents parse_safetensors(const void* data, size_t size, const std::
   TORCH_CHECK(header_len <= size - 8, source, ": header length ", header_len,
               " runs past the end of the file (", size, " bytes; truncated?)");
   const char* header_begin = reinterpret_cast<const char*>(bytes + 8);
-  json header = json::parse(header_begin, header_begin + header_len, nullptr,
+  bool too_deep = false;
+  const json::parser_callback_t depth_guard = [&too_deep](int depth, json::parse_event_t, json&) {
+    if (depth > kMaxHeaderDepth) too_deep = true;
+    return !too_deep;  // once too deep, keep nothing
+  };
+  json header = json::parse(header_begin, header_begin + header_len, depth_guard,
                             /*allow_exceptions=*/false);
+  TORCH_CHECK(!too_deep, source, ": the header nests deeper than ", kMaxHeaderDepth, " levels");
   TORCH_CHECK(!header.is_discarded() && header.is_object(), source,
               ": the header is not a valid JSON object");
   const uint64_t data_size = size - 8 - header_len;

@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
     for (int s = 0; s < warmup + n; ++s) {
       const at::Tensor x = at::randn({1, t, stack->dim()});
       const auto start = std::chrono::steady_clock::now();
-      hvlm::run_segment(sessions, id, std::nullopt, x, false, nullptr);
+      hvlm::run_segment(sessions, id, std::nullopt, x, nullptr, nullptr);
       const double elapsed =
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
       if (s >= warmup) ms.push_back(elapsed);

@@ -78,7 +78,9 @@ grpc::Status to_status(const std::exception_ptr& error) {
   } catch (const std::bad_alloc&) {
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "out of memory");
   } catch (const std::exception& e) {
-    return grpc::Status(grpc::StatusCode::INTERNAL, e.what());
+    std::string m = e.what();
+    if (m.size() > kMaxErrorMessageChars) m.resize(kMaxErrorMessageChars);
+    return grpc::Status(grpc::StatusCode::INTERNAL, m);
   } catch (...) {
     return grpc::Status(grpc::StatusCode::INTERNAL, "unknown error");
   }
@@ -204,7 +206,7 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Forward(grpc::CallbackServerCont
       std::optional<uint64_t> sequence;
       if (req->has_sequence()) sequence = req->sequence();
       t.decode_micros = micros_between(start, Clock::now());
-      SegmentResult r = run_segment(sessions_, req->session_id(), sequence, in.tokens, false, &t);
+      SegmentResult r = run_segment(sessions_, req->session_id(), sequence, in.tokens, nullptr, &t);
       y = r.output;
       resp->set_session_id(req->session_id());
       resp->set_sequence(r.sequence);
@@ -331,9 +333,9 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
   // Every Finish goes through here: the session is free for a new stream as soon as the
   // client can see this stream's status.
   void finish(const grpc::Status& status) {
-    if (attached_) {
-      service_->sessions_.detach_stream(session_id_);
-      attached_ = false;
+    if (binding_) {
+      service_->sessions_.detach_stream(binding_);
+      binding_.reset();
     }
     Finish(status);
   }
@@ -345,14 +347,12 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
       StageTimings t;
       auto start = Clock::now();
       t.queue_micros = micros_between(arrival_, start);
-      if (!attached_) {
+      if (!binding_) {
         if (request_.session_id().empty()) {
           fail(ErrorCode::kInvalidArgument, "the first message of a stream must name its session_id");
         }
-        check_session_id(request_.session_id());
-        service_->sessions_.attach_stream(request_.session_id());
+        binding_ = service_->sessions_.attach_stream(request_.session_id());
         session_id_ = request_.session_id();
-        attached_ = true;
       } else if (!request_.session_id().empty() && request_.session_id() != session_id_) {
         fail(ErrorCode::kInvalidArgument, "this stream serves session '", session_id_,
              "'; a message named session '", request_.session_id(), "'");
@@ -361,7 +361,7 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
                                              service_->limits_.max_tokens_per_segment, false);
       t.decode_micros = micros_between(start, Clock::now());
       const SegmentResult r = run_segment(service_->sessions_, session_id_, request_.sequence(),
-                                          in.tokens, true, &t);
+                                          in.tokens, binding_.get(), &t);
       ++service_->segments_;
       start = Clock::now();
       response_.Clear();
@@ -387,8 +387,8 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
   v1::SegmentRequest request_;
   v1::SegmentResponse response_;
   Clock::time_point arrival_;
-  std::string session_id_;  // set by the first message
-  bool attached_ = false;
+  std::string session_id_;                           // set by the first message
+  std::shared_ptr<SessionStore::Session> binding_;  // while attached
 };
 
 grpc::ServerBidiReactor<v1::SegmentRequest, v1::SegmentResponse>* AttentionServiceImpl::StreamSegments(

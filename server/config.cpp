@@ -65,13 +65,14 @@ class Mapping {
     return value;
   }
 
-  double number(const std::string& name, double fallback, double min_exclusive) {
+  double number(const std::string& name, double fallback, double min_exclusive, double max_value) {
     const YAML::Node n = get(name);
     if (!n) return fallback;
     double value = 0;
-    if (!n.IsScalar() || !YAML::convert<double>::decode(n, value) || !(value > min_exclusive)) {
+    if (!n.IsScalar() || !YAML::convert<double>::decode(n, value) || !(value > min_exclusive) ||
+        !(value <= max_value)) {
       std::ostringstream m;
-      m << "must be a number > " << min_exclusive << ", got " << scalar_text(n);
+      m << "must be a number > " << min_exclusive << " and <= " << max_value << ", got " << scalar_text(n);
       bad(key(name), m.str());
     }
     return value;
@@ -241,7 +242,7 @@ ServerConfig ServerConfig::parse(const std::string& yaml_text, const std::string
   c.workers = m.integer("workers", c.workers, 1);
   c.log_level = m.choice("log_level", c.log_level, {"trace", "debug", "info", "warn", "error", "off"});
   c.log_format = m.choice("log_format", c.log_format, {"text", "json"});
-  c.shutdown_grace_seconds = m.number("shutdown_grace_seconds", c.shutdown_grace_seconds, 0);
+  c.shutdown_grace_seconds = m.number("shutdown_grace_seconds", c.shutdown_grace_seconds, 0, 3600);
 
   if (m.has("limits")) {
     Mapping l(m.get("limits"), "limits");
@@ -252,7 +253,7 @@ ServerConfig ServerConfig::parse(const std::string& yaml_text, const std::string
     x.max_memory_tokens = l.integer("max_memory_tokens", x.max_memory_tokens, 1);
     x.max_queued_requests = l.integer("max_queued_requests", x.max_queued_requests, 1);
     x.max_sessions = l.integer("max_sessions", x.max_sessions, 1);
-    x.session_idle_ttl_seconds = l.number("session_idle_ttl_seconds", x.session_idle_ttl_seconds, 0);
+    x.session_idle_ttl_seconds = l.number("session_idle_ttl_seconds", x.session_idle_ttl_seconds, 0, 31536000);
     x.max_session_memory_bytes = l.integer("max_session_memory_bytes", x.max_session_memory_bytes, 1);
     x.evict_lru = l.choice("on_full", x.evict_lru ? "evict_lru" : "reject", {"reject", "evict_lru"}) ==
                   "evict_lru";

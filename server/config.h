@@ -32,7 +32,7 @@ struct LimitsConfig {
   int64_t max_queued_requests = 1024;
   /// Most open sessions.
   int64_t max_sessions = 1024;
-  /// A session unused for this long is closed, seconds.
+  /// A session unused for this long is closed, seconds (at most a year).
   double session_idle_ttl_seconds = 600;
   /// Most bytes all sessions' memory banks and states hold together.
   int64_t max_session_memory_bytes = 4LL << 30;
@@ -69,7 +69,7 @@ struct ServerConfig {
   std::string log_level = "info";
   /// text or json.
   std::string log_format = "text";
-  /// On SIGTERM/SIGINT, in-flight requests get this long to finish, seconds.
+  /// On SIGTERM/SIGINT, in-flight requests get this long to finish, seconds (at most 3600).
   double shutdown_grace_seconds = 10;
   LimitsConfig limits;
   /// At least one; names unique.

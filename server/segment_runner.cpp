@@ -65,9 +65,9 @@ at::Tensor forward_stateless(const HostedStack& stack, const at::Tensor& feature
 
 SegmentResult run_segment(SessionStore& sessions, const std::string& session_id,
                           std::optional<uint64_t> sequence, const at::Tensor& features,
-                          bool from_stream, StageTimings* timings) {
+                          const SessionStore::Session* stream, StageTimings* timings) {
   c10::InferenceMode guard;
-  SessionStore::Lease lease = sessions.begin_segment(session_id, sequence, features.size(0), from_stream);
+  SessionStore::Lease lease = sessions.begin_segment(session_id, sequence, features.size(0), stream);
   const HostedStack& stack = lease.stack();
   const at::Tensor x = prepare(stack, features, "features");
   const SessionState& state = lease.state();

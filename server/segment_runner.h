@@ -38,9 +38,9 @@ struct SegmentResult {
 
 // Runs `x` as the next segment of session `session_id` and commits the session's next state.
 // On any error the session is unchanged. See SessionStore::begin_segment for `sequence` and
-// `from_stream`.
+// `stream` (the stream's binding, or nullptr).
 SegmentResult run_segment(SessionStore& sessions, const std::string& session_id,
-                          std::optional<uint64_t> sequence, const at::Tensor& x, bool from_stream,
-                          StageTimings* timings);
+                          std::optional<uint64_t> sequence, const at::Tensor& x,
+                          const SessionStore::Session* stream, StageTimings* timings);
 
 }  // namespace hvlm

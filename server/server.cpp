@@ -100,8 +100,11 @@ void Server::expiry_loop() {
 
 void Server::shutdown(double grace_seconds) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) return;
+    std::unique_lock<std::mutex> lock(mu_);
+    if (stopping_) {  // another caller is shutting down: wait until it is done
+      cv_.wait(lock, [this] { return stopped_; });
+      return;
+    }
     stopping_ = true;
   }
   cv_.notify_all();

@@ -116,6 +116,17 @@ std::string export_session(const std::string& session_id, const HostedStack& sta
 }
 
 ExportedSession import_session(const std::string& bytes, const StackRegistry& stacks, int64_t max_batch) {
+  // Exports have a few hundred bytes of header per block; a larger one is not ours, and
+  // parsing it could cost far more memory than the message.
+  constexpr uint64_t kMaxHeaderBytes = 1 << 20;
+  if (bytes.size() >= 8) {
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(bytes[i]);
+    if (header_len > kMaxHeaderBytes) {
+      fail(ErrorCode::kInvalidArgument, "session state: header of ", header_len,
+           " bytes, more than an export's limit of ", kMaxHeaderBytes);
+    }
+  }
   SafetensorsContents contents;
   try {
     contents = parse_safetensors(bytes.data(), bytes.size(), "session state");
@@ -150,6 +161,9 @@ ExportedSession import_session(const std::string& bytes, const StackRegistry& st
       const std::string p = "banks." + std::to_string(i);
       at::Tensor tokens = take(tensors, p + ".tokens", {b, -1, stack->dim()}, stack->dtype);
       at::Tensor counts = take(tensors, p + ".counts", {b, tokens.size(1)}, at::kFloat);
+      if (counts.numel() > 0 && !(counts > 0).all().item<bool>()) {
+        fail(ErrorCode::kInvalidArgument, "session state: tensor '", p, ".counts' must be positive");
+      }
       const int64_t capacity = stack->memory.at(i).capacity;
       if (tokens.size(1) > capacity) {
         fail(ErrorCode::kInvalidArgument, "session state: bank of block ", i, " holds ",

@@ -70,6 +70,7 @@ SessionStore::SessionStore(Options options) : options_(options) {}
 SessionStore::~SessionStore() = default;
 
 std::shared_ptr<SessionStore::Session> SessionStore::find_locked(const std::string& id) const {
+  check_session_id(id);
   const auto it = sessions_.find(id);
   if (it == sessions_.end()) fail(ErrorCode::kNotFound, "no session '", id, "'");
   return it->second;
@@ -114,18 +115,25 @@ SessionInfo SessionStore::info_locked(const Session& s) const {
   return info;
 }
 
-template <typename Fits>
-bool SessionStore::evict_until(Fits fits, const Session* keep) {
-  while (!fits()) {
-    if (!options_.evict_lru) return false;
-    Session* victim = nullptr;
-    for (auto& [id, s] : sessions_) {
-      if (s.get() == keep || s->busy || s->streaming) continue;
-      if (victim == nullptr || s->last_used < victim->last_used) victim = s.get();
-    }
-    if (victim == nullptr) return false;
-    const std::string id = victim->id;
-    remove_locked(id);
+bool SessionStore::make_room_locked(int64_t extra_sessions, int64_t extra_bytes, const Session* keep) {
+  int64_t sessions_over = static_cast<int64_t>(sessions_.size()) + extra_sessions - options_.max_sessions;
+  int64_t bytes_over = stats_.memory_bytes + extra_bytes - options_.max_memory_bytes;
+  if (sessions_over <= 0 && bytes_over <= 0) return true;
+  if (!options_.evict_lru) return false;
+  std::vector<Session*> idle;
+  for (auto& [id, s] : sessions_) {
+    if (s.get() != keep && !s->busy && !s->streaming) idle.push_back(s.get());
+  }
+  std::sort(idle.begin(), idle.end(), [](const Session* a, const Session* b) { return a->last_used < b->last_used; });
+  // Decide first, evict after: a request that cannot fit must not cost anyone their session.
+  size_t victims = 0;
+  for (int64_t so = sessions_over, bo = bytes_over; (so > 0 || bo > 0); ++victims) {
+    if (victims == idle.size()) return false;
+    so -= 1;
+    bo -= idle[victims]->bytes;
+  }
+  for (size_t i = 0; i < victims; ++i) {
+    remove_locked(std::string(idle[i]->id));
     ++stats_.evicted;
   }
   return true;
@@ -146,8 +154,7 @@ SessionInfo SessionStore::open(const HostedStack& stack, const std::string& requ
   if (!requested_id.empty() && sessions_.count(requested_id)) {
     fail(ErrorCode::kAlreadyExists, "session '", requested_id, "' already exists");
   }
-  const auto fits = [&] { return static_cast<int64_t>(sessions_.size()) < options_.max_sessions; };
-  if (!evict_until(fits, nullptr)) {
+  if (!make_room_locked(1, 0, nullptr)) {
     ++stats_.rejected;
     fail(ErrorCode::kResourceExhausted, "session limit reached: ", options_.max_sessions,
          " sessions are open", options_.evict_lru ? " and none is idle" : "");
@@ -168,15 +175,12 @@ SessionInfo SessionStore::import(const HostedStack& stack, const std::string& id
   const int64_t bytes = state.total_bytes();
   std::lock_guard<std::mutex> lock(mu_);
   if (sessions_.count(id)) fail(ErrorCode::kAlreadyExists, "session '", id, "' already exists");
-  const auto fits = [&] {
-    return static_cast<int64_t>(sessions_.size()) < options_.max_sessions &&
-           stats_.memory_bytes + bytes <= options_.max_memory_bytes;
-  };
-  if (!evict_until(fits, nullptr)) {
+  if (!make_room_locked(1, bytes, nullptr)) {
     ++stats_.rejected;
-    fail(ErrorCode::kResourceExhausted, "cannot import session '", id, "' (", bytes,
-         " bytes): session limits reached (", sessions_.size(), " of ", options_.max_sessions,
-         " sessions, ", stats_.memory_bytes, " of ", options_.max_memory_bytes, " bytes)");
+    fail(ErrorCode::kResourceExhausted, "session limit reached: cannot import session '", id,
+         "' (", bytes, " bytes) with ", sessions_.size(), " of ", options_.max_sessions,
+         " sessions open and ", stats_.memory_bytes, " of ", options_.max_memory_bytes,
+         " session memory bytes used");
   }
   auto s = std::make_shared<Session>();
   s->id = id;
@@ -210,33 +214,36 @@ std::pair<const HostedStack*, SessionState> SessionStore::snapshot(const std::st
   return {s->stack, s->state};
 }
 
-void SessionStore::attach_stream(const std::string& id) {
+std::shared_ptr<SessionStore::Session> SessionStore::attach_stream(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   const auto s = find_locked(id);
   if (s->streaming) {
     fail(ErrorCode::kFailedPrecondition, "session '", id, "' already has a stream attached");
   }
   s->streaming = true;
+  return s;
 }
 
-void SessionStore::detach_stream(const std::string& id) {
+void SessionStore::detach_stream(const std::shared_ptr<Session>& binding) {
   std::lock_guard<std::mutex> lock(mu_);
-  const auto it = sessions_.find(id);
-  if (it == sessions_.end()) return;
-  it->second->streaming = false;
-  it->second->last_used = Clock::now();
-  it->second->last_used_unix_micros = unix_micros();
+  if (!binding || binding->closed) return;
+  binding->streaming = false;
+  binding->last_used = Clock::now();
+  binding->last_used_unix_micros = unix_micros();
 }
 
 SessionStore::Lease SessionStore::begin_segment(const std::string& id,
                                                 std::optional<uint64_t> sequence, int64_t batch,
-                                                bool from_stream) {
+                                                const Session* stream) {
   std::shared_ptr<Session> s;
   SessionState state;
   {
     std::lock_guard<std::mutex> lock(mu_);
     s = find_locked(id);
-    if (s->streaming && !from_stream) {
+    if (stream != nullptr && s.get() != stream) {
+      fail(ErrorCode::kNotFound, "session '", id, "' was closed; this stream served it");
+    }
+    if (s->streaming && stream == nullptr) {
       fail(ErrorCode::kFailedPrecondition, "session '", id, "' is attached to a stream; send its "
            "segments there");
     }
@@ -275,8 +282,7 @@ void SessionStore::commit(Lease& lease, SessionState next) {
   lease.active_ = false;
   s.busy = false;
   if (s.closed) fail(ErrorCode::kAborted, "session '", s.id, "' was closed while its segment ran");
-  const auto fits = [&] { return stats_.memory_bytes - s.bytes + bytes <= options_.max_memory_bytes; };
-  if (!evict_until(fits, &s)) {
+  if (!make_room_locked(0, bytes - s.bytes, &s)) {
     ++stats_.rejected;
     fail(ErrorCode::kResourceExhausted, "session memory budget exhausted: session '", s.id,
          "' would hold ", bytes, " bytes, ", stats_.memory_bytes - s.bytes, " of ",

@@ -110,18 +110,21 @@ class SessionStore {
   /// The stack and last committed state, for export. Errors: NOT_FOUND.
   std::pair<const HostedStack*, SessionState> snapshot(const std::string& id);
 
-  /// Binds a stream to the session. Errors: NOT_FOUND, FAILED_PRECONDITION (already streaming).
-  void attach_stream(const std::string& id);
-  /// Unbinds it (no-op when the session is gone).
-  void detach_stream(const std::string& id);
+  /// Binds a stream to the session and returns the binding: the session object itself, so a
+  /// session closed and reopened under the same id is never mistaken for the bound one.
+  /// Errors: NOT_FOUND, FAILED_PRECONDITION (already streaming).
+  std::shared_ptr<Session> attach_stream(const std::string& id);
+  /// Unbinds it (no-op when that session is gone).
+  void detach_stream(const std::shared_ptr<Session>& binding);
 
   /// Starts a segment. `sequence`, when given, must equal segments_seen; `batch` must equal
-  /// the session's batch once fixed. `from_stream` is true for a stream's own segments; other
-  /// callers may not run a segment while a stream is attached.
-  /// Errors: NOT_FOUND, FAILED_PRECONDITION (sequence, streaming), ABORTED (a segment is
-  /// already in flight), INVALID_ARGUMENT (batch).
+  /// the session's batch once fixed. `stream` is the binding from attach_stream for a stream's
+  /// own segments, nullptr for other callers, who may not run a segment while a stream is
+  /// attached. Errors: INVALID_ARGUMENT (id syntax, batch), NOT_FOUND (also: the stream's
+  /// session was closed), FAILED_PRECONDITION (sequence, streaming), ABORTED (a segment is
+  /// already in flight).
   Lease begin_segment(const std::string& id, std::optional<uint64_t> sequence, int64_t batch,
-                      bool from_stream);
+                      const Session* stream);
   /// Installs `next` (its segments_seen is set to the lease's sequence + 1) and releases the
   /// lease. Errors, leaving the session unchanged: RESOURCE_EXHAUSTED (memory budget, after
   /// eviction if enabled), ABORTED (closed while the segment ran).
@@ -134,9 +137,10 @@ class SessionStore {
  private:
   using Clock = std::chrono::steady_clock;
   void release(Session& session);
-  // Evicts idle sessions (LRU first, never `keep`) until `fits()` holds; requires mu_.
-  template <typename Fits>
-  bool evict_until(Fits fits, const Session* keep);
+  // Makes room for `extra_sessions` more sessions and `extra_bytes` more bytes: true when they
+  // fit, evicting idle sessions (least recently used first, never `keep`) when evict_lru is on
+  // and that is enough; when it is not, evicts nothing and returns false. Requires mu_.
+  bool make_room_locked(int64_t extra_sessions, int64_t extra_bytes, const Session* keep);
   void remove_locked(const std::string& id);
   SessionInfo info_locked(const Session& session) const;
   std::shared_ptr<Session> find_locked(const std::string& id) const;
@@ -148,7 +152,7 @@ class SessionStore {
   SessionStats stats_;                                          // guarded by mu_
 };
 
-// Checks a client-chosen session id: 1 to 128 characters of [A-Za-z0-9._-].
+// Checks a session id: 1 to 128 characters of [A-Za-z0-9._-] (INVALID_ARGUMENT otherwise).
 void check_session_id(const std::string& id);
 
 }  // namespace hvlm

@@ -234,6 +234,22 @@ TEST(Safetensors, RejectsInvalidJsonHeader) {
   }
 }
 
+TEST(Safetensors, RejectsDeeplyNestedHeadersWithoutRecursingIntoThem) {
+  // 200k levels would overflow the stack if anything recursed over them (parse, dump, free).
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  EXPECT_TRUE(ThrowsWith([&] { parse_guarded(make_file("{\"a\": {\"dtype\": " + deep + "}}")); },
+                         {"nests deeper than 8 levels"}));
+  EXPECT_TRUE(ThrowsWith([&] { parse_guarded(make_file("{\"a\": {\"dtype\": [[1]], \"shape\": [], "
+                                                       "\"data_offsets\": [0, 0]}}")); },
+                         {"unsupported dtype a JSON array"}));
+}
+
+TEST(Safetensors, RejectsShapesOfMoreThanSixteenDimensions) {
+  json header = {{"a", {{"dtype", "F32"}, {"shape", std::vector<int>(17, 1)}, {"data_offsets", {0, 4}}}}};
+  EXPECT_TRUE(ThrowsWith([&] { parse_guarded(make_file(header, std::string(4, '\0'))); },
+                         {"17 dimensions, more than 16"}));
+}
+
 TEST(Safetensors, RejectsHeaderThatIsNotAnObject) {
   for (const char* header : {"[1, 2]", "\"text\"", "42", "null"}) {
     EXPECT_TRUE(ThrowsWith([&] { parse_guarded(make_file(header)); },

@@ -492,6 +492,20 @@ TEST_F(AttentionServiceTest, BadImportsAreRejectedWithoutSideEffects) {
   EXPECT_EQ(import(serialize_safetensors(tampered, contents.metadata), "x").error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
   tampered = contents.tensors;
+  tampered["banks.1.counts"] = at::zeros_like(tampered["banks.1.counts"]);
+  st = import(serialize_safetensors(tampered, contents.metadata), "x");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("must be positive"), std::string::npos) << st.error_message();
+  std::string huge_header(8 + (2 << 20), ' ');
+  huge_header.replace(0, 8, std::string("\x00\x00\x20\x00\x00\x00\x00\x00", 8));  // 2 MiB
+  st = import(huge_header, "x");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("more than an export's limit"), std::string::npos) << st.error_message();
+  const std::string deep = "{\"a\":{\"dtype\":" + std::string(100000, '[') + std::string(100000, ']') + "}}";
+  std::string nested(8, '\0');
+  for (int i = 0; i < 8; ++i) nested[i] = static_cast<char>((deep.size() >> (8 * i)) & 0xff);
+  EXPECT_EQ(import(nested + deep, "x").error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  tampered = contents.tensors;
   tampered.erase("states.2.conv_state");
   EXPECT_EQ(import(serialize_safetensors(tampered, contents.metadata), "x").error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);

@@ -31,7 +31,7 @@ class SessionStoreTest : public ::testing::Test {
 
   // Runs one segment's bookkeeping with a state of `bytes_per_bank` token rows.
   void commit_segment(SessionStore& store, const std::string& id, int64_t tokens) {
-    auto lease = store.begin_segment(id, std::nullopt, 1, false);
+    auto lease = store.begin_segment(id, std::nullopt, 1, nullptr);
     SessionState next = lease.state();
     next.banks[1] = MemoryBank{at::zeros({1, tokens, 32}), at::ones({1, tokens})};
     store.commit(lease, next);
@@ -54,11 +54,11 @@ TEST_F(SessionStoreTest, IssuedIdsAreRandom128BitHex) {
 TEST_F(SessionStoreTest, SequencesMustFollowInOrder) {
   SessionStore store({});
   const std::string id = store.open(*stack_, "").session_id;
-  EXPECT_EQ(code_of([&] { store.begin_segment(id, 1, 1, false); }), ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(code_of([&] { store.begin_segment(id, 1, 1, nullptr); }), ErrorCode::kFailedPrecondition);
   commit_segment(store, id, 2);
   EXPECT_EQ(store.info(id).segments_seen, 1u);
-  EXPECT_EQ(code_of([&] { store.begin_segment(id, 0, 1, false); }), ErrorCode::kFailedPrecondition);
-  auto lease = store.begin_segment(id, 1, 1, false);
+  EXPECT_EQ(code_of([&] { store.begin_segment(id, 0, 1, nullptr); }), ErrorCode::kFailedPrecondition);
+  auto lease = store.begin_segment(id, 1, 1, nullptr);
   EXPECT_EQ(lease.sequence(), 1u);
 }
 
@@ -66,12 +66,12 @@ TEST_F(SessionStoreTest, OneSegmentAtATimeAndADroppedLeaseChangesNothing) {
   SessionStore store({});
   const std::string id = store.open(*stack_, "").session_id;
   {
-    auto lease = store.begin_segment(id, 0, 1, false);
-    EXPECT_EQ(code_of([&] { store.begin_segment(id, 0, 1, false); }), ErrorCode::kAborted);
+    auto lease = store.begin_segment(id, 0, 1, nullptr);
+    EXPECT_EQ(code_of([&] { store.begin_segment(id, 0, 1, nullptr); }), ErrorCode::kAborted);
   }
   EXPECT_EQ(store.info(id).segments_seen, 0u);
   EXPECT_EQ(store.info(id).batch, 0);
-  auto again = store.begin_segment(id, 0, 1, false);  // free again
+  auto again = store.begin_segment(id, 0, 1, nullptr);  // free again
   EXPECT_EQ(again.state().batch, 1);
 }
 
@@ -79,19 +79,32 @@ TEST_F(SessionStoreTest, BatchIsFixedByTheFirstSegment) {
   SessionStore store({});
   const std::string id = store.open(*stack_, "").session_id;
   commit_segment(store, id, 2);
-  EXPECT_EQ(code_of([&] { store.begin_segment(id, 1, 2, false); }), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(code_of([&] { store.begin_segment(id, 1, 2, nullptr); }), ErrorCode::kInvalidArgument);
 }
 
 TEST_F(SessionStoreTest, StreamsAreExclusive) {
   SessionStore store({});
   const std::string id = store.open(*stack_, "").session_id;
-  store.attach_stream(id);
+  auto binding = store.attach_stream(id);
   EXPECT_EQ(code_of([&] { store.attach_stream(id); }), ErrorCode::kFailedPrecondition);
-  EXPECT_EQ(code_of([&] { store.begin_segment(id, 0, 1, false); }), ErrorCode::kFailedPrecondition);
-  store.begin_segment(id, 0, 1, true);
-  store.detach_stream(id);
-  store.attach_stream(id);
+  EXPECT_EQ(code_of([&] { store.begin_segment(id, 0, 1, nullptr); }), ErrorCode::kFailedPrecondition);
+  store.begin_segment(id, 0, 1, binding.get());
+  store.detach_stream(binding);
+  auto again = store.attach_stream(id);
   EXPECT_TRUE(store.info(id).streaming);
+}
+
+TEST_F(SessionStoreTest, AStreamNeverServesASessionReopenedUnderItsId) {
+  SessionStore store({});
+  store.open(*stack_, "x");
+  auto old_binding = store.attach_stream("x");
+  store.close("x");
+  store.open(*stack_, "x");
+  auto new_binding = store.attach_stream("x");
+  EXPECT_EQ(code_of([&] { store.begin_segment("x", 0, 1, old_binding.get()); }), ErrorCode::kNotFound);
+  store.detach_stream(old_binding);  // must not unbind the new stream
+  EXPECT_TRUE(store.info("x").streaming);
+  EXPECT_EQ(code_of([&] { store.begin_segment("x", 0, 1, nullptr); }), ErrorCode::kFailedPrecondition);
 }
 
 TEST_F(SessionStoreTest, SessionLimitRejectsOrEvictsLeastRecentlyUsedIdle) {
@@ -111,8 +124,8 @@ TEST_F(SessionStoreTest, SessionLimitRejectsOrEvictsLeastRecentlyUsedIdle) {
   EXPECT_EQ(evict.info("a").segments_seen, 1u);
   EXPECT_EQ(evict.stats().evicted, 1);
   // Busy or streaming sessions are never evicted.
-  auto lease = evict.begin_segment("a", 1, 1, false);
-  evict.attach_stream("c");
+  auto lease = evict.begin_segment("a", 1, 1, nullptr);
+  auto binding = evict.attach_stream("c");
   EXPECT_EQ(code_of([&] { evict.open(*stack_, "d"); }), ErrorCode::kResourceExhausted);
 }
 
@@ -144,6 +157,20 @@ TEST_F(SessionStoreTest, MemoryBudgetEvictsIdleSessionsWhenAsked) {
   commit_segment(store, "b", 6);
   EXPECT_EQ(code_of([&] { store.info("a"); }), ErrorCode::kNotFound);
   EXPECT_EQ(store.stats().evicted, 1);
+  // A segment that cannot fit even with every idle session gone evicts nobody.
+  store.open(*stack_, "c");
+  EXPECT_EQ(code_of([&] { commit_segment(store, "c", 40); }), ErrorCode::kResourceExhausted);
+  EXPECT_EQ(store.info("b").segments_seen, 1u);
+  EXPECT_EQ(store.stats().evicted, 1);
+}
+
+TEST_F(SessionStoreTest, MalformedIdsAreInvalidEverywhere) {
+  SessionStore store({});
+  for (const std::string bad : {"", "a b", "x/y"}) {
+    EXPECT_EQ(code_of([&] { store.info(bad); }), ErrorCode::kInvalidArgument) << bad;
+    EXPECT_EQ(code_of([&] { store.close(bad); }), ErrorCode::kInvalidArgument) << bad;
+    EXPECT_EQ(code_of([&] { store.begin_segment(bad, 0, 1, nullptr); }), ErrorCode::kInvalidArgument);
+  }
 }
 
 TEST_F(SessionStoreTest, IdleSessionsExpireButBusyAndStreamingOnesDoNot) {
@@ -151,8 +178,8 @@ TEST_F(SessionStoreTest, IdleSessionsExpireButBusyAndStreamingOnesDoNot) {
   store.open(*stack_, "idle");
   store.open(*stack_, "busy");
   store.open(*stack_, "streaming");
-  auto lease = store.begin_segment("busy", 0, 1, false);
-  store.attach_stream("streaming");
+  auto lease = store.begin_segment("busy", 0, 1, nullptr);
+  auto binding = store.attach_stream("streaming");
   std::this_thread::sleep_for(std::chrono::milliseconds(80));
   EXPECT_EQ(store.expire_idle(), 1u);
   EXPECT_EQ(code_of([&] { store.info("idle"); }), ErrorCode::kNotFound);
@@ -163,7 +190,7 @@ TEST_F(SessionStoreTest, IdleSessionsExpireButBusyAndStreamingOnesDoNot) {
 TEST_F(SessionStoreTest, CommitAfterCloseIsAbortedAndFreesNothingTwice) {
   SessionStore store({});
   store.open(*stack_, "a");
-  auto lease = store.begin_segment("a", 0, 1, false);
+  auto lease = store.begin_segment("a", 0, 1, nullptr);
   store.close("a");
   EXPECT_EQ(code_of([&] { store.commit(lease, lease.state()); }), ErrorCode::kAborted);
   EXPECT_EQ(store.stats().memory_bytes, 0);
