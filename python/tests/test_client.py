@@ -347,3 +347,13 @@ def test_leaving_a_stream_early_stops_pulling_segments(fake):
             break
     assert len(pulled) <= 3
     assert client.list_stacks()[0].name == "echo"  # the channel still works
+
+
+def test_the_client_does_not_need_torch():
+    code = ("import sys, hierarchicalvlm.client; "
+            "assert 'torch' not in sys.modules, 'torch was imported'; "
+            "from hierarchicalvlm import MambaLayer; assert 'torch' in sys.modules")
+    env = {**os.environ, "PYTHONPATH": str(PYTHON_DIR)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
