@@ -554,6 +554,21 @@ TEST(AttentionServiceLimits, SessionCountAndMemoryBudgetAreResourceExhausted) {
   EXPECT_TRUE(before.state() == after.state());
 }
 
+TEST(AttentionServiceLimits, AnExportOverTheMessageLimitIsResourceExhausted) {
+  ServerConfig config = test_config({{"all", all_blocks_spec()}});
+  config.limits.max_message_bytes = 4096;  // the session below exports about 3.5 KB + 1 KB slack
+  TestServer ts(config);
+  const std::string id = open_session(*ts.stub, "all");
+  ASSERT_TRUE(stream_segments(*ts.stub, id, {at::randn({1, 5, 32})}, 0, nullptr).ok());
+  grpc::ClientContext ctx;
+  v1::ExportSessionRequest req;
+  req.set_session_id(id);
+  v1::ExportSessionResponse resp;
+  const grpc::Status st = ts.stub->ExportSession(&ctx, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_NE(st.error_message().find("max_message_bytes"), std::string::npos) << st.error_message();
+}
+
 TEST_F(AttentionServiceTest, DeadlinesAndCancellationAreHonoured) {
   v1::ForwardRequest req;
   req.set_stack("all");
