@@ -252,6 +252,7 @@ ServerConfig ServerConfig::parse(const std::string& yaml_text, const std::string
     x.max_tokens_per_segment = l.integer("max_tokens_per_segment", x.max_tokens_per_segment, 1);
     x.max_memory_tokens = l.integer("max_memory_tokens", x.max_memory_tokens, 1);
     x.max_queued_requests = l.integer("max_queued_requests", x.max_queued_requests, 1);
+    x.max_transport_memory_bytes = l.integer("max_transport_memory_bytes", x.max_transport_memory_bytes, 1 << 20);
     x.max_sessions = l.integer("max_sessions", x.max_sessions, 1);
     x.session_idle_ttl_seconds = l.number("session_idle_ttl_seconds", x.session_idle_ttl_seconds, 0, 31536000);
     x.max_session_memory_bytes = l.integer("max_session_memory_bytes", x.max_session_memory_bytes, 1);

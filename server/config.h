@@ -30,6 +30,9 @@ struct LimitsConfig {
   int64_t max_memory_tokens = 4096;
   /// Most requests waiting for a worker; beyond it requests get RESOURCE_EXHAUSTED.
   int64_t max_queued_requests = 1024;
+  /// Memory gRPC may use for all connections' buffers and messages in flight, bytes (its
+  /// resource quota); under pressure it slows reads and refuses new calls.
+  int64_t max_transport_memory_bytes = 2LL << 30;
   /// Most open sessions.
   int64_t max_sessions = 1024;
   /// A session unused for this long is closed, seconds (at most a year).

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 
 #include <algorithm>
 #include <stdexcept>
@@ -61,6 +62,9 @@ std::unique_ptr<Server> Server::start(const ServerConfig& config) {
   builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &s->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.limits.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.limits.max_message_bytes));
+  grpc::ResourceQuota quota("hvlm-server");
+  quota.Resize(static_cast<size_t>(config.limits.max_transport_memory_bytes));
+  builder.SetResourceQuota(quota);
   builder.RegisterService(s->service_.get());
   s->grpc_ = builder.BuildAndStart();
   if (!s->grpc_ || s->port_ == 0) {

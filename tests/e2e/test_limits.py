@@ -106,3 +106,16 @@ def test_max_message_bytes_limits_requests(start_server):
         # The server is still fine afterwards.
         np.testing.assert_array_equal(client.forward(fits, stack="small"),
                                       client.forward(fits, stack="small"))
+
+
+def test_transport_memory_quota_refuses_what_does_not_fit(start_server):
+    server = start_server(make_config(limits={"max_transport_memory_bytes": 1 << 20,
+                                              "max_tokens_per_segment": 100000}),
+                          name="small-quota")
+    with Client(server.address, timeout=30) as client:
+        fits = rng_features(5, 1000, 64)  # 250 KiB
+        assert client.forward(fits, stack="small").shape == (1000, 64)
+        with pytest.raises(ClientError) as err:
+            client.forward(rng_features(6, 16000, 64), stack="small")  # 4 MiB > the 1 MiB quota
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert client.forward(fits, stack="small").shape == (1000, 64)
