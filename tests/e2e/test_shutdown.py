@@ -4,6 +4,7 @@ keep being served during shutdown_grace_seconds and then end with an error statu
 import signal
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -96,3 +97,9 @@ def test_idle_server_exits_0_at_once(start_server, signum):
     assert server.stop(signum) == 0
     assert time.monotonic() - start < 5
     assert "stopped" in server.stderr_text()
+
+
+def test_the_process_keeps_its_name_for_pkill(server):
+    # The server re-executes itself once (OMP_WAIT_POLICY=PASSIVE); the name must survive.
+    _, process, _ = server
+    assert Path(f"/proc/{process.pid}/comm").read_text().strip() == "hvlm-server"
