@@ -84,7 +84,7 @@ std::unique_ptr<HostedStack> build(const StackConfig& sc, c10::Device device, c1
   }
 
   // Warm-up: one small forward that also tells the shapes of each mamba block's state.
-  {
+  try {
     c10::InferenceMode guard;
     const at::Tensor x = at::zeros({1, 8, sc.spec.dim}, at::TensorOptions().dtype(dtype).device(device));
     const StackOutput out = hs->module->forward(x);
@@ -96,6 +96,8 @@ std::unique_ptr<HostedStack> build(const StackConfig& sc, c10::Device device, c1
                               std::vector<int64_t>(ssm.begin() + 1, ssm.end()),
                               s.conv_state.scalar_type(), s.ssm_state.scalar_type()};
     }
+  } catch (const c10::Error& e) {
+    throw ConfigError(where + ": warm-up forward on " + device.str() + " failed: " + e.what_without_backtrace());
   }
 
   Fingerprint fp;
