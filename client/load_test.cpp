@@ -95,11 +95,12 @@ class LoadRun {
     try {
       const hvlm::v1::SessionInfo session = client.open_session(options_.stack, "");
       session_id = session.session_id();
-      // Deadline: a timeout per warmup and measured segment, one for the gate's wait and one
-      // for slack, plus the duration when measuring for a time.
+      // Deadline: a timeout per warmup and measured segment; for the gate's wait, which lasts
+      // until the slowest session has opened and warmed up, one per warmup segment and one for
+      // its OpenSession; one for slack; plus the duration when measuring for a time.
       std::unique_ptr<SegmentStream> stream = client.stream_segments(
           session_id, session.segments_seen(),
-          options_.warmup_segments + options_.segments_per_session + 2,
+          2 * options_.warmup_segments + options_.segments_per_session + 3,
           options_.duration_seconds);
       uint64_t sent = 0;
       for (; sent < static_cast<uint64_t>(options_.warmup_segments); ++sent) {

@@ -359,12 +359,21 @@ class Client:
         ClientError; a failure of `segments` or of encoding a segment ends the stream after
         the segments before it, then is raised. Leaving the generator early cancels the
         call."""
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be None or >= 1, got {max_in_flight}")
         feed = _SegmentFeed(session_id, segments, start_sequence, self._encode, max_in_flight)
         call = self._stub.StreamSegments(feed, timeout=self.timeout)
+        expected = start_sequence
         try:
             for response in call:
-                feed.answered()
+                if response.sequence != expected:
+                    raise ClientError(grpc.StatusCode.INTERNAL, f"the server answered sequence "
+                                      f"{response.sequence}, expected {expected}", "StreamSegments")
+                expected += 1
                 yield response.sequence, from_tensor(response.output), response.timings
+                # Only now may the next segment go: a caller that leaves the generator here
+                # has had every segment the server processed.
+                feed.answered()
         except grpc.RpcError as err:
             raise ClientError.from_rpc_error("StreamSegments", err) from err
         finally:

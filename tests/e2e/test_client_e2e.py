@@ -173,3 +173,16 @@ def test_session_is_free_as_soon_as_its_stream_ends(server):
             assert not client.get_session("busy").streaming, f"after segment {sequence}"
             client.forward(segment, session_id="busy", sequence=sequence + 1)
             sequence += 2
+
+
+def test_leaving_a_stream_early_leaves_only_the_segments_taken(server):
+    segments = [rng_features(30 + i, 5, 64) for i in range(4)]
+    with Client(server.address, timeout=30) as client:
+        client.open_session("small", "early")
+        stream = client.stream("early", segments, 0, max_in_flight=1)
+        assert next(stream)[0] == 0
+        stream.close()
+        wait_detached(client, "early")
+        assert client.get_session("early").segments_seen == 1
+        with pytest.raises(ValueError, match="max_in_flight"):
+            next(client.stream("early", segments, 1, max_in_flight=0))
