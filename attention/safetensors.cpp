@@ -128,14 +128,15 @@ Entry parse_entry(const std::string& name, const json& e, uint64_t data_size,
 
 }  // namespace
 
-SafetensorsContents parse_safetensors(const void* data, size_t size, const std::string& source) {
+SafetensorsContents parse_safetensors(const void* data, size_t size, const std::string& source,
+                                      size_t max_header_bytes) {
   const auto* bytes = static_cast<const unsigned char*>(data);
   TORCH_CHECK(size >= 8, source, ": not a safetensors file (", size,
               " bytes, shorter than the 8-byte header length)");
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];
-  TORCH_CHECK(header_len <= kMaxSafetensorsHeaderBytes, source, ": header length ", header_len,
-              " exceeds the limit of ", kMaxSafetensorsHeaderBytes, " bytes (corrupt file?)");
+  TORCH_CHECK(header_len <= max_header_bytes, source, ": header length ", header_len,
+              " exceeds the limit of ", max_header_bytes, " bytes (corrupt file?)");
   TORCH_CHECK(header_len <= size - 8, source, ": header length ", header_len,
               " runs past the end of the file (", size, " bytes; truncated?)");
   const char* header_begin = reinterpret_cast<const char*>(bytes + 8);

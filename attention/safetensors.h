@@ -22,8 +22,10 @@ struct SafetensorsContents {
   std::map<std::string, std::string> metadata;    // the __metadata__ map, if any
 };
 
-// Parses an in-memory file; `source` names it in error messages.
-SafetensorsContents parse_safetensors(const void* data, size_t size, const std::string& source);
+// Parses an in-memory file; `source` names it in error messages. A header longer than
+// `max_header_bytes` is refused before it is parsed.
+SafetensorsContents parse_safetensors(const void* data, size_t size, const std::string& source,
+                                      size_t max_header_bytes = kMaxSafetensorsHeaderBytes);
 
 // Reads and parses a file.
 SafetensorsContents read_safetensors(const std::string& path);

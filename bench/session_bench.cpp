@@ -20,7 +20,6 @@
 #include <fstream>
 #include <map>
 #include <string>
-#include <thread>
 #include <vector>
 
 namespace {
@@ -51,8 +50,7 @@ int main(int argc, char** argv) {
   try {
     hvlm::ServerConfig config = hvlm::ServerConfig::load(args["config"]);
     hvlm::log::configure("warn", "text");
-    const int threads = config.intra_op_threads > 0 ? static_cast<int>(config.intra_op_threads)
-                                                    : static_cast<int>(std::thread::hardware_concurrency());
+    const int threads = hvlm::resolved_intra_op_threads(config);
     at::set_num_threads(threads);
     auto stacks = hvlm::StackRegistry::create(config);
     const std::string name = args["stack"].empty() ? config.stacks.front().name : args["stack"];

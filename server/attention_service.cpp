@@ -199,9 +199,12 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Forward(grpc::CallbackServerCont
         fail(ErrorCode::kInvalidArgument, "memories cannot be given with a session_id: the session's "
              "memory banks are used");
       }
-      if (!req->stack().empty() && req->stack() != sessions_.info(req->session_id()).stack) {
-        fail(ErrorCode::kInvalidArgument, "session '", req->session_id(), "' is bound to stack '",
-             sessions_.info(req->session_id()).stack, "', not '", req->stack(), "'");
+      if (!req->stack().empty()) {
+        const std::string bound = sessions_.info(req->session_id()).stack;
+        if (req->stack() != bound) {
+          fail(ErrorCode::kInvalidArgument, "session '", req->session_id(), "' is bound to stack '",
+               bound, "', not '", req->stack(), "'");
+        }
       }
       std::optional<uint64_t> sequence;
       if (req->has_sequence()) sequence = req->sequence();

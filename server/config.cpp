@@ -4,10 +4,12 @@
 #include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <thread>
 
 namespace hvlm {
 namespace {
@@ -212,6 +214,11 @@ StackConfig parse_stack(const std::string& name, const YAML::Node& node, const s
 }
 
 }  // namespace
+
+int resolved_intra_op_threads(const ServerConfig& config) {
+  if (config.intra_op_threads > 0) return static_cast<int>(config.intra_op_threads);
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 void check_listen_address(const std::string& address, const std::string& key) {
   const size_t colon = address.rfind(':');

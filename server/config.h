@@ -84,6 +84,9 @@ struct ServerConfig {
   static ServerConfig load(const std::string& path);
 };
 
+// config.intra_op_threads, or one per core when it is 0.
+int resolved_intra_op_threads(const ServerConfig& config);
+
 // Checks a listen address: host:port with a non-empty host and a decimal port 0..65535 (0
 // picks a free port). Throws ConfigError naming `key` ("listen" or "--listen").
 void check_listen_address(const std::string& address, const std::string& key);

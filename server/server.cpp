@@ -12,19 +12,11 @@
 #include <thread>
 
 namespace hvlm {
-namespace {
-
-int intra_op_threads(const ServerConfig& config) {
-  if (config.intra_op_threads > 0) return static_cast<int>(config.intra_op_threads);
-  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-}
-
-}  // namespace
 
 std::unique_ptr<Server> Server::start(const ServerConfig& config) {
   std::unique_ptr<Server> s(new Server());
   s->config_ = config;
-  const int threads = intra_op_threads(config);
+  const int threads = resolved_intra_op_threads(config);
   at::set_num_threads(threads);
 
   s->stacks_ = StackRegistry::create(config);

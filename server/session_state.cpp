@@ -68,9 +68,11 @@ std::vector<int64_t> batched(const std::vector<int64_t>& shape, int64_t batch) {
 
 }  // namespace
 
+int64_t memory_bank_bytes(const MemoryBank& bank) { return bytes_of(bank.tokens) + bytes_of(bank.counts); }
+
 int64_t SessionState::bank_bytes() const {
   int64_t total = 0;
-  for (const auto& [i, b] : banks) total += bytes_of(b.tokens) + bytes_of(b.counts);
+  for (const auto& [i, b] : banks) total += memory_bank_bytes(b);
   return total;
 }
 
@@ -118,18 +120,10 @@ std::string export_session(const std::string& session_id, const HostedStack& sta
 ExportedSession import_session(const std::string& bytes, const StackRegistry& stacks, int64_t max_batch) {
   // Exports have a few hundred bytes of header per block; a larger one is not ours, and
   // parsing it could cost far more memory than the message.
-  constexpr uint64_t kMaxHeaderBytes = 1 << 20;
-  if (bytes.size() >= 8) {
-    uint64_t header_len = 0;
-    for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(bytes[i]);
-    if (header_len > kMaxHeaderBytes) {
-      fail(ErrorCode::kInvalidArgument, "session state: header of ", header_len,
-           " bytes, more than an export's limit of ", kMaxHeaderBytes);
-    }
-  }
+  constexpr size_t kMaxHeaderBytes = 1 << 20;
   SafetensorsContents contents;
   try {
-    contents = parse_safetensors(bytes.data(), bytes.size(), "session state");
+    contents = parse_safetensors(bytes.data(), bytes.size(), "session state", kMaxHeaderBytes);
   } catch (const c10::Error& e) {
     fail(ErrorCode::kInvalidArgument, e.what_without_backtrace());
   }

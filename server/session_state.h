@@ -30,6 +30,9 @@ struct SessionState {
   int64_t total_bytes() const { return bank_bytes() + state_bytes(); }
 };
 
+// Bytes held by a bank's tokens and counts.
+int64_t memory_bank_bytes(const MemoryBank& bank);
+
 // The state a new session of `stack` with batch size `batch` starts from: empty banks and zero
 // states on the stack's device.
 SessionState initial_session_state(const HostedStack& stack, int64_t batch);

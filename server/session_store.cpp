@@ -102,8 +102,7 @@ SessionInfo SessionStore::info_locked(const Session& s) const {
     const auto it = s.state.banks.find(i);
     if (it != s.state.banks.end() && it->second.tokens.defined()) {
       bank.length = it->second.tokens.size(1);
-      bank.bytes = it->second.tokens.numel() * static_cast<int64_t>(it->second.tokens.element_size()) +
-                   it->second.counts.numel() * static_cast<int64_t>(it->second.counts.element_size());
+      bank.bytes = memory_bank_bytes(it->second);
     }
     info.banks.push_back(bank);
   }
