@@ -213,7 +213,6 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Forward(grpc::CallbackServerCont
       y = r.output;
       resp->set_session_id(req->session_id());
       resp->set_sequence(r.sequence);
-      ++segments_;
     } else {
       if (req->has_sequence()) fail(ErrorCode::kInvalidArgument, "sequence needs a session_id");
       const HostedStack& stack = stack_or_throw(req->stack());
@@ -365,7 +364,6 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
       t.decode_micros = micros_between(start, Clock::now());
       const SegmentResult r = run_segment(service_->sessions_, session_id_, request_.sequence(),
                                           in.tokens, binding_.get(), &t);
-      ++service_->segments_;
       start = Clock::now();
       response_.Clear();
       response_.set_session_id(session_id_);

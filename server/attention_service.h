@@ -15,7 +15,6 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include <atomic>
 #include <exception>
 
 namespace hvlm {
@@ -44,9 +43,6 @@ class AttentionServiceImpl final : public v1::AttentionService::CallbackService 
                                           const v1::ImportSessionRequest* req,
                                           v1::ImportSessionResponse* resp) override;
 
-  /// Segments completed by streams and session Forwards since start.
-  int64_t segments_processed() const { return segments_.load(); }
-
  private:
   friend class SegmentStreamReactor;
   template <typename Work>
@@ -60,7 +56,6 @@ class AttentionServiceImpl final : public v1::AttentionService::CallbackService 
   SessionStore& sessions_;
   WorkerPool& workers_;
   const LimitsConfig limits_;
-  std::atomic<int64_t> segments_{0};
 };
 
 // The status for an exception thrown below the edge: ServiceError keeps its code; c10::Error
