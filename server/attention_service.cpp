@@ -87,18 +87,40 @@ grpc::Status to_status(const std::exception_ptr& error) {
 }
 
 AttentionServiceImpl::AttentionServiceImpl(const StackRegistry& stacks, SessionStore& sessions,
-                                           WorkerPool& workers, const LimitsConfig& limits)
-    : stacks_(stacks), sessions_(sessions), workers_(workers), limits_(limits) {}
+                                           WorkerPool& workers, const LimitsConfig& limits,
+                                           ServiceMetrics& metrics)
+    : stacks_(stacks), sessions_(sessions), workers_(workers), limits_(limits), metrics_(metrics) {}
+
+void AttentionServiceImpl::report(const char* rpc, const CallInfo& info, const grpc::Status& status,
+                                  Clock::time_point start) {
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const int code = static_cast<int>(status.error_code());
+  metrics_.request_done(rpc, info.stack, code, seconds);
+  const bool server_side = code == grpc::StatusCode::INTERNAL || code == grpc::StatusCode::UNKNOWN ||
+                           code == grpc::StatusCode::DATA_LOSS;
+  const bool pressure = code == grpc::StatusCode::RESOURCE_EXHAUSTED || code == grpc::StatusCode::UNAVAILABLE;
+  if (!log::enabled(log::Level::kDebug) && !server_side && !pressure) return;
+  log::Fields fields{{"rpc", rpc}, {"code", grpc_code_name(code)}};
+  if (!info.stack.empty()) fields.emplace_back("stack", info.stack);
+  if (!info.session_id.empty()) fields.emplace_back("session_id", info.session_id);
+  fields.emplace_back("duration_ms", std::to_string(seconds * 1e3));
+  if (!status.ok()) fields.emplace_back("error", status.error_message());
+  log::debug("request", fields);
+  if (server_side || pressure) {
+    log::write_limited(server_side ? log::Level::kError : log::Level::kWarn,
+                       std::string(rpc) + '|' + grpc_code_name(code) + '|' + status.error_message(),
+                       "request failed", fields);
+  }
+}
 
 template <typename Work>
 grpc::ServerUnaryReactor* AttentionServiceImpl::inline_call(grpc::CallbackServerContext* ctx,
                                                             const char* rpc, Work work) {
+  const auto start = Clock::now();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  const grpc::Status status = guarded(work);
-  if (!status.ok()) {
-    log::debug("request failed", {{"rpc", rpc}, {"code", std::to_string(status.error_code())},
-                                  {"error", status.error_message()}});
-  }
+  CallInfo info;
+  const grpc::Status status = guarded([&] { work(info); });
+  report(rpc, info, status, start);
   reactor->Finish(status);
   return reactor;
 }
@@ -108,20 +130,20 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::on_worker(grpc::CallbackServerCo
                                                           const char* rpc, Work work) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   const auto arrival = Clock::now();
-  const bool queued = workers_.try_submit([ctx, reactor, rpc, arrival, work]() mutable {
+  const bool queued = workers_.try_submit([this, ctx, reactor, rpc, arrival, work]() mutable {
+    CallInfo info;
     const grpc::Status status = guarded([&] {
       check_still_wanted(ctx);
-      work(micros_between(arrival, Clock::now()));
+      work(micros_between(arrival, Clock::now()), info);
     });
-    if (!status.ok()) {
-      log::debug("request failed", {{"rpc", rpc}, {"code", std::to_string(status.error_code())},
-                                    {"error", status.error_message()}});
-    }
+    report(rpc, info, status, arrival);
     reactor->Finish(status);
   });
   if (!queued) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                 "server busy: the request queue is full or the server is stopping"));
+    const grpc::Status busy(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                            "server busy: the request queue is full or the server is stopping");
+    report(rpc, CallInfo{}, busy, arrival);
+    reactor->Finish(busy);
   }
   return reactor;
 }
@@ -157,7 +179,7 @@ void AttentionServiceImpl::fill_session(const SessionInfo& info, v1::SessionInfo
 grpc::ServerUnaryReactor* AttentionServiceImpl::ListStacks(grpc::CallbackServerContext* ctx,
                                                            const v1::ListStacksRequest*,
                                                            v1::ListStacksResponse* resp) {
-  return inline_call(ctx, "ListStacks", [&] {
+  return inline_call(ctx, "ListStacks", [&](CallInfo&) {
     for (const HostedStack* s : stacks_.list()) {
       auto* info = resp->add_stacks();
       info->set_name(s->name);
@@ -188,12 +210,14 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ListStacks(grpc::CallbackServerC
 grpc::ServerUnaryReactor* AttentionServiceImpl::Forward(grpc::CallbackServerContext* ctx,
                                                         const v1::ForwardRequest* req,
                                                         v1::ForwardResponse* resp) {
-  return on_worker(ctx, "Forward", [this, req, resp](int64_t queue_micros) {
+  return on_worker(ctx, "Forward", [this, req, resp](int64_t queue_micros, CallInfo& info) {
     StageTimings t;
     t.queue_micros = queue_micros;
     auto start = Clock::now();
     const DecodedTokens in = decode_tokens(req->features(), "features", limits_.max_tokens_per_segment, false);
     at::Tensor y;
+    const HostedStack* stack = nullptr;
+    std::vector<int64_t> bank_lengths;
     if (!req->session_id().empty()) {
       if (req->memories_size() > 0) {
         fail(ErrorCode::kInvalidArgument, "memories cannot be given with a session_id: the session's "
@@ -210,21 +234,26 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Forward(grpc::CallbackServerCont
       if (req->has_sequence()) sequence = req->sequence();
       t.decode_micros = micros_between(start, Clock::now());
       SegmentResult r = run_segment(sessions_, req->session_id(), sequence, in.tokens, nullptr, &t);
+      info.session_id = req->session_id();
+      info.stack = r.stack->name;
+      stack = r.stack;
+      bank_lengths = std::move(r.bank_lengths);
       y = r.output;
       resp->set_session_id(req->session_id());
       resp->set_sequence(r.sequence);
     } else {
       if (req->has_sequence()) fail(ErrorCode::kInvalidArgument, "sequence needs a session_id");
-      const HostedStack& stack = stack_or_throw(req->stack());
+      stack = &stack_or_throw(req->stack());
+      info.stack = stack->name;
       std::map<size_t, at::Tensor> memories;
       for (int i = 0; i < req->memories_size(); ++i) {
         const auto& m = req->memories(i);
         const std::string field = "memories[" + std::to_string(i) + "]";
-        if (m.block_index() < 0 || !stack.memory.count(static_cast<size_t>(m.block_index()))) {
+        if (m.block_index() < 0 || !stack->memory.count(static_cast<size_t>(m.block_index()))) {
           std::string blocks;
-          for (size_t b : stack.memory_blocks) blocks += (blocks.empty() ? "" : ", ") + std::to_string(b);
+          for (size_t b : stack->memory_blocks) blocks += (blocks.empty() ? "" : ", ") + std::to_string(b);
           fail(ErrorCode::kInvalidArgument, field, ".block_index ", m.block_index(),
-               " is not a cross_memory block of stack '", stack.name, "' (cross_memory blocks: ",
+               " is not a cross_memory block of stack '", stack->name, "' (cross_memory blocks: ",
                blocks.empty() ? "none" : blocks, ")");
         }
         if (memories.count(static_cast<size_t>(m.block_index()))) {
@@ -234,21 +263,26 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Forward(grpc::CallbackServerCont
             decode_tokens(m.tokens(), field + ".tokens", limits_.max_memory_tokens, true).tokens;
       }
       t.decode_micros = micros_between(start, Clock::now());
-      y = forward_stateless(stack, in.tokens, memories, &t);
+      y = forward_stateless(*stack, in.tokens, memories, &t);
     }
     start = Clock::now();
     encode_tokens(y, in.unbatched, in.dtype, resp->mutable_output());
     t.encode_micros = micros_between(start, Clock::now());
     fill_timings(t, resp->mutable_timings());
+    metrics_.batch_done(stack->name, 1);
+    metrics_.segment_done(stack->name, in.tokens.size(0) * in.tokens.size(1), t,
+                          req->session_id().empty() ? nullptr : &bank_lengths);
   });
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::OpenSession(grpc::CallbackServerContext* ctx,
                                                             const v1::OpenSessionRequest* req,
                                                             v1::OpenSessionResponse* resp) {
-  return inline_call(ctx, "OpenSession", [&] {
-    const SessionInfo info = sessions_.open(stack_or_throw(req->stack()), req->session_id());
-    log::info("session opened", {{"session_id", info.session_id}, {"stack", info.stack}});
+  return inline_call(ctx, "OpenSession", [&](CallInfo& call) {
+    const HostedStack& stack = stack_or_throw(req->stack());
+    call.stack = stack.name;
+    const SessionInfo info = sessions_.open(stack, req->session_id());
+    call.session_id = info.session_id;
     fill_session(info, resp->mutable_session());
   });
 }
@@ -256,24 +290,30 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::OpenSession(grpc::CallbackServer
 grpc::ServerUnaryReactor* AttentionServiceImpl::CloseSession(grpc::CallbackServerContext* ctx,
                                                              const v1::CloseSessionRequest* req,
                                                              v1::CloseSessionResponse*) {
-  return inline_call(ctx, "CloseSession", [&] {
+  return inline_call(ctx, "CloseSession", [&](CallInfo& call) {
     sessions_.close(req->session_id());
-    log::info("session closed", {{"session_id", req->session_id()}});
+    call.session_id = req->session_id();
   });
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::GetSession(grpc::CallbackServerContext* ctx,
                                                            const v1::GetSessionRequest* req,
                                                            v1::GetSessionResponse* resp) {
-  return inline_call(ctx, "GetSession",
-                     [&] { fill_session(sessions_.info(req->session_id()), resp->mutable_session()); });
+  return inline_call(ctx, "GetSession", [&](CallInfo& call) {
+    const SessionInfo info = sessions_.info(req->session_id());
+    call.session_id = info.session_id;
+    call.stack = info.stack;
+    fill_session(info, resp->mutable_session());
+  });
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::ExportSession(grpc::CallbackServerContext* ctx,
                                                               const v1::ExportSessionRequest* req,
                                                               v1::ExportSessionResponse* resp) {
-  return on_worker(ctx, "ExportSession", [this, req, resp](int64_t) {
+  return on_worker(ctx, "ExportSession", [this, req, resp](int64_t, CallInfo& info) {
     const auto [stack, state] = sessions_.snapshot(req->session_id());
+    info.session_id = req->session_id();
+    info.stack = stack->name;
     std::string bytes = export_session(req->session_id(), *stack, state);
     if (static_cast<int64_t>(bytes.size()) > limits_.max_message_bytes - 1024) {
       fail(ErrorCode::kResourceExhausted, "session '", req->session_id(), "' exports to ", bytes.size(),
@@ -286,14 +326,14 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ExportSession(grpc::CallbackServ
 grpc::ServerUnaryReactor* AttentionServiceImpl::ImportSession(grpc::CallbackServerContext* ctx,
                                                               const v1::ImportSessionRequest* req,
                                                               v1::ImportSessionResponse* resp) {
-  return on_worker(ctx, "ImportSession", [this, req, resp](int64_t) {
+  return on_worker(ctx, "ImportSession", [this, req, resp](int64_t, CallInfo& call) {
     c10::InferenceMode guard;
     ExportedSession imported = import_session(req->state(), stacks_, limits_.max_tokens_per_segment);
     const std::string id = req->session_id().empty() ? imported.session_id : req->session_id();
     const HostedStack& stack = stack_or_throw(imported.stack);
+    call.stack = stack.name;
     const SessionInfo info = sessions_.import(stack, id, std::move(imported.state));
-    log::info("session imported", {{"session_id", id}, {"stack", stack.name},
-                                   {"segments_seen", std::to_string(info.segments_seen)}});
+    call.session_id = info.session_id;
     fill_session(info, resp->mutable_session());
   });
 }
@@ -306,6 +346,7 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
  public:
   SegmentStreamReactor(AttentionServiceImpl* service, grpc::CallbackServerContext* ctx)
       : service_(service), ctx_(ctx) {
+    service_->metrics_.stream_opened();
     StartRead(&request_);
   }
 
@@ -316,8 +357,10 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
     }
     arrival_ = Clock::now();
     if (!service_->workers_.try_submit([this] { process(); })) {
-      finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          "server busy: the request queue is full or the server is stopping"));
+      const grpc::Status busy(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                              "server busy: the request queue is full or the server is stopping");
+      service_->report("StreamSegments", info_, busy, arrival_);
+      finish(busy);
     }
   }
 
@@ -329,7 +372,10 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
     StartRead(&request_);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    service_->metrics_.stream_closed();
+    delete this;
+  }
 
  private:
   // Every Finish goes through here: the session is free for a new stream as soon as the
@@ -355,6 +401,8 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
         }
         binding_ = service_->sessions_.attach_stream(request_.session_id());
         session_id_ = request_.session_id();
+        info_.session_id = session_id_;
+        info_.stack = service_->sessions_.info(session_id_).stack;
       } else if (!request_.session_id().empty() && request_.session_id() != session_id_) {
         fail(ErrorCode::kInvalidArgument, "this stream serves session '", session_id_,
              "'; a message named session '", request_.session_id(), "'");
@@ -364,6 +412,7 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
       t.decode_micros = micros_between(start, Clock::now());
       const SegmentResult r = run_segment(service_->sessions_, session_id_, request_.sequence(),
                                           in.tokens, binding_.get(), &t);
+      info_.stack = r.stack->name;
       start = Clock::now();
       response_.Clear();
       response_.set_session_id(session_id_);
@@ -371,12 +420,11 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
       encode_tokens(r.output, in.unbatched, in.dtype, response_.mutable_output());
       t.encode_micros = micros_between(start, Clock::now());
       fill_timings(t, response_.mutable_timings());
-      log::debug("segment done", {{"session_id", session_id_}, {"sequence", std::to_string(r.sequence)},
-                                  {"compute_us", std::to_string(t.compute_micros)}});
+      service_->metrics_.batch_done(info_.stack, 1);
+      service_->metrics_.segment_done(info_.stack, in.tokens.size(0) * in.tokens.size(1), t, &r.bank_lengths);
     });
+    service_->report("StreamSegments", info_, status, arrival_);
     if (!status.ok()) {
-      log::debug("stream failed", {{"session_id", session_id_}, {"code", std::to_string(status.error_code())},
-                                   {"error", status.error_message()}});
       finish(status);
       return;
     }
@@ -389,6 +437,7 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
   v1::SegmentResponse response_;
   Clock::time_point arrival_;
   std::string session_id_;                           // set by the first message
+  AttentionServiceImpl::CallInfo info_;              // the stream's stack and session, once known
   std::shared_ptr<SessionStore::Session> binding_;  // while attached
 };
 

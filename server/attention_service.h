@@ -2,27 +2,32 @@
 // knows gRPC: it decodes requests, calls the stack registry, session store and segment runner,
 // encodes responses, and turns every exception into a grpc::Status exactly once (to_status).
 // Tensor work (Forward, segments, export, import) runs on the WorkerPool; cheap calls
-// (ListStacks, sessions' bookkeeping) answer inline. One reactor per stream, at most one read
+// (ListStacks, sessions' bookkeeping) answer inline. Every finished call (every segment of a
+// stream) is counted in ServiceMetrics and logged at debug level; server-side failures
+// (INTERNAL, RESOURCE_EXHAUSTED, ...) are also logged at error or warn, rate-limited. One reactor per stream, at most one read
 // and one write in flight; the reactor deletes itself in OnDone.
 // Thread-safe; must outlive the grpc::Server it is registered with.
 #pragma once
 
 #include "hvlm/v1/attention_service.grpc.pb.h"
 #include "server/config.h"
+#include "server/service_metrics.h"
 #include "server/session_store.h"
 #include "server/stack_registry.h"
 #include "server/worker_pool.h"
 
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
 #include <exception>
+#include <string>
 
 namespace hvlm {
 
 class AttentionServiceImpl final : public v1::AttentionService::CallbackService {
  public:
   AttentionServiceImpl(const StackRegistry& stacks, SessionStore& sessions, WorkerPool& workers,
-                       const LimitsConfig& limits);
+                       const LimitsConfig& limits, ServiceMetrics& metrics);
 
   grpc::ServerUnaryReactor* ListStacks(grpc::CallbackServerContext* ctx, const v1::ListStacksRequest* req,
                                        v1::ListStacksResponse* resp) override;
@@ -45,6 +50,14 @@ class AttentionServiceImpl final : public v1::AttentionService::CallbackService 
 
  private:
   friend class SegmentStreamReactor;
+  // What the edge learns about a call while serving it, for its metrics and log line.
+  struct CallInfo {
+    std::string stack;       // a hosted stack's name, once resolved (never raw client input)
+    std::string session_id;  // once it passed check_session_id
+  };
+  using Clock = std::chrono::steady_clock;
+  // Counts, times and logs a finished call (or stream segment).
+  void report(const char* rpc, const CallInfo& info, const grpc::Status& status, Clock::time_point start);
   template <typename Work>
   grpc::ServerUnaryReactor* on_worker(grpc::CallbackServerContext* ctx, const char* rpc, Work work);
   template <typename Work>
@@ -56,6 +69,7 @@ class AttentionServiceImpl final : public v1::AttentionService::CallbackService 
   SessionStore& sessions_;
   WorkerPool& workers_;
   const LimitsConfig limits_;
+  ServiceMetrics& metrics_;
 };
 
 // The status for an exception thrown below the edge: ServiceError keeps its code; c10::Error

@@ -268,6 +268,14 @@ ServerConfig ServerConfig::parse(const std::string& yaml_text, const std::string
     l.finish();
   }
 
+  if (m.has("metrics")) {
+    Mapping x(m.get("metrics"), "metrics");
+    c.metrics.enabled = x.choice("enabled", c.metrics.enabled ? "true" : "false", {"true", "false"}) == "true";
+    c.metrics.listen = x.string("listen", c.metrics.listen);
+    check_listen_address(c.metrics.listen, "metrics.listen");
+    x.finish();
+  }
+
   const YAML::Node stacks = m.get("stacks");
   if (!stacks || !stacks.IsMap() || stacks.size() == 0) {
     bad("stacks", "must map at least one stack name to its spec");

@@ -44,6 +44,14 @@ struct LimitsConfig {
   bool evict_lru = false;
 };
 
+// The operator's HTTP port: /metrics (Prometheus), /healthz, /readyz.
+struct MetricsConfig {
+  /// Serve the port at all.
+  bool enabled = true;
+  /// host:port; port 0 picks a free port.
+  std::string listen = "127.0.0.1:9464";
+};
+
 struct StackConfig {
   /// The name requests use.
   std::string name;
@@ -75,6 +83,7 @@ struct ServerConfig {
   /// On SIGTERM/SIGINT, in-flight requests get this long to finish, seconds (at most 3600).
   double shutdown_grace_seconds = 10;
   LimitsConfig limits;
+  MetricsConfig metrics;
   /// At least one; names unique.
   std::vector<StackConfig> stacks;
 

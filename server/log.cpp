@@ -1,5 +1,7 @@
 #include "server/log.h"
 
+#include "server/rate_limiter.h"
+
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -130,6 +132,20 @@ void write(Level level, std::string_view message, const Fields& fields) {
     }
   }
   logger().log(to_spdlog(level), "{}", line);
+}
+
+void write_limited(Level level, const std::string& key, std::string_view message, const Fields& fields) {
+  if (!enabled(level)) return;
+  static RateLimiter limiter(std::chrono::seconds(10));
+  int64_t suppressed = 0;
+  if (!limiter.admit(key, RateLimiter::Clock::now(), &suppressed)) return;
+  if (suppressed == 0) {
+    write(level, message, fields);
+    return;
+  }
+  Fields with_count = fields;
+  with_count.emplace_back("suppressed", std::to_string(suppressed));
+  write(level, message, with_count);
 }
 
 }  // namespace hvlm::log

@@ -22,6 +22,11 @@ Level parse_level(const std::string& level);
 bool enabled(Level level);
 void write(Level level, std::string_view message, const Fields& fields = {});
 
+// Like write(), but lines with the same `key` are rate-limited: the first is written, then at
+// most one per 10 seconds; a written line that follows held-back ones carries a "suppressed"
+// field with their count. For errors a client can repeat at will.
+void write_limited(Level level, const std::string& key, std::string_view message, const Fields& fields = {});
+
 inline void debug(std::string_view m, const Fields& f = {}) { write(Level::kDebug, m, f); }
 inline void info(std::string_view m, const Fields& f = {}) { write(Level::kInfo, m, f); }
 inline void warn(std::string_view m, const Fields& f = {}) { write(Level::kWarn, m, f); }

@@ -1,6 +1,7 @@
 // hvlm-server: serves the attention stacks of a YAML config over gRPC.
 //   hvlm-server --config configs/default.yaml [--listen HOST:PORT] [--device cpu|cuda|auto]
-//               [--log-level LEVEL] [--log-format text|json] [--ready-file PATH]
+//               [--log-level LEVEL] [--log-format text|json] [--metrics-listen HOST:PORT]
+//               [--ready-file PATH]
 // Exits 0 after a graceful shutdown on SIGTERM or SIGINT, 2 on a bad flag or config, 1 when it
 // cannot start.
 #include "attention/openmp_wait_policy.h"
@@ -22,13 +23,16 @@ namespace {
 constexpr const char* kUsage =
     "usage: hvlm-server --config FILE [--listen HOST:PORT] [--device cpu|cuda|auto]\n"
     "                   [--log-level trace|debug|info|warn|error|off] [--log-format text|json]\n"
-    "                   [--ready-file PATH]\n"
+    "                   [--metrics-listen HOST:PORT] [--ready-file PATH]\n"
     "  --config      YAML configuration (see docs/configuration.md)\n"
     "  --listen      overrides `listen`; port 0 picks a free port\n"
     "  --device      overrides `device`\n"
     "  --log-level   overrides `log_level`\n"
     "  --log-format  overrides `log_format`\n"
-    "  --ready-file  once serving, write the bound host:port to PATH\n";
+    "  --metrics-listen  overrides `metrics.listen` (/metrics, /healthz, /readyz); port 0 picks\n"
+    "                a free port\n"
+    "  --ready-file  once serving, write the bound gRPC host:port to PATH (first line) and the\n"
+    "                metrics host:port (second line, when metrics are enabled)\n";
 
 int g_signal_pipe[2] = {-1, -1};
 
@@ -38,7 +42,7 @@ void on_signal(int signal_number) {
 }
 
 struct Flags {
-  std::string config, listen, device, log_level, log_format, ready_file;
+  std::string config, listen, device, log_level, log_format, metrics_listen, ready_file;
 };
 
 bool parse_flags(int argc, char** argv, Flags* flags) {
@@ -53,6 +57,7 @@ bool parse_flags(int argc, char** argv, Flags* flags) {
                           : arg == "--device"     ? &flags->device
                           : arg == "--log-level"  ? &flags->log_level
                           : arg == "--log-format" ? &flags->log_format
+                          : arg == "--metrics-listen" ? &flags->metrics_listen
                           : arg == "--ready-file" ? &flags->ready_file
                                                   : nullptr;
     if (target == nullptr) {
@@ -85,6 +90,10 @@ int main(int argc, char** argv) {
     if (!flags.listen.empty()) {
       hvlm::check_listen_address(flags.listen, "--listen");
       config.listen = flags.listen;
+    }
+    if (!flags.metrics_listen.empty()) {
+      hvlm::check_listen_address(flags.metrics_listen, "--metrics-listen");
+      config.metrics.listen = flags.metrics_listen;
     }
     if (!flags.device.empty()) {
       if (flags.device != "cpu" && flags.device != "cuda" && flags.device != "auto") {
@@ -136,7 +145,10 @@ int main(int argc, char** argv) {
   }
   if (!flags.ready_file.empty()) {
     const std::string tmp = flags.ready_file + ".tmp";
-    std::ofstream(tmp) << server->address() << "\n";
+    std::ofstream out(tmp);
+    out << server->address() << "\n";
+    if (!server->metrics_address().empty()) out << server->metrics_address() << "\n";
+    out.close();
     std::rename(tmp.c_str(), flags.ready_file.c_str());
   }
 

@@ -93,10 +93,11 @@ SegmentResult run_segment(SessionStore& sessions, const std::string& session_id,
     }
   }
   for (size_t i : stack.mamba_blocks) next.states[i] = out.states[i];
-  const uint64_t seq = lease.sequence();
+  SegmentResult result{out.y, lease.sequence(), &stack, {}};
+  for (const auto& [i, bank] : next.banks) result.bank_lengths.push_back(bank.tokens.size(1));
   sessions.commit(lease, std::move(next));
   if (timings) timings->memory_update_micros = micros_since(start);
-  return SegmentResult{out.y, seq};
+  return result;
 }
 
 }  // namespace hvlm

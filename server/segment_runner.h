@@ -5,6 +5,7 @@
 #pragma once
 
 #include "server/session_store.h"
+#include "server/stage_timings.h"
 #include "server/stack_registry.h"
 
 #include <ATen/core/Tensor.h>
@@ -13,17 +14,9 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace hvlm {
-
-// Where a request's time went, microseconds.
-struct StageTimings {
-  int64_t queue_micros = 0;
-  int64_t decode_micros = 0;
-  int64_t compute_micros = 0;
-  int64_t memory_update_micros = 0;
-  int64_t encode_micros = 0;
-};
 
 // `x` is [B, T, D] on any device and in any floating dtype; it is checked against the stack
 // (D, finite) and converted to the stack's device and dtype. `memories` maps cross_memory block
@@ -34,6 +27,10 @@ at::Tensor forward_stateless(const HostedStack& stack, const at::Tensor& x,
 struct SegmentResult {
   at::Tensor output;
   uint64_t sequence = 0;
+  /// The session's stack.
+  const HostedStack* stack = nullptr;
+  /// Tokens in each memory bank after the update, by cross_memory block index order.
+  std::vector<int64_t> bank_lengths;
 };
 
 // Runs `x` as the next segment of session `session_id` and commits the session's next state.

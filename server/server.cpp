@@ -1,11 +1,16 @@
 #include "server/server.h"
 
 #include "server/log.h"
+#include "server/process_metrics.h"
 
 #include <ATen/Parallel.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
+#include <torch/version.h>
+#if defined(HVLM_WITH_CUDA)
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 #include <algorithm>
 #include <stdexcept>
@@ -18,9 +23,24 @@ std::unique_ptr<Server> Server::start(const ServerConfig& config) {
   s->config_ = config;
   const int threads = resolved_intra_op_threads(config);
   at::set_num_threads(threads);
+  const c10::Device device = resolve_device(config.device);
+
+  // Metrics first, so /readyz can say "not ready" while the stacks load.
+  s->registry_ = std::make_unique<metrics::Registry>();
+  register_process_metrics(*s->registry_);
+  s->metrics_ = std::make_unique<ServiceMetrics>(*s->registry_, BuildInfo{HVLM_VERSION, TORCH_VERSION, device.str()});
+  if (config.metrics.enabled) {
+    MetricsHttpServer::Options http;
+    http.listen = config.metrics.listen;
+    Server* raw = s.get();
+    s->http_ = MetricsHttpServer::start(
+        http, {[raw] { return raw->registry_->render(); }, [raw](std::string* reason) { return raw->ready(reason); }});
+    log::info("metrics listening", {{"address", s->http_->address()}, {"paths", "/metrics /healthz /readyz"}});
+  }
 
   s->stacks_ = StackRegistry::create(config);
   for (const HostedStack* stack : s->stacks_->list()) {
+    s->metrics_->add_stack(stack->name);
     log::info("stack ready", {{"stack", stack->name},
                               {"blocks", std::to_string(stack->spec().blocks.size())},
                               {"dim", std::to_string(stack->dim())},
@@ -46,7 +66,27 @@ std::unique_ptr<Server> Server::start(const ServerConfig& config) {
   pool.thread_init = [threads] { at::set_num_threads(threads); };
   s->workers_ = std::make_unique<WorkerPool>(pool);
 
-  s->service_ = std::make_unique<AttentionServiceImpl>(*s->stacks_, *s->sessions_, *s->workers_, config.limits);
+  s->service_ =
+      std::make_unique<AttentionServiceImpl>(*s->stacks_, *s->sessions_, *s->workers_, config.limits, *s->metrics_);
+
+  ServiceMetrics::Sources sources;
+  sources.sessions = [raw = s.get()] { return raw->sessions_->stats(); };
+  sources.session_memory_limit_bytes = config.limits.max_session_memory_bytes;
+  sources.queued_requests = [raw = s.get()] { return raw->workers_->queued(); };
+#if defined(HVLM_WITH_CUDA)
+  if (device.is_cuda()) {
+    sources.device_memory = [device] {
+      namespace alloc = c10::cuda::CUDACachingAllocator;
+      const auto stats = alloc::getDeviceStats(device.index());
+      const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+      return std::vector<std::pair<std::string, std::pair<double, double>>>{
+          {device.str(),
+           {static_cast<double>(stats.allocated_bytes[aggregate].current),
+            static_cast<double>(stats.reserved_bytes[aggregate].current)}}};
+    };
+  }
+#endif
+  s->metrics_->watch(std::move(sources));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -69,6 +109,7 @@ std::unique_ptr<Server> Server::start(const ServerConfig& config) {
     health->SetServingStatus(v1::AttentionService::service_full_name(), true);
   }
   s->expiry_ = std::thread([raw = s.get()] { raw->expiry_loop(); });
+  s->phase_ = Phase::kServing;
   log::info("hvlm-server listening", {{"address", s->address()},
                                       {"workers", std::to_string(config.workers)},
                                       {"intra_op_threads", std::to_string(threads)}});
@@ -76,6 +117,17 @@ std::unique_ptr<Server> Server::start(const ServerConfig& config) {
 }
 
 Server::~Server() { shutdown(0); }
+
+std::string Server::metrics_address() const { return http_ ? http_->address() : ""; }
+
+bool Server::ready(std::string* reason) const {
+  switch (phase_.load()) {
+    case Phase::kServing: return true;
+    case Phase::kStarting: *reason = "loading and warming up the stacks"; break;
+    case Phase::kDraining: *reason = "shutting down"; break;
+  }
+  return false;
+}
 
 std::string Server::address() const {
   const std::string host = host_ == "0.0.0.0" || host_ == "[::]" || host_.empty() ? "127.0.0.1" : host_;
@@ -88,8 +140,7 @@ void Server::expiry_loop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!cv_.wait_for(lock, period, [this] { return stopping_; })) {
     lock.unlock();
-    const size_t n = sessions_->expire_idle();
-    if (n > 0) log::info("sessions expired", {{"count", std::to_string(n)}});
+    sessions_->expire_idle();  // logs each expired session
     lock.lock();
   }
 }
@@ -103,6 +154,7 @@ void Server::shutdown(double grace_seconds) {
     }
     stopping_ = true;
   }
+  phase_ = Phase::kDraining;
   cv_.notify_all();
   if (grpc_) {
     log::info("shutting down", {{"grace_seconds", std::to_string(grace_seconds)}});
@@ -114,6 +166,7 @@ void Server::shutdown(double grace_seconds) {
   }
   if (workers_) workers_->shutdown();
   if (expiry_.joinable()) expiry_.join();
+  if (http_) http_->stop();  // last, so /readyz says "shutting down" throughout the drain
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopped_ = true;

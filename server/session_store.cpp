@@ -1,5 +1,6 @@
 #include "server/session_store.h"
 
+#include "server/log.h"
 #include "server/service_error.h"
 
 #include <algorithm>
@@ -23,6 +24,16 @@ struct SessionStore::Session {
 };
 
 namespace {
+
+// A session lifecycle event, logged after the store's lock is released.
+struct Event {
+  const char* what;
+  log::Fields fields;
+};
+
+void log_events(const std::vector<Event>& events) {
+  for (const Event& e : events) log::info(e.what, e.fields);
+}
 
 int64_t unix_micros() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
@@ -114,7 +125,8 @@ SessionInfo SessionStore::info_locked(const Session& s) const {
   return info;
 }
 
-bool SessionStore::make_room_locked(int64_t extra_sessions, int64_t extra_bytes, const Session* keep) {
+bool SessionStore::make_room_locked(int64_t extra_sessions, int64_t extra_bytes, const Session* keep,
+                                    std::vector<std::pair<std::string, std::string>>* evicted) {
   int64_t sessions_over = static_cast<int64_t>(sessions_.size()) + extra_sessions - options_.max_sessions;
   int64_t bytes_over = stats_.memory_bytes + extra_bytes - options_.max_memory_bytes;
   if (sessions_over <= 0 && bytes_over <= 0) return true;
@@ -132,6 +144,7 @@ bool SessionStore::make_room_locked(int64_t extra_sessions, int64_t extra_bytes,
     bo -= idle[victims]->bytes;
   }
   for (size_t i = 0; i < victims; ++i) {
+    evicted->emplace_back(idle[i]->id, idle[i]->stack->name);
     remove_locked(std::string(idle[i]->id));
     ++stats_.evicted;
   }
@@ -149,57 +162,79 @@ void SessionStore::remove_locked(const std::string& id) {
 
 SessionInfo SessionStore::open(const HostedStack& stack, const std::string& requested_id) {
   if (!requested_id.empty()) check_session_id(requested_id);
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!requested_id.empty() && sessions_.count(requested_id)) {
-    fail(ErrorCode::kAlreadyExists, "session '", requested_id, "' already exists");
+  std::vector<std::pair<std::string, std::string>> evicted;
+  SessionInfo info;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!requested_id.empty() && sessions_.count(requested_id)) {
+      fail(ErrorCode::kAlreadyExists, "session '", requested_id, "' already exists");
+    }
+    if (!make_room_locked(1, 0, nullptr, &evicted)) {
+      ++stats_.rejected;
+      fail(ErrorCode::kResourceExhausted, "session limit reached: ", options_.max_sessions,
+           " sessions are open", options_.evict_lru ? " and none is idle" : "");
+    }
+    auto s = std::make_shared<Session>();
+    s->id = requested_id.empty() ? new_id_locked() : requested_id;
+    s->stack = &stack;
+    s->created_unix_micros = s->last_used_unix_micros = unix_micros();
+    s->last_used = Clock::now();
+    sessions_[s->id] = s;
+    ++stats_.created;
+    stats_.active = static_cast<int64_t>(sessions_.size());
+    info = info_locked(*s);
   }
-  if (!make_room_locked(1, 0, nullptr)) {
-    ++stats_.rejected;
-    fail(ErrorCode::kResourceExhausted, "session limit reached: ", options_.max_sessions,
-         " sessions are open", options_.evict_lru ? " and none is idle" : "");
-  }
-  auto s = std::make_shared<Session>();
-  s->id = requested_id.empty() ? new_id_locked() : requested_id;
-  s->stack = &stack;
-  s->created_unix_micros = s->last_used_unix_micros = unix_micros();
-  s->last_used = Clock::now();
-  sessions_[s->id] = s;
-  ++stats_.created;
-  stats_.active = static_cast<int64_t>(sessions_.size());
-  return info_locked(*s);
+  log_evictions(evicted);
+  log::info("session opened", {{"session_id", info.session_id}, {"stack", info.stack}});
+  return info;
 }
 
 SessionInfo SessionStore::import(const HostedStack& stack, const std::string& id, SessionState state) {
   check_session_id(id);
   const int64_t bytes = state.total_bytes();
-  std::lock_guard<std::mutex> lock(mu_);
-  if (sessions_.count(id)) fail(ErrorCode::kAlreadyExists, "session '", id, "' already exists");
-  if (!make_room_locked(1, bytes, nullptr)) {
-    ++stats_.rejected;
-    fail(ErrorCode::kResourceExhausted, "session limit reached: cannot import session '", id,
-         "' (", bytes, " bytes) with ", sessions_.size(), " of ", options_.max_sessions,
-         " sessions open and ", stats_.memory_bytes, " of ", options_.max_memory_bytes,
-         " session memory bytes used");
+  std::vector<std::pair<std::string, std::string>> evicted;
+  SessionInfo info;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sessions_.count(id)) fail(ErrorCode::kAlreadyExists, "session '", id, "' already exists");
+    if (!make_room_locked(1, bytes, nullptr, &evicted)) {
+      ++stats_.rejected;
+      fail(ErrorCode::kResourceExhausted, "session limit reached: cannot import session '", id,
+           "' (", bytes, " bytes) with ", sessions_.size(), " of ", options_.max_sessions,
+           " sessions open and ", stats_.memory_bytes, " of ", options_.max_memory_bytes,
+           " session memory bytes used");
+    }
+    auto s = std::make_shared<Session>();
+    s->id = id;
+    s->stack = &stack;
+    s->created_unix_micros = s->last_used_unix_micros = unix_micros();
+    s->last_used = Clock::now();
+    s->state = std::move(state);
+    s->bytes = bytes;
+    sessions_[id] = s;
+    stats_.memory_bytes += bytes;
+    ++stats_.created;
+    stats_.active = static_cast<int64_t>(sessions_.size());
+    info = info_locked(*s);
   }
-  auto s = std::make_shared<Session>();
-  s->id = id;
-  s->stack = &stack;
-  s->created_unix_micros = s->last_used_unix_micros = unix_micros();
-  s->last_used = Clock::now();
-  s->state = std::move(state);
-  s->bytes = bytes;
-  sessions_[id] = s;
-  stats_.memory_bytes += bytes;
-  ++stats_.created;
-  stats_.active = static_cast<int64_t>(sessions_.size());
-  return info_locked(*s);
+  log_evictions(evicted);
+  log::info("session imported", {{"session_id", info.session_id}, {"stack", info.stack},
+                                 {"segments_seen", std::to_string(info.segments_seen)},
+                                 {"bytes", std::to_string(info.total_bytes)}});
+  return info;
 }
 
 void SessionStore::close(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  find_locked(id);
-  remove_locked(id);
-  ++stats_.closed;
+  log::Fields fields;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto s = find_locked(id);
+    fields = {{"session_id", id}, {"stack", s->stack->name},
+              {"segments_seen", std::to_string(s->state.segments_seen)}};
+    remove_locked(id);
+    ++stats_.closed;
+  }
+  log::info("session closed", fields);
 }
 
 SessionInfo SessionStore::info(const std::string& id) {
@@ -220,6 +255,7 @@ std::shared_ptr<SessionStore::Session> SessionStore::attach_stream(const std::st
     fail(ErrorCode::kFailedPrecondition, "session '", id, "' already has a stream attached");
   }
   s->streaming = true;
+  log::debug("stream attached", {{"session_id", id}});
   return s;
 }
 
@@ -229,6 +265,7 @@ void SessionStore::detach_stream(const std::shared_ptr<Session>& binding) {
   binding->streaming = false;
   binding->last_used = Clock::now();
   binding->last_used_unix_micros = unix_micros();
+  log::debug("stream detached", {{"session_id", binding->id}});
 }
 
 SessionStore::Lease SessionStore::begin_segment(const std::string& id,
@@ -277,21 +314,31 @@ void SessionStore::commit(Lease& lease, SessionState next) {
   next.segments_seen = lease.sequence() + 1;
   const int64_t bytes = next.total_bytes();
   Session& s = *lease.session_;
-  std::lock_guard<std::mutex> lock(mu_);
-  lease.active_ = false;
-  s.busy = false;
-  if (s.closed) fail(ErrorCode::kAborted, "session '", s.id, "' was closed while its segment ran");
-  if (!make_room_locked(0, bytes - s.bytes, &s)) {
-    ++stats_.rejected;
-    fail(ErrorCode::kResourceExhausted, "session memory budget exhausted: session '", s.id,
-         "' would hold ", bytes, " bytes, ", stats_.memory_bytes - s.bytes, " of ",
-         options_.max_memory_bytes, " are used by other sessions");
+  std::vector<std::pair<std::string, std::string>> evicted;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    lease.active_ = false;
+    s.busy = false;
+    if (s.closed) fail(ErrorCode::kAborted, "session '", s.id, "' was closed while its segment ran");
+    if (!make_room_locked(0, bytes - s.bytes, &s, &evicted)) {
+      ++stats_.rejected;
+      fail(ErrorCode::kResourceExhausted, "session memory budget exhausted: session '", s.id,
+           "' would hold ", bytes, " bytes, ", stats_.memory_bytes - s.bytes, " of ",
+           options_.max_memory_bytes, " are used by other sessions");
+    }
+    stats_.memory_bytes += bytes - s.bytes;
+    s.bytes = bytes;
+    s.state = std::move(next);
+    s.last_used = Clock::now();
+    s.last_used_unix_micros = unix_micros();
   }
-  stats_.memory_bytes += bytes - s.bytes;
-  s.bytes = bytes;
-  s.state = std::move(next);
-  s.last_used = Clock::now();
-  s.last_used_unix_micros = unix_micros();
+  log_evictions(evicted);
+}
+
+void SessionStore::log_evictions(const std::vector<std::pair<std::string, std::string>>& evicted) {
+  for (const auto& [id, stack] : evicted) {
+    log::info("session evicted", {{"session_id", id}, {"stack", stack}, {"reason", "make room (on_full: evict_lru)"}});
+  }
 }
 
 void SessionStore::release(Session& session) {
@@ -302,14 +349,24 @@ void SessionStore::release(Session& session) {
 size_t SessionStore::expire_idle() {
   const auto cutoff = Clock::now() - std::chrono::duration_cast<Clock::duration>(
                                          std::chrono::duration<double>(options_.idle_ttl_seconds));
-  std::lock_guard<std::mutex> lock(mu_);
-  std::vector<std::string> expired;
-  for (const auto& [id, s] : sessions_) {
-    if (!s->busy && !s->streaming && s->last_used < cutoff) expired.push_back(id);
+  const auto now = Clock::now();
+  std::vector<Event> events;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<std::string> expired;
+    for (const auto& [id, s] : sessions_) {
+      if (!s->busy && !s->streaming && s->last_used < cutoff) {
+        expired.push_back(id);
+        const double idle = std::chrono::duration<double>(now - s->last_used).count();
+        events.push_back({"session expired", {{"session_id", id}, {"stack", s->stack->name},
+                                              {"idle_seconds", std::to_string(idle)}}});
+      }
+    }
+    for (const auto& id : expired) remove_locked(id);
+    stats_.expired += static_cast<int64_t>(expired.size());
   }
-  for (const auto& id : expired) remove_locked(id);
-  stats_.expired += static_cast<int64_t>(expired.size());
-  return expired.size();
+  log_events(events);
+  return events.size();
 }
 
 SessionStats SessionStore::stats() {

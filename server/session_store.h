@@ -3,6 +3,9 @@
 // in order, one stream per session), the limits on session count and total session memory
 // (rejecting or evicting the least recently used idle session), and the idle TTL.
 //
+// Every lifecycle event (opened, imported, closed, expired, evicted) is logged as one info line
+// with its session_id, after the lock is released.
+//
 // Thread-safety: every method is safe to call concurrently. One mutex (mu_) guards all session
 // bookkeeping; it is held only for map and flag updates, never during tensor work, so sessions
 // never wait for each other's forward passes. Segment work goes through a Lease: begin_segment()
@@ -11,6 +14,7 @@
 #pragma once
 
 #include "server/session_state.h"
+#include "server/session_stats.h"
 #include "server/stack_registry.h"
 
 #include <chrono>
@@ -42,17 +46,6 @@ struct SessionInfo {
   int64_t created_unix_micros = 0;
   int64_t last_used_unix_micros = 0;
   bool streaming = false;
-};
-
-// Lifetime counters, for logs and metrics.
-struct SessionStats {
-  int64_t active = 0;
-  int64_t created = 0;
-  int64_t closed = 0;
-  int64_t expired = 0;
-  int64_t evicted = 0;
-  int64_t rejected = 0;
-  int64_t memory_bytes = 0;
 };
 
 class SessionStore {
@@ -140,7 +133,11 @@ class SessionStore {
   // Makes room for `extra_sessions` more sessions and `extra_bytes` more bytes: true when they
   // fit, evicting idle sessions (least recently used first, never `keep`) when evict_lru is on
   // and that is enough; when it is not, evicts nothing and returns false. Requires mu_.
-  bool make_room_locked(int64_t extra_sessions, int64_t extra_bytes, const Session* keep);
+  // The (id, stack) of every evicted session goes to *evicted, for log_evictions() once mu_
+  // is released.
+  bool make_room_locked(int64_t extra_sessions, int64_t extra_bytes, const Session* keep,
+                        std::vector<std::pair<std::string, std::string>>* evicted);
+  static void log_evictions(const std::vector<std::pair<std::string, std::string>>& evicted);
   void remove_locked(const std::string& id);
   SessionInfo info_locked(const Session& session) const;
   std::shared_ptr<Session> find_locked(const std::string& id) const;

@@ -238,13 +238,15 @@ def _time_axis_segments(features: np.ndarray, segment_frames: int) -> list[np.nd
 
 def wait_for_ready_file(path: str | Path, timeout: float = 30.0,
                         process: Popen | None = None) -> str:
-    """Waits until a server started with `--ready-file PATH` has written its bound address
-    ("host:port") there, and returns it. Raises RuntimeError if `process` exits first and
-    TimeoutError after `timeout` seconds."""
+    """Waits until a server started with `--ready-file PATH` has written its bound gRPC
+    address ("host:port", the file's first line; a second line has the metrics address) there,
+    and returns it. Raises RuntimeError if `process` exits first and TimeoutError after
+    `timeout` seconds."""
     path = Path(path)
     deadline = time.monotonic() + timeout
     while True:
-        address = path.read_text().strip() if path.is_file() else ""
+        lines = path.read_text().split("\n") if path.is_file() else [""]
+        address = lines[0].strip()
         if address.rpartition(":")[2].isdigit():
             return address
         if process is not None and process.poll() is not None:

@@ -72,6 +72,7 @@ def make_config(stacks: dict | None = None, limits: dict | None = None, **top) -
     one intra-op thread (the test machine has two cores), a short shutdown grace."""
     config = {
         "listen": "127.0.0.1:0",
+        "metrics": {"listen": "127.0.0.1:0"},
         "device": "cpu",
         "intra_op_threads": 1,
         "workers": 1,
@@ -127,7 +128,8 @@ class ServerProcess:
         require_server_bin()
         self.ready_file.unlink(missing_ok=True)  # a stale address must not be mistaken for ours
         self.args = [str(SERVER_BIN), "--config", str(self.config_path),
-                     "--listen", "127.0.0.1:0", "--ready-file", str(self.ready_file),
+                     "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                     "--ready-file", str(self.ready_file),
                      *extra_args]
         self._stderr = open(self.stderr_path, "wb")
         self.process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
@@ -254,7 +256,7 @@ def run_server_once(config_path: Path, extra_args=(), listen: str | None = "127.
     ready.unlink(missing_ok=True)
     args = [str(SERVER_BIN), "--config", str(config_path), "--ready-file", str(ready)]
     if listen is not None:
-        args += ["--listen", listen]
+        args += ["--listen", listen, "--metrics-listen", "127.0.0.1:0"]
     args += list(extra_args)
     start = time.monotonic()
     with open(config_path.with_suffix(".stderr"), "w+b") as err:

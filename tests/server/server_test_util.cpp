@@ -25,6 +25,7 @@ StackSpec mamba_only_spec() {
 ServerConfig test_config(const std::map<std::string, StackSpec>& stacks, MemoryPolicy policy) {
   ServerConfig config;
   config.listen = "127.0.0.1:0";
+  config.metrics.listen = "127.0.0.1:0";
   config.workers = 2;
   config.intra_op_threads = 1;
   config.log_level = "error";

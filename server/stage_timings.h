@@ -1,0 +1,18 @@
+// StageTimings: where one request's time went, filled in as it passes the stages (queue wait
+// for a worker, decoding the request, the forward pass, the memory-bank update, encoding the
+// response). Reported back to clients and to the metrics. Plain value type.
+#pragma once
+
+#include <cstdint>
+
+namespace hvlm {
+
+struct StageTimings {
+  int64_t queue_micros = 0;
+  int64_t decode_micros = 0;
+  int64_t compute_micros = 0;
+  int64_t memory_update_micros = 0;
+  int64_t encode_micros = 0;
+};
+
+}  // namespace hvlm
