@@ -33,6 +33,7 @@ bench: build
 	$(BUILD_DIR)/bench/hvlm-bench sweep --json docs/benchmarks/cpu.json
 	$(PYTHON) bench/plot.py docs/benchmarks/cpu.json docs/benchmarks
 	$(PYTHON) bench/service_bench.py --build $(BUILD_DIR) --json docs/benchmarks/service.json
+	$(BUILD_DIR)/bench/hvlm-metrics-bench --json docs/benchmarks/metrics.json
 
 # Only the service benchmark (hvlm-server over loopback, 1/8/64 sessions).
 bench-service: build

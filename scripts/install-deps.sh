@@ -14,6 +14,8 @@ PACKAGES=(
   libgtest-dev nlohmann-json3-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libspdlog-dev libyaml-cpp-dev
+  # metrics HTTP server (/metrics, /healthz, /readyz); Prometheus and promtool for its tests
+  libcivetweb-dev prometheus
   # Python twin, test oracle, plots (Debian's /usr/bin/python3)
   python3 python3-torch python3-numpy python3-matplotlib python3-pytest
   # Python client (hierarchicalvlm.client): gRPC runtime and protoc for its stubs

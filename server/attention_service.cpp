@@ -56,6 +56,17 @@ void check_still_wanted(grpc::CallbackServerContext* ctx) {
   }
 }
 
+// A session id as it may appear in logs: the id when it is well-formed, else empty (a
+// malformed one is client input of any length and content).
+std::string loggable_id(const std::string& id) {
+  try {
+    check_session_id(id);
+    return id;
+  } catch (const ServiceError&) {
+    return "";
+  }
+}
+
 void fill_timings(const StageTimings& t, v1::StageTimings* out) {
   out->set_queue_micros(t.queue_micros);
   out->set_decode_micros(t.decode_micros);
@@ -218,6 +229,7 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Forward(grpc::CallbackServerCont
     at::Tensor y;
     const HostedStack* stack = nullptr;
     std::vector<int64_t> bank_lengths;
+    info.session_id = loggable_id(req->session_id());
     if (!req->session_id().empty()) {
       if (req->memories_size() > 0) {
         fail(ErrorCode::kInvalidArgument, "memories cannot be given with a session_id: the session's "
@@ -234,7 +246,6 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Forward(grpc::CallbackServerCont
       if (req->has_sequence()) sequence = req->sequence();
       t.decode_micros = micros_between(start, Clock::now());
       SegmentResult r = run_segment(sessions_, req->session_id(), sequence, in.tokens, nullptr, &t);
-      info.session_id = req->session_id();
       info.stack = r.stack->name;
       stack = r.stack;
       bank_lengths = std::move(r.bank_lengths);
@@ -281,6 +292,7 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::OpenSession(grpc::CallbackServer
   return inline_call(ctx, "OpenSession", [&](CallInfo& call) {
     const HostedStack& stack = stack_or_throw(req->stack());
     call.stack = stack.name;
+    call.session_id = loggable_id(req->session_id());
     const SessionInfo info = sessions_.open(stack, req->session_id());
     call.session_id = info.session_id;
     fill_session(info, resp->mutable_session());
@@ -291,8 +303,8 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::CloseSession(grpc::CallbackServe
                                                              const v1::CloseSessionRequest* req,
                                                              v1::CloseSessionResponse*) {
   return inline_call(ctx, "CloseSession", [&](CallInfo& call) {
+    call.session_id = loggable_id(req->session_id());
     sessions_.close(req->session_id());
-    call.session_id = req->session_id();
   });
 }
 
@@ -300,8 +312,8 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::GetSession(grpc::CallbackServerC
                                                            const v1::GetSessionRequest* req,
                                                            v1::GetSessionResponse* resp) {
   return inline_call(ctx, "GetSession", [&](CallInfo& call) {
+    call.session_id = loggable_id(req->session_id());
     const SessionInfo info = sessions_.info(req->session_id());
-    call.session_id = info.session_id;
     call.stack = info.stack;
     fill_session(info, resp->mutable_session());
   });
@@ -311,8 +323,8 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ExportSession(grpc::CallbackServ
                                                               const v1::ExportSessionRequest* req,
                                                               v1::ExportSessionResponse* resp) {
   return on_worker(ctx, "ExportSession", [this, req, resp](int64_t, CallInfo& info) {
+    info.session_id = loggable_id(req->session_id());
     const auto [stack, state] = sessions_.snapshot(req->session_id());
-    info.session_id = req->session_id();
     info.stack = stack->name;
     std::string bytes = export_session(req->session_id(), *stack, state);
     if (static_cast<int64_t>(bytes.size()) > limits_.max_message_bytes - 1024) {
@@ -332,6 +344,7 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ImportSession(grpc::CallbackServ
     const std::string id = req->session_id().empty() ? imported.session_id : req->session_id();
     const HostedStack& stack = stack_or_throw(imported.stack);
     call.stack = stack.name;
+    call.session_id = loggable_id(id);
     const SessionInfo info = sessions_.import(stack, id, std::move(imported.state));
     call.session_id = info.session_id;
     fill_session(info, resp->mutable_session());
@@ -399,9 +412,9 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
         if (request_.session_id().empty()) {
           fail(ErrorCode::kInvalidArgument, "the first message of a stream must name its session_id");
         }
+        info_.session_id = loggable_id(request_.session_id());
         binding_ = service_->sessions_.attach_stream(request_.session_id());
         session_id_ = request_.session_id();
-        info_.session_id = session_id_;
         info_.stack = service_->sessions_.info(session_id_).stack;
       } else if (!request_.session_id().empty() && request_.session_id() != session_id_) {
         fail(ErrorCode::kInvalidArgument, "this stream serves session '", session_id_,
