@@ -1,6 +1,7 @@
 #include "attention/dense_attention.h"
 
 #include "attention/tensor_checks.h"
+#include "attention/torch_compat.h"
 
 #include <ATen/ATen.h>
 
@@ -11,6 +12,17 @@ namespace hvlm {
 
 at::Tensor dense_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const at::Tensor& allowed) {
+#if HVLM_HAS_SDPA
+  // On a GPU without a mask: LibTorch's fused kernels (flash attention for bf16/fp16, the
+  // memory-efficient kernel for float32), O(T) memory. They take [batch, heads, T, hd].
+  if (!allowed.defined() && q.is_cuda()) {
+    auto as4d = [](const at::Tensor& t) { return t.reshape({-1, 1, t.size(-2), t.size(-1)}); };
+    auto out = at::scaled_dot_product_attention(as4d(q), as4d(k), as4d(v));
+    auto shape = q.sizes().vec();
+    shape.back() = v.size(-1);
+    return out.view(shape);
+  }
+#endif
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   auto scores = at::matmul(q, k.transpose(-1, -2)).mul_(scale);
   if (allowed.defined()) {

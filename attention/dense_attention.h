@@ -14,7 +14,8 @@ namespace hvlm {
 
 // softmax(q k^T / sqrt(hd)) v over the last two dims: q [..., Tq, hd], k, v [..., Tk, hd].
 // `allowed`, when defined, is a bool tensor broadcastable to [..., Tq, Tk]: key j is visible to
-// query i iff allowed[i, j]. Each query must see at least one key.
+// query i iff allowed[i, j]. Each query must see at least one key. Without a mask, on CUDA
+// with LibTorch >= 2.0, this runs at::scaled_dot_product_attention (fused kernels).
 at::Tensor dense_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const at::Tensor& allowed = {});
 

@@ -2,6 +2,9 @@
 
 #include "attention/dense_attention.h"
 #include "attention/tensor_checks.h"
+#if HVLM_WITH_CUDA
+#include "attention/cuda_kernels.h"
+#endif
 
 #include <ATen/ATen.h>
 
@@ -119,6 +122,21 @@ at::Tensor LocalGlobalAttentionImpl::attention_core(const at::Tensor& q, const a
                                                     const at::Tensor& v) {
   const int64_t n = q.size(2), hd = q.size(3);
   const int64_t w = options.local_window(), ng = std::min(options.num_global_tokens(), n);
+#if HVLM_WITH_CUDA
+  // On a GPU: our sliding-window kernel for every query, then dense rows for the global
+  // queries (which attend to all keys) written over theirs. No n x n or block masks.
+  const auto gpos = global_positions(n, options.num_global_tokens());
+  if (q.is_cuda() && cuda::window_attention_supported(hd, gpos.size(0))) {
+    const int64_t groups = q.size(0) * q.size(1);
+    const auto qf = q.reshape({groups, n, hd}), kf = k.reshape({groups, n, hd}), vf = v.reshape({groups, n, hd});
+    auto out = cuda::window_attention(qf, kf, vf, w / 2, gpos);
+    if (gpos.size(0) > 0) {
+      const auto rows = gpos.to(q.device());
+      out.index_copy_(1, rows, dense_attention(qf.index_select(1, rows), kf, vf));
+    }
+    return out.view(q.sizes());
+  }
+#endif
   const int64_t npad = n + w;  // upper bound of the padded length
   // scores, probabilities and the concatenation, plus window copies of k and v, per head
   const int64_t bytes_per_head =

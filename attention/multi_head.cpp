@@ -53,8 +53,8 @@ at::Tensor run_head_chunks(const at::Tensor& q, const at::Tensor& k, const at::T
   const auto qf = q.reshape({groups, tq, hd});
   const auto kf = k.reshape({groups, tk, hd});
   const auto vf = v.reshape({groups, tk, v.size(3)});
-  const int64_t per_chunk =
-      std::clamp<int64_t>(kHeadChunkBudgetBytes / std::max<int64_t>(bytes_per_head, 1), 1, groups);
+  const int64_t budget = q.is_cuda() ? kCudaHeadChunkBudgetBytes : kHeadChunkBudgetBytes;
+  const int64_t per_chunk = std::clamp<int64_t>(budget / std::max<int64_t>(bytes_per_head, 1), 1, groups);
   if (per_chunk >= groups) {
     return core(qf, kf, vf).view({b, h, tq, -1});
   }

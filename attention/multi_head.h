@@ -16,6 +16,8 @@ namespace hvlm {
 // Working memory a core may use for one group of heads; bounds the peak extra memory of long
 // sequences (docs/benchmarks.md) while keeping the per-group matmuls large.
 constexpr int64_t kHeadChunkBudgetBytes = 64LL << 20;
+// On a GPU, launches are what cost: one group of up to 1 GiB.
+constexpr int64_t kCudaHeadChunkBudgetBytes = 1LL << 30;
 
 struct QkvProjections {
   torch::nn::Linear q_proj{nullptr};
@@ -49,7 +51,7 @@ using HeadCore = std::function<at::Tensor(const at::Tensor& q, const at::Tensor&
 
 // Runs `core` over q [B, H, Tq, hd], k, v [B, H, Tk, hd] in groups of (batch, head) pairs
 // sized so that one group's working memory (bytes_per_head each) stays within
-// kHeadChunkBudgetBytes; returns [B, H, Tq, hd].
+// kHeadChunkBudgetBytes (kCudaHeadChunkBudgetBytes on a GPU); returns [B, H, Tq, hd].
 at::Tensor run_head_chunks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            int64_t bytes_per_head, const HeadCore& core);
 

@@ -56,8 +56,41 @@ at::Tensor StridedAttentionImpl::forward(const at::Tensor& x) {
                                     const at::Tensor& v) { return attention_core(q, k, v); });
 }
 
+at::Tensor strided_attention_unmasked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      int64_t stride) {
+  const int64_t g = q.size(0), n = q.size(1), hd = q.size(2);
+  const int64_t s = std::min(stride, n);
+  const int64_t len = (n + s - 1) / s;
+  const int64_t pad = len * s - n;
+  const int64_t full = s - pad;  // classes 0 .. full-1 hold len tokens, the others len - 1
+  auto regroup = [&](const at::Tensor& t) {
+    auto padded = pad ? at::constant_pad_nd(t, {0, 0, 0, pad}) : t;
+    return padded.view({g, len, s, hd}).transpose(1, 2);  // [G, s, len, hd]
+  };
+  const auto qr = regroup(q), kr = regroup(k), vr = regroup(v);
+  at::Tensor out;
+  if (pad == 0) {
+    out = dense_attention(qr, kr, vr);
+  } else {
+    out = at::zeros({g, s, len, hd}, q.options());
+    auto first = [&](const at::Tensor& t) { return t.narrow(1, 0, full); };
+    out.narrow(1, 0, full).copy_(dense_attention(first(qr), first(kr), first(vr)));
+    if (len > 1) {
+      auto rest = [&](const at::Tensor& t) { return t.narrow(1, full, pad).narrow(2, 0, len - 1); };
+      out.narrow(1, full, pad).narrow(2, 0, len - 1).copy_(dense_attention(rest(qr), rest(kr), rest(vr)));
+    }
+  }
+  return out.transpose(1, 2).reshape({g, len * s, hd}).narrow(1, 0, n);
+}
+
 at::Tensor StridedAttentionImpl::attention_core(const at::Tensor& q, const at::Tensor& k,
                                                 const at::Tensor& v) {
+  if (q.is_cuda()) {  // fused attention per residue class, all heads at once
+    const int64_t b = q.size(0), h = q.size(1), n = q.size(2), hd = q.size(3);
+    return strided_attention_unmasked(q.reshape({b * h, n, hd}), k.reshape({b * h, n, hd}),
+                                      v.reshape({b * h, n, hd}), options.stride())
+        .view(q.sizes());
+  }
   const int64_t n = q.size(2);
   const int64_t s = std::min(options.stride(), n);
   const int64_t len = (n + s - 1) / s;

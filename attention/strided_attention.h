@@ -17,6 +17,12 @@ namespace hvlm {
 at::Tensor strided_attention_core(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   int64_t stride);
 
+// The same result without a mask, for fused attention kernels: the residue classes that hold
+// ceil(n / s) tokens and those that hold one fewer go through dense_attention separately.
+// StridedAttention uses it on CUDA (where dense_attention is LibTorch's fused SDPA).
+at::Tensor strided_attention_unmasked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      int64_t stride);
+
 /// Options for StridedAttention.
 /// Example: StridedAttention(StridedAttentionOptions(768, 12, 4))
 struct StridedAttentionOptions {

@@ -45,6 +45,21 @@ TEST(StridedAttention, CoreMatchesMaskedOracleWhenLengthIsAMultipleOfStride) {
   EXPECT_LE(core_error(12, 6), kTolerance);
 }
 
+// The mask-free form (used with fused kernels on CUDA) computes the same function.
+TEST(StridedAttention, UnmaskedCoreMatchesMaskedOracle) {
+  c10::InferenceMode guard;
+  at::manual_seed(3);
+  for (auto [n, stride] : {std::pair<int64_t, int64_t>{1, 4}, {3, 4}, {13, 4}, {12, 4}, {29, 5}, {9, 8}, {17, 16}}) {
+    SCOPED_TRACE("n=" + std::to_string(n) + " stride=" + std::to_string(stride));
+    auto q = testing::randn({kGroups, n, kHeadDim});
+    auto k = testing::randn({kGroups, n, kHeadDim});
+    auto v = testing::randn({kGroups, n, kHeadDim});
+    EXPECT_LE(max_relative_error(strided_attention_unmasked(q, k, v, stride),
+                                 masked_attention_oracle(q, k, v, strided_mask(n, stride))),
+              kTolerance);
+  }
+}
+
 TEST(StridedAttention, StrideOneIsDenseAttention) {
   c10::InferenceMode guard;
   at::manual_seed(3);

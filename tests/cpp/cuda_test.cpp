@@ -1,0 +1,200 @@
+// CUDA against CPU: every module, the stack and streaming give on a GPU what they give on the
+// CPU (float32 within 1e-4, bfloat16 within 2e-2 relative, the GPU issue's tolerances). The
+// CPU float32 result is the reference; the same weights are copied to the GPU. Every test is
+// skipped (reported as such) where LibTorch sees no CUDA device.
+#include "attention/attention_stack.h"
+#include "attention/cross_memory_attention.h"
+#include "attention/dense_attention.h"
+#include "attention/local_global_attention.h"
+#include "attention/mamba_layer.h"
+#include "attention/performer_attention.h"
+#include "attention/strided_attention.h"
+#include "tests/cpp/test_util.h"
+
+#include <c10/core/InferenceMode.h>
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace hvlm {
+namespace {
+
+using testing::randn;
+
+constexpr double kFloat32Tolerance = 1e-4;
+constexpr double kBFloat16Tolerance = 2e-2;
+
+#define SKIP_WITHOUT_CUDA()                                                     \
+  do {                                                                          \
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device visible"; \
+  } while (0)
+
+// ||got - want|| / ||want|| (norm-wise, float64), got moved to the CPU.
+double relative_error(const at::Tensor& got, const at::Tensor& want) {
+  const auto g = got.to(at::kCPU, at::kDouble), w = want.to(at::kDouble);
+  EXPECT_EQ(g.sizes(), w.sizes());
+  return (g - w).norm().item<double>() / w.norm().item<double>();
+}
+
+struct Precision {
+  at::ScalarType dtype;
+  double tolerance;
+};
+const Precision kPrecisions[] = {{at::kFloat, kFloat32Tolerance}, {at::kBFloat16, kBFloat16Tolerance}};
+
+// Runs `run` on a copy of `module` on the CPU (float32) and on CUDA in each precision, with
+// the inputs moved along, and compares.
+template <typename Module>
+void expect_cuda_matches_cpu(Module module, const std::vector<at::Tensor>& inputs,
+                             const std::function<at::Tensor(Module&, const std::vector<at::Tensor>&)>& run,
+                             const std::string& what) {
+  c10::InferenceMode guard;
+  module->eval();
+  const at::Tensor want = run(module, inputs);
+  for (const Precision& p : kPrecisions) {
+    auto gpu = std::dynamic_pointer_cast<typename Module::ContainedType>(module->clone());
+    Module on_gpu(gpu);
+    on_gpu->to(at::Device(at::kCUDA), p.dtype);
+    std::vector<at::Tensor> moved;
+    for (const auto& t : inputs) moved.push_back(t.to(at::Device(at::kCUDA), p.dtype));
+    const at::Tensor got = run(on_gpu, moved);
+    EXPECT_TRUE(got.is_cuda()) << what;
+    EXPECT_EQ(got.scalar_type(), p.dtype) << what;
+    EXPECT_TRUE(got.isfinite().all().item<bool>()) << what << " in " << p.dtype;
+    EXPECT_LE(relative_error(got, want), p.tolerance) << what << " in " << p.dtype;
+  }
+}
+
+TEST(Cuda, StandardAttentionMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  for (int64_t n : {1, 77, 512}) {
+    expect_cuda_matches_cpu<StandardAttention>(
+        StandardAttention(StandardAttentionOptions(64, 4)), {randn({2, n, 64})},
+        [](StandardAttention& m, const std::vector<at::Tensor>& in) { return m->forward(in[0]); },
+        "standard n=" + std::to_string(n));
+  }
+}
+
+TEST(Cuda, StridedAttentionMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  for (int64_t n : {1, 5, 64, 301}) {  // shorter than, a multiple of, and not a multiple of the stride
+    expect_cuda_matches_cpu<StridedAttention>(
+        StridedAttention(StridedAttentionOptions(64, 4, 8)), {randn({2, n, 64})},
+        [](StridedAttention& m, const std::vector<at::Tensor>& in) { return m->forward(in[0]); },
+        "strided n=" + std::to_string(n));
+  }
+}
+
+TEST(Cuda, LocalGlobalAttentionMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  struct Case {
+    int64_t dim, heads, n, window, globals;
+  };
+  // head dims 16 and 64 (the kernel), 24 (the generic path); n below, at and above the window;
+  // no globals, a few, and more than the kernel takes.
+  for (const Case& c : std::vector<Case>{{64, 4, 1, 8, 0},
+                                         {64, 4, 7, 8, 2},
+                                         {64, 4, 300, 16, 4},
+                                         {128, 2, 1000, 64, 4},
+                                         {96, 4, 200, 8, 3},
+                                         {64, 4, 300, 8, 100}}) {
+    expect_cuda_matches_cpu<LocalGlobalAttention>(
+        LocalGlobalAttention(
+            LocalGlobalAttentionOptions(c.dim, c.heads).local_window(c.window).num_global_tokens(c.globals)),
+        {randn({2, c.n, c.dim})},
+        [](LocalGlobalAttention& m, const std::vector<at::Tensor>& in) { return m->forward(in[0]); },
+        "local_global n=" + std::to_string(c.n) + " w=" + std::to_string(c.window) +
+            " g=" + std::to_string(c.globals) + " hd=" + std::to_string(c.dim / c.heads));
+  }
+}
+
+TEST(Cuda, CrossMemoryAttentionMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  for (int64_t memory_batch : {1, 2}) {
+    expect_cuda_matches_cpu<CrossMemoryAttention>(
+        CrossMemoryAttention(CrossMemoryAttentionOptions(64, 4)), {randn({2, 33, 64}), randn({memory_batch, 100, 64})},
+        [](CrossMemoryAttention& m, const std::vector<at::Tensor>& in) { return m->forward(in[0], in[1]); },
+        "cross_memory memory batch " + std::to_string(memory_batch));
+  }
+}
+
+TEST(Cuda, PerformerAttentionMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  expect_cuda_matches_cpu<PerformerAttention>(
+      PerformerAttention(PerformerAttentionOptions(64, 4).num_random_features(32)), {randn({2, 257, 64})},
+      [](PerformerAttention& m, const std::vector<at::Tensor>& in) { return m->forward(in[0]); }, "performer");
+}
+
+TEST(Cuda, MambaLayerMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  for (int64_t n : {1, 3, 200, 5000}) {
+    expect_cuda_matches_cpu<MambaLayer>(
+        MambaLayer(MambaLayerOptions(48).state_size(16)), {randn({2, n, 48})},
+        [](MambaLayer& m, const std::vector<at::Tensor>& in) { return m->forward(in[0]); },
+        "mamba n=" + std::to_string(n));
+  }
+}
+
+TEST(Cuda, MambaStreamingCarriesStateLikeCpu) {
+  SKIP_WITHOUT_CUDA();
+  c10::InferenceMode guard;
+  MambaLayer cpu(MambaLayerOptions(32).state_size(8).d_conv(4));
+  cpu->eval();
+  const auto x = randn({2, 45, 32});
+  const auto [want, want_state] = cpu->forward_stream(x, MambaState{});
+  auto gpu = MambaLayer(std::dynamic_pointer_cast<MambaLayerImpl>(cpu->clone()));
+  gpu->to(at::Device(at::kCUDA));
+  // Three uneven segments, the state carried between them.
+  MambaState state;
+  std::vector<at::Tensor> pieces;
+  int64_t t0 = 0;
+  for (int64_t len : {1, 20, 24}) {
+    auto [y, next] = gpu->forward_stream(x.narrow(1, t0, len).to(at::kCUDA), state);
+    EXPECT_TRUE(next.ssm_state.is_cuda());
+    EXPECT_EQ(next.ssm_state.scalar_type(), at::kFloat);
+    pieces.push_back(y);
+    state = next;
+    t0 += len;
+  }
+  EXPECT_LE(relative_error(at::cat(pieces, 1), want), kFloat32Tolerance);
+  EXPECT_LE(relative_error(state.ssm_state, want_state.ssm_state), kFloat32Tolerance);
+  EXPECT_LE(relative_error(state.conv_state, want_state.conv_state), kFloat32Tolerance);
+}
+
+const char* kStackSpec = R"({"dim": 64, "blocks": [
+  {"type": "local_global", "num_heads": 4, "local_window": 8, "num_global_tokens": 2},
+  {"type": "cross_memory", "num_heads": 4},
+  {"type": "mamba", "state_size": 8},
+  {"type": "strided", "num_heads": 4, "stride": 4},
+  {"type": "performer", "num_random_features": 16}]})";
+
+TEST(Cuda, StackStreamingMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  c10::InferenceMode guard;
+  AttentionStack cpu(StackSpec::parse(kStackSpec));
+  cpu->eval();
+  for (const Precision& p : kPrecisions) {
+    auto gpu = AttentionStack(std::dynamic_pointer_cast<AttentionStackImpl>(cpu->clone()));
+    gpu->to(at::Device(at::kCUDA), p.dtype);
+    std::vector<at::Tensor> cpu_memories(5), gpu_memories(5);
+    std::vector<MambaState> cpu_states(5), gpu_states(5);
+    for (int segment = 0; segment < 3; ++segment) {
+      const auto x = randn({2, 16 + 5 * segment, 64});
+      if (segment > 0) {
+        cpu_memories[1] = randn({2, 8 * segment, 64});
+        gpu_memories[1] = cpu_memories[1].to(at::kCUDA, p.dtype);
+      }
+      auto want = cpu->forward(x, cpu_memories, cpu_states);
+      auto got = gpu->forward(x.to(at::kCUDA, p.dtype), gpu_memories, gpu_states);
+      EXPECT_LE(relative_error(got.y, want.y), p.tolerance) << "segment " << segment << " in " << p.dtype;
+      cpu_states = want.states;
+      gpu_states = got.states;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace hvlm
