@@ -82,6 +82,11 @@ grpc::Status to_status(const std::exception_ptr& error) {
     std::rethrow_exception(error);
   } catch (const ServiceError& e) {
     return grpc::Status(grpc_code(e.code()), e.what());
+  } catch (const c10::OutOfMemoryError& e) {
+    // The caching allocator has already freed what it could; the next request may fit.
+    std::string m = std::string("out of device memory: ") + e.what_without_backtrace();
+    if (m.size() > kMaxErrorMessageChars) m.resize(kMaxErrorMessageChars);
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, m);
   } catch (const c10::Error& e) {
     std::string m = e.what_without_backtrace();
     if (m.size() > kMaxErrorMessageChars) m.resize(kMaxErrorMessageChars);
@@ -99,8 +104,14 @@ grpc::Status to_status(const std::exception_ptr& error) {
 
 AttentionServiceImpl::AttentionServiceImpl(const StackRegistry& stacks, SessionStore& sessions,
                                            WorkerPool& workers, const LimitsConfig& limits,
-                                           ServiceMetrics& metrics)
-    : stacks_(stacks), sessions_(sessions), workers_(workers), limits_(limits), metrics_(metrics) {}
+                                           ServiceMetrics& metrics, SegmentBatcher* batcher)
+    : stacks_(stacks),
+      sessions_(sessions),
+      workers_(workers),
+      limits_(limits),
+      metrics_(metrics),
+      batcher_(batcher),
+      pinned_(stacks.device().is_cuda()) {}
 
 void AttentionServiceImpl::report(const char* rpc, const CallInfo& info, const grpc::Status& status,
                                   Clock::time_point start) {
@@ -225,7 +236,8 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Forward(grpc::CallbackServerCont
     StageTimings t;
     t.queue_micros = queue_micros;
     auto start = Clock::now();
-    const DecodedTokens in = decode_tokens(req->features(), "features", limits_.max_tokens_per_segment, false);
+    const DecodedTokens in =
+        decode_tokens(req->features(), "features", limits_.max_tokens_per_segment, false, pinned_);
     at::Tensor y;
     const HostedStack* stack = nullptr;
     std::vector<int64_t> bank_lengths;
@@ -271,7 +283,7 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Forward(grpc::CallbackServerCont
           fail(ErrorCode::kInvalidArgument, field, ".block_index ", m.block_index(), " is given twice");
         }
         memories[static_cast<size_t>(m.block_index())] =
-            decode_tokens(m.tokens(), field + ".tokens", limits_.max_memory_tokens, true).tokens;
+            decode_tokens(m.tokens(), field + ".tokens", limits_.max_memory_tokens, true, pinned_).tokens;
       }
       t.decode_micros = micros_between(start, Clock::now());
       y = forward_stateless(*stack, in.tokens, memories, &t);
@@ -401,11 +413,14 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
     Finish(status);
   }
 
-  // Runs on a worker.
+  // Runs on a worker: checks and decodes the segment, then runs it (alone, or handed to the
+  // batcher, which completes it later through complete()).
   void process() {
-    const grpc::Status status = guarded([this] {
+    bool handed_off = false;
+    const grpc::Status status = guarded([this, &handed_off] {
       check_still_wanted(ctx_);
-      StageTimings t;
+      StageTimings& t = timings_;
+      t = StageTimings{};
       auto start = Clock::now();
       t.queue_micros = micros_between(arrival_, start);
       if (!binding_) {
@@ -420,21 +435,54 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
         fail(ErrorCode::kInvalidArgument, "this stream serves session '", session_id_,
              "'; a message named session '", request_.session_id(), "'");
       }
-      const DecodedTokens in = decode_tokens(request_.features(), "features",
-                                             service_->limits_.max_tokens_per_segment, false);
+      DecodedTokens in = decode_tokens(request_.features(), "features",
+                                       service_->limits_.max_tokens_per_segment, false, service_->pinned_);
       t.decode_micros = micros_between(start, Clock::now());
-      const SegmentResult r = run_segment(service_->sessions_, session_id_, request_.sequence(),
-                                          in.tokens, binding_.get(), &t);
+      unbatched_ = in.unbatched;
+      wire_dtype_ = in.dtype;
+      tokens_ = in.tokens.size(0) * in.tokens.size(1);
+      if (SegmentBatcher* batcher = service_->batcher_) {
+        PreparedSegment prepared = prepare_segment(service_->sessions_, session_id_, request_.sequence(),
+                                                   in.tokens, binding_.get());
+        if (!batcher->submit(std::move(prepared), [this](SegmentOutcome outcome, StageTimings batch) {
+              timings_.queue_micros += batch.queue_micros;
+              timings_.compute_micros = batch.compute_micros;
+              timings_.memory_update_micros = batch.memory_update_micros;
+              complete(std::move(outcome));
+            })) {
+          fail(ErrorCode::kResourceExhausted, "server busy: the batch queue is full or the server is stopping");
+        }
+        handed_off = true;
+        return;
+      }
+      SegmentOutcome alone;
+      alone.result = run_segment(service_->sessions_, session_id_, request_.sequence(), in.tokens,
+                                 binding_.get(), &t);
+      handed_off = true;
+      complete(std::move(alone));
+    });
+    if (!handed_off) {  // failed before the segment ran
+      service_->report("StreamSegments", info_, status, arrival_);
+      finish(status);
+    }
+  }
+
+  // Encodes a segment's outcome and answers it (write, or finish with its error). Runs on a
+  // worker, or on the batcher's thread when the pool is full.
+  void complete(SegmentOutcome outcome) {
+    const grpc::Status status = guarded([&] {
+      if (outcome.error) std::rethrow_exception(outcome.error);
+      const SegmentResult& r = outcome.result;
       info_.stack = r.stack->name;
-      start = Clock::now();
+      const auto start = Clock::now();
       response_.Clear();
       response_.set_session_id(session_id_);
       response_.set_sequence(r.sequence);
-      encode_tokens(r.output, in.unbatched, in.dtype, response_.mutable_output());
-      t.encode_micros = micros_between(start, Clock::now());
-      fill_timings(t, response_.mutable_timings());
-      service_->metrics_.batch_done(info_.stack, 1);
-      service_->metrics_.segment_done(info_.stack, in.tokens.size(0) * in.tokens.size(1), t, &r.bank_lengths);
+      encode_tokens(r.output, unbatched_, wire_dtype_, response_.mutable_output());
+      timings_.encode_micros = micros_between(start, Clock::now());
+      fill_timings(timings_, response_.mutable_timings());
+      if (service_->batcher_ == nullptr) service_->metrics_.batch_done(info_.stack, 1);
+      service_->metrics_.segment_done(info_.stack, tokens_, timings_, &r.bank_lengths);
     });
     service_->report("StreamSegments", info_, status, arrival_);
     if (!status.ok()) {
@@ -451,6 +499,11 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
   Clock::time_point arrival_;
   std::string session_id_;                           // set by the first message
   AttentionServiceImpl::CallInfo info_;              // the stream's stack and session, once known
+  // The segment in flight (one at a time): its timings and how to encode its output.
+  StageTimings timings_;
+  bool unbatched_ = false;
+  v1::DType wire_dtype_ = v1::FLOAT32;
+  int64_t tokens_ = 0;
   std::shared_ptr<SessionStore::Session> binding_;  // while attached
 };
 

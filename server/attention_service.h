@@ -11,6 +11,7 @@
 
 #include "hvlm/v1/attention_service.grpc.pb.h"
 #include "server/config.h"
+#include "server/segment_batcher.h"
 #include "server/service_metrics.h"
 #include "server/session_store.h"
 #include "server/stack_registry.h"
@@ -26,8 +27,10 @@ namespace hvlm {
 
 class AttentionServiceImpl final : public v1::AttentionService::CallbackService {
  public:
+  /// `batcher`, when not null, runs stream segments batched across sessions (it must outlive
+  /// every stream); Forward always runs alone.
   AttentionServiceImpl(const StackRegistry& stacks, SessionStore& sessions, WorkerPool& workers,
-                       const LimitsConfig& limits, ServiceMetrics& metrics);
+                       const LimitsConfig& limits, ServiceMetrics& metrics, SegmentBatcher* batcher = nullptr);
 
   grpc::ServerUnaryReactor* ListStacks(grpc::CallbackServerContext* ctx, const v1::ListStacksRequest* req,
                                        v1::ListStacksResponse* resp) override;
@@ -70,10 +73,13 @@ class AttentionServiceImpl final : public v1::AttentionService::CallbackService 
   WorkerPool& workers_;
   const LimitsConfig limits_;
   ServiceMetrics& metrics_;
+  SegmentBatcher* batcher_;
+  const bool pinned_;  // decode into page-locked memory (the stacks are on a GPU)
 };
 
 // The status for an exception thrown below the edge: ServiceError keeps its code; c10::Error
-// (a library failure) is INTERNAL; std::bad_alloc is RESOURCE_EXHAUSTED.
+// (a library failure) is INTERNAL; std::bad_alloc and c10::OutOfMemoryError (a CUDA
+// allocation that failed) are RESOURCE_EXHAUSTED.
 grpc::Status to_status(const std::exception_ptr& error);
 
 }  // namespace hvlm

@@ -276,6 +276,16 @@ ServerConfig ServerConfig::parse(const std::string& yaml_text, const std::string
     x.finish();
   }
 
+  if (m.has("batching")) {
+    Mapping x(m.get("batching"), "batching");
+    c.batching.enabled = x.choice("enabled", c.batching.enabled ? "true" : "false", {"true", "false"}) == "true";
+    c.batching.max_batch_size = x.integer("max_batch_size", c.batching.max_batch_size, 1);
+    if (c.batching.max_batch_size > 4096) bad("batching.max_batch_size", "must be <= 4096");
+    c.batching.max_queue_delay_ms = x.number("max_queue_delay_ms", c.batching.max_queue_delay_ms, -1, 10000);
+    if (c.batching.max_queue_delay_ms < 0) bad("batching.max_queue_delay_ms", "must be a number >= 0 and <= 10000");
+    x.finish();
+  }
+
   const YAML::Node stacks = m.get("stacks");
   if (!stacks || !stacks.IsMap() || stacks.size() == 0) {
     bad("stacks", "must map at least one stack name to its spec");

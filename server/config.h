@@ -52,6 +52,16 @@ struct MetricsConfig {
   std::string listen = "127.0.0.1:9464";
 };
 
+// Cross-session dynamic batching of stream segments (server/segment_batcher.h).
+struct BatchingConfig {
+  /// Run segments of different sessions with the same stack and shape as one forward pass.
+  bool enabled = false;
+  /// Most segments in one forward pass.
+  int64_t max_batch_size = 32;
+  /// Longest a segment waits for others to join its batch, milliseconds.
+  double max_queue_delay_ms = 2;
+};
+
 struct StackConfig {
   /// The name requests use.
   std::string name;
@@ -84,6 +94,7 @@ struct ServerConfig {
   double shutdown_grace_seconds = 10;
   LimitsConfig limits;
   MetricsConfig metrics;
+  BatchingConfig batching;
   /// At least one; names unique.
   std::vector<StackConfig> stacks;
 

@@ -252,9 +252,21 @@ Registry::Registry() = default;
 Registry::~Registry() = default;
 
 void Registry::add(std::unique_ptr<Entry> entry) {
+  // Whether `name` is one of the series `histogram` renders besides its own name.
+  const auto is_histogram_series = [](const Entry& histogram, const std::string& name) {
+    if (histogram.type != MetricType::kHistogram) return false;
+    for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+      if (name == histogram.name + suffix) return true;
+    }
+    return false;
+  };
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& e : entries_) {
     if (e->name == entry->name) throw std::invalid_argument("metric " + entry->name + " is already registered");
+    // A family under a histogram's _bucket/_sum/_count name would make the exposition invalid.
+    if (is_histogram_series(*e, entry->name) || is_histogram_series(*entry, e->name)) {
+      throw std::invalid_argument("metric " + entry->name + " collides with the series of metric " + e->name);
+    }
   }
   entries_.push_back(std::move(entry));
 }

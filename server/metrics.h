@@ -113,7 +113,8 @@ class Registry {
   Registry& operator=(const Registry&) = delete;
 
   /// Each registration throws std::invalid_argument for an invalid or already registered
-  /// name, an invalid label name, or (histograms) bounds that are not finite and increasing.
+  /// name (also one that equals a histogram's _bucket, _sum or _count series, or the reverse),
+  /// an invalid label name, or (histograms) bounds that are not finite and increasing.
   Family<Counter>& counter(const std::string& name, const std::string& help, Labels label_names = {});
   Family<Gauge>& gauge(const std::string& name, const std::string& help, Labels label_names = {});
   Family<Histogram>& histogram(const std::string& name, const std::string& help, Labels label_names,

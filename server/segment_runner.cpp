@@ -6,6 +6,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <chrono>
+#include <functional>
 
 namespace hvlm {
 namespace {
@@ -23,13 +24,15 @@ at::Tensor prepare(const HostedStack& stack, const at::Tensor& x, const char* wh
          stack.dim(), "] for stack '", stack.name, "', got last dimension ",
          x.dim() > 0 ? x.size(-1) : 0);
   }
-  return x.to(stack.device, stack.dtype);
+  return x.to(stack.device, stack.dtype, /*non_blocking=*/true);
 }
 
 StackOutput run_stack(const HostedStack& stack, const at::Tensor& x,
                       const std::vector<at::Tensor>& memories, const std::vector<MambaState>& states) {
   try {
     return stack.module->forward(x, memories, states);
+  } catch (const c10::OutOfMemoryError&) {
+    throw;  // RESOURCE_EXHAUSTED at the edge, not INTERNAL
   } catch (const c10::Error& e) {
     fail(ErrorCode::kInternal, "stack '", stack.name, "' failed: ", e.what_without_backtrace());
   }
@@ -63,41 +66,115 @@ at::Tensor forward_stateless(const HostedStack& stack, const at::Tensor& feature
   return y;
 }
 
-SegmentResult run_segment(SessionStore& sessions, const std::string& session_id,
-                          std::optional<uint64_t> sequence, const at::Tensor& features,
-                          const SessionStore::Session* stream, StageTimings* timings) {
+PreparedSegment prepare_segment(SessionStore& sessions, const std::string& session_id,
+                                std::optional<uint64_t> sequence, const at::Tensor& features,
+                                const SessionStore::Session* stream) {
   c10::InferenceMode guard;
-  SessionStore::Lease lease = sessions.begin_segment(session_id, sequence, features.size(0), stream);
-  const HostedStack& stack = lease.stack();
-  const at::Tensor x = prepare(stack, features, "features");
-  const SessionState& state = lease.state();
+  auto lease = std::make_unique<SessionStore::Lease>(
+      sessions.begin_segment(session_id, sequence, features.size(0), stream));
+  at::Tensor x = prepare(lease->stack(), features, "features");
+  return PreparedSegment{std::move(lease), std::move(x)};
+}
+
+std::vector<int64_t> batch_key(const PreparedSegment& segment) {
+  std::vector<int64_t> key{reinterpret_cast<intptr_t>(&segment.lease->stack()), segment.x.size(0),
+                           segment.x.size(1)};
+  for (const auto& [i, bank] : segment.lease->state().banks) key.push_back(bank.tokens.size(1));
+  return key;
+}
+
+std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vector<PreparedSegment>& segments,
+                                              StageTimings* timings) {
+  c10::InferenceMode guard;
+  std::vector<SegmentOutcome> outcomes(segments.size());
+  if (segments.empty()) return outcomes;
+  const HostedStack& stack = segments.front().lease->stack();
+  const bool single = segments.size() == 1;
+  // Concatenates one per-session tensor along the batch (no copy for a batch of one).
+  auto gather = [&](const std::function<at::Tensor(const PreparedSegment&)>& get) {
+    if (single) return get(segments.front());
+    std::vector<at::Tensor> parts;
+    parts.reserve(segments.size());
+    for (const auto& s : segments) parts.push_back(get(s));
+    return at::cat(parts, 0);
+  };
+  std::vector<int64_t> rows;  // batch rows of each segment
+  for (const auto& s : segments) rows.push_back(s.x.size(0));
 
   const size_t n = stack.module->num_blocks();
+  const SessionState& first = segments.front().lease->state();
   std::vector<at::Tensor> memories(n);
   std::vector<MambaState> states(n);
-  for (const auto& [i, bank] : state.banks) memories[i] = bank.tokens;
-  for (const auto& [i, s] : state.states) states[i] = s;
+  std::map<size_t, MemoryBank> banks;
+  for (const auto& [i, bank] : first.banks) {
+    const size_t block = i;
+    banks[i] = {gather([block](const PreparedSegment& s) { return s.lease->state().banks.at(block).tokens; }),
+                gather([block](const PreparedSegment& s) { return s.lease->state().banks.at(block).counts; })};
+    memories[i] = banks[i].tokens;
+  }
+  for (const auto& [i, state] : first.states) {
+    const size_t block = i;
+    states[i] = {gather([block](const PreparedSegment& s) { return s.lease->state().states.at(block).conv_state; }),
+                 gather([block](const PreparedSegment& s) { return s.lease->state().states.at(block).ssm_state; })};
+  }
+  const at::Tensor x = gather([](const PreparedSegment& s) { return s.x; });
 
   auto start = Clock::now();
   StackOutput out = run_stack(stack, x, memories, states);
+  const at::Tensor y = out.y.to(at::kCPU);  // one copy for the whole batch; waits for the device
   if (timings) timings->compute_micros = micros_since(start);
 
   start = Clock::now();
-  SessionState next;
-  next.batch = state.batch;
-  for (const auto& [i, bank] : state.banks) {
+  std::map<size_t, MemoryBank> next_banks;
+  for (const auto& [i, bank] : banks) {
     try {
-      next.banks[i] = update_memory_bank(bank, out.memory_inputs[i], stack.memory.at(i));
+      next_banks[i] = update_memory_bank(bank, out.memory_inputs[i], stack.memory.at(i));
+    } catch (const c10::OutOfMemoryError&) {
+      throw;
     } catch (const c10::Error& e) {
       fail(ErrorCode::kInternal, "memory bank of block ", i, ": ", e.what_without_backtrace());
     }
   }
-  for (size_t i : stack.mamba_blocks) next.states[i] = out.states[i];
-  SegmentResult result{out.y, lease.sequence(), &stack, {}};
-  for (const auto& [i, bank] : next.banks) result.bank_lengths.push_back(bank.tokens.size(1));
-  sessions.commit(lease, std::move(next));
+  // Each session keeps its own slice; copies, so that one session's state never pins the
+  // whole batch's memory.
+  auto slice = [&](const at::Tensor& t, int64_t row, int64_t count) {
+    return single ? t : t.narrow(0, row, count).clone();
+  };
+  int64_t row = 0;
+  for (size_t j = 0; j < segments.size(); ++j) {
+    PreparedSegment& segment = segments[j];
+    SessionState next;
+    next.batch = segment.lease->state().batch;
+    SegmentResult& result = outcomes[j].result;
+    for (const auto& [i, bank] : next_banks) {
+      next.banks[i] = {slice(bank.tokens, row, rows[j]), slice(bank.counts, row, rows[j])};
+      result.bank_lengths.push_back(bank.tokens.size(1));
+    }
+    for (size_t i : stack.mamba_blocks) {
+      next.states[i] = {slice(out.states[i].conv_state, row, rows[j]), slice(out.states[i].ssm_state, row, rows[j])};
+    }
+    result.output = single ? y : y.narrow(0, row, rows[j]);
+    result.sequence = segment.lease->sequence();
+    result.stack = &stack;
+    try {
+      sessions.commit(*segment.lease, std::move(next));
+    } catch (...) {
+      outcomes[j].error = std::current_exception();
+    }
+    row += rows[j];
+  }
   if (timings) timings->memory_update_micros = micros_since(start);
-  return result;
+  return outcomes;
+}
+
+SegmentResult run_segment(SessionStore& sessions, const std::string& session_id,
+                          std::optional<uint64_t> sequence, const at::Tensor& features,
+                          const SessionStore::Session* stream, StageTimings* timings) {
+  std::vector<PreparedSegment> batch;
+  batch.push_back(prepare_segment(sessions, session_id, sequence, features, stream));
+  std::vector<SegmentOutcome> outcomes = run_segment_batch(sessions, batch, timings);
+  if (outcomes.front().error) std::rethrow_exception(outcomes.front().error);
+  return std::move(outcomes.front().result);
 }
 
 }  // namespace hvlm

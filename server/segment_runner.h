@@ -11,6 +11,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <exception>
+#include <memory>
 #include <map>
 #include <optional>
 #include <string>
@@ -33,9 +35,39 @@ struct SegmentResult {
   std::vector<int64_t> bank_lengths;
 };
 
-// Runs `x` as the next segment of session `session_id` and commits the session's next state.
-// On any error the session is unchanged. See SessionStore::begin_segment for `sequence` and
-// `stream` (the stream's binding, or nullptr).
+// A session's next segment with its lease taken: the features checked and on the stack's
+// device and dtype, ready to run alone or batched with other sessions' segments.
+struct PreparedSegment {
+  std::unique_ptr<SessionStore::Lease> lease;
+  at::Tensor x;  // [B, T, D]
+};
+
+// Takes the lease of session `session_id`'s next segment (see SessionStore::begin_segment for
+// `sequence` and `stream`) and prepares `features` for it. On error nothing is held.
+PreparedSegment prepare_segment(SessionStore& sessions, const std::string& session_id,
+                                std::optional<uint64_t> sequence, const at::Tensor& features,
+                                const SessionStore::Session* stream);
+
+// Whether two prepared segments can run as one forward pass: the same stack, B, T and memory
+// bank lengths (so inputs, banks and states concatenate along the batch exactly).
+std::vector<int64_t> batch_key(const PreparedSegment& segment);
+
+// The result of one segment of a batch: a result, or the error of that segment alone.
+struct SegmentOutcome {
+  SegmentResult result;
+  std::exception_ptr error;
+};
+
+// Runs segments of one batch_key as one forward pass: inputs, memory banks and mamba states
+// concatenated along the batch, each bank updated by its policy, then each session's slice
+// committed. Outputs come back on the CPU. A failure of the forward pass fails every segment
+// (their sessions unchanged); a failure to commit one (memory budget, closed meanwhile) fails
+// that one only. `timings` receives compute_micros and memory_update_micros of the batch.
+std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vector<PreparedSegment>& segments,
+                                              StageTimings* timings);
+
+// Runs `x` as the next segment of session `session_id` and commits the session's next state
+// (prepare_segment + run_segment_batch of one). On any error the session is unchanged.
 SegmentResult run_segment(SessionStore& sessions, const std::string& session_id,
                           std::optional<uint64_t> sequence, const at::Tensor& x,
                           const SessionStore::Session* stream, StageTimings* timings);

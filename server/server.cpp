@@ -66,8 +66,16 @@ std::unique_ptr<Server> Server::start(const ServerConfig& config) {
   pool.thread_init = [threads] { at::set_num_threads(threads); };
   s->workers_ = std::make_unique<WorkerPool>(pool);
 
-  s->service_ =
-      std::make_unique<AttentionServiceImpl>(*s->stacks_, *s->sessions_, *s->workers_, config.limits, *s->metrics_);
+  if (config.batching.enabled) {
+    SegmentBatcher::Options batching;
+    batching.max_batch_size = config.batching.max_batch_size;
+    batching.max_queue_delay_seconds = config.batching.max_queue_delay_ms * 1e-3;
+    batching.max_queued = config.limits.max_queued_requests;
+    batching.thread_init = [threads] { at::set_num_threads(threads); };
+    s->batcher_ = std::make_unique<SegmentBatcher>(batching, *s->sessions_, *s->workers_, *s->metrics_);
+  }
+  s->service_ = std::make_unique<AttentionServiceImpl>(*s->stacks_, *s->sessions_, *s->workers_, config.limits,
+                                                       *s->metrics_, s->batcher_.get());
 
   ServiceMetrics::Sources sources;
   sources.sessions = [raw = s.get()] { return raw->sessions_->stats(); };
@@ -112,6 +120,11 @@ std::unique_ptr<Server> Server::start(const ServerConfig& config) {
   s->phase_ = Phase::kServing;
   log::info("hvlm-server listening", {{"address", s->address()},
                                       {"workers", std::to_string(config.workers)},
+                                      {"batching", config.batching.enabled
+                                                       ? "max " + std::to_string(config.batching.max_batch_size) +
+                                                             " segments, " +
+                                                             std::to_string(config.batching.max_queue_delay_ms) + " ms"
+                                                       : "off"},
                                       {"intra_op_threads", std::to_string(threads)}});
   return s;
 }
@@ -164,6 +177,7 @@ void Server::shutdown(double grace_seconds) {
                               std::chrono::duration<double>(grace_seconds));
     grpc_->Shutdown(deadline);
   }
+  if (batcher_) batcher_->shutdown();  // runs what is queued; completions go to the workers
   if (workers_) workers_->shutdown();
   if (expiry_.joinable()) expiry_.join();
   if (http_) http_->stop();  // last, so /readyz says "shutting down" throughout the drain

@@ -12,6 +12,7 @@
 #include "server/config.h"
 #include "server/metrics.h"
 #include "server/metrics_http.h"
+#include "server/segment_batcher.h"
 #include "server/service_metrics.h"
 #include "server/session_store.h"
 #include "server/stack_registry.h"
@@ -67,6 +68,7 @@ class Server {
   std::unique_ptr<StackRegistry> stacks_;
   std::unique_ptr<SessionStore> sessions_;
   std::unique_ptr<WorkerPool> workers_;
+  std::unique_ptr<SegmentBatcher> batcher_;  // when batching is enabled
   std::unique_ptr<AttentionServiceImpl> service_;
   std::unique_ptr<grpc::Server> grpc_;
   int port_ = 0;

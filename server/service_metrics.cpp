@@ -54,6 +54,18 @@ ServiceMetrics::ServiceMetrics(metrics::Registry& registry, const BuildInfo& bui
 }
 
 void ServiceMetrics::add_stack(const std::string& stack) {
+  // Series exist from the start, so that rate() and increase() count the first request too (a
+  // series first seen holding 1 has no earlier sample to rise from). Codes: those the service
+  // returns.
+  static const char* const kRpcs[] = {"ListStacks",  "Forward",       "StreamSegments", "OpenSession",
+                                      "CloseSession", "GetSession",   "ExportSession",  "ImportSession"};
+  static const int kCodes[] = {0, 1, 3, 4, 5, 6, 8, 9, 10, 13, 14};
+  for (const char* rpc : kRpcs) {
+    for (int code : kCodes) requests_.labels({rpc, grpc_code_name(code)});
+    // ListStacks and CloseSession are not tied to a stack: their latency is labelled stack="".
+    const bool stackless = std::string(rpc) == "ListStacks" || std::string(rpc) == "CloseSession";
+    request_seconds_.labels({rpc, stackless ? "" : stack});
+  }
   auto stage = [&](const char* name) { return &stage_seconds_.labels({stack, name}); };
   stacks_[stack] = PerStack{&segments_.labels({stack}), &tokens_.labels({stack}), stage("queue"),
                             stage("decode"),           stage("compute"),         stage("memory_update"),

@@ -26,7 +26,7 @@ c10::ScalarType scalar_type(v1::DType dtype, const std::string& field) {
 }  // namespace
 
 DecodedTokens decode_tokens(const v1::Tensor& tensor, const std::string& field, int64_t max_tokens,
-                            bool allow_empty_time) {
+                            bool allow_empty_time, bool pinned) {
   DecodedTokens out;
   out.dtype = tensor.dtype();
   const c10::ScalarType type = scalar_type(tensor.dtype(), field);
@@ -60,7 +60,7 @@ DecodedTokens decode_tokens(const v1::Tensor& tensor, const std::string& field, 
     fail(ErrorCode::kInvalidArgument, field, ".raw_data has ", tensor.raw_data().size(),
          " bytes, but shape and dtype need ", bytes);
   }
-  out.tokens = at::empty(shape, at::TensorOptions().dtype(type));
+  out.tokens = at::empty(shape, at::TensorOptions().dtype(type).pinned_memory(pinned));
   if (bytes > 0) std::memcpy(out.tokens.data_ptr(), tensor.raw_data().data(), static_cast<size_t>(bytes));
   if (bytes > 0 && !at::isfinite(out.tokens).all().item<bool>()) {
     fail(ErrorCode::kInvalidArgument, field, " has non-finite values (NaN or infinity)");

@@ -24,8 +24,10 @@ struct DecodedTokens {
 
 // Decodes a [T, D] or [B, T, D] tensor named `field` (e.g. "features"). `allow_empty_time`
 // permits T = 0 (memories). `max_tokens` bounds B * T (RESOURCE_EXHAUSTED beyond it).
+// `pinned`: put the tokens in page-locked memory (for a stack on a GPU: the copy to the device
+// can then run asynchronously); needs a CUDA-enabled LibTorch.
 DecodedTokens decode_tokens(const v1::Tensor& tensor, const std::string& field, int64_t max_tokens,
-                            bool allow_empty_time);
+                            bool allow_empty_time, bool pinned = false);
 
 // Encodes `tokens` ([B, T, D], any device, floating) as `dtype`; drops B when `unbatched`.
 void encode_tokens(const at::Tensor& tokens, bool unbatched, v1::DType dtype, v1::Tensor* out);

@@ -91,7 +91,7 @@ def test_idle_sessions_expire(start_server):
         assert client.get_session("active").segments_seen >= 10
         assert error_code(client.forward, segment, session_id="idle") == (
             grpc.StatusCode.NOT_FOUND)
-    assert "sessions expired" in server.stderr_text()
+    assert "session expired session_id=idle" in server.stderr_text()
 
 
 def test_max_message_bytes_limits_requests(start_server):

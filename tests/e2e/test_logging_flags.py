@@ -28,7 +28,7 @@ def test_json_logs_at_debug_level(start_server):
     assert "hvlm-server listening" in messages
     listening = records[messages.index("hvlm-server listening")]
     assert listening["address"] == server.address
-    assert any(r["level"] == "debug" and r["msg"] == "segment done"
+    assert any(r["level"] == "debug" and r["msg"] == "request" and r.get("rpc") == "StreamSegments"
                and r.get("session_id") == "logged" for r in records), messages
     assert "received SIGTERM" in messages and messages[-1] == "stopped"
 

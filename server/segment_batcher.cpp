@@ -1,0 +1,98 @@
+#include "server/segment_batcher.h"
+
+#include <algorithm>
+
+namespace hvlm {
+
+SegmentBatcher::SegmentBatcher(Options options, SessionStore& sessions, WorkerPool& completions,
+                               ServiceMetrics& metrics)
+    : options_(options), sessions_(sessions), completions_(completions), metrics_(metrics) {
+  thread_ = std::thread([this] {
+    if (options_.thread_init) options_.thread_init();
+    loop();
+  });
+}
+
+SegmentBatcher::~SegmentBatcher() { shutdown(); }
+
+bool SegmentBatcher::submit(PreparedSegment segment, Done done) {
+  Job job{std::move(segment), {}, std::move(done), Clock::now()};
+  job.key = batch_key(job.segment);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ || static_cast<int64_t>(queue_.size()) >= options_.max_queued) return false;
+    queue_.push_back(std::move(job));
+  }
+  cv_.notify_one();
+  return true;
+}
+
+void SegmentBatcher::shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void SegmentBatcher::loop() {
+  const auto delay = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(options_.max_queue_delay_seconds));
+  const size_t max_batch = static_cast<size_t>(std::max<int64_t>(1, options_.max_batch_size));
+  for (;;) {
+    std::vector<Job> batch;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, nothing left
+      const std::vector<int64_t> key = queue_.front().key;
+      auto matching = [&] {
+        return static_cast<size_t>(std::count_if(queue_.begin(), queue_.end(),
+                                                 [&](const Job& j) { return j.key == key; }));
+      };
+      // Wait for company until the oldest segment's deadline, unless the batch is full.
+      const auto deadline = queue_.front().submitted + delay;
+      cv_.wait_until(lock, deadline, [&] { return stopping_ || matching() >= max_batch; });
+      for (auto it = queue_.begin(); it != queue_.end() && batch.size() < max_batch;) {
+        if (it->key == key) {
+          batch.push_back(std::move(*it));
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    run(batch);
+  }
+}
+
+void SegmentBatcher::run(std::vector<Job>& batch) {
+  const auto start = Clock::now();
+  std::vector<PreparedSegment> segments;
+  segments.reserve(batch.size());
+  for (Job& job : batch) segments.push_back(std::move(job.segment));
+  StageTimings shared;
+  std::vector<SegmentOutcome> outcomes;
+  try {
+    outcomes = run_segment_batch(sessions_, segments, &shared);
+    metrics_.batch_done(segments.front().lease->stack().name, static_cast<int64_t>(segments.size()));
+  } catch (...) {
+    const std::exception_ptr error = std::current_exception();
+    outcomes.assign(segments.size(), SegmentOutcome{});
+    for (auto& o : outcomes) o.error = error;
+  }
+  segments.clear();  // releases the leases of a failed batch before anyone is told
+  for (size_t j = 0; j < batch.size(); ++j) {
+    StageTimings t = shared;
+    t.queue_micros = std::chrono::duration_cast<std::chrono::microseconds>(start - batch[j].submitted).count();
+    auto complete = [done = std::move(batch[j].done), outcome = std::move(outcomes[j]), t]() mutable {
+      done(std::move(outcome), t);
+    };
+    // The pool takes copies; when it refuses (full or stopping), complete here.
+    auto shared_complete = std::make_shared<decltype(complete)>(std::move(complete));
+    if (!completions_.try_submit([shared_complete] { (*shared_complete)(); })) (*shared_complete)();
+  }
+}
+
+}  // namespace hvlm

@@ -1,0 +1,92 @@
+"""Cross-session batching (config `batching:`): concurrent sessions' segments run as one
+forward pass and every session still gets exactly what it gets alone, across segments (memory
+banks and mamba states gathered in and scattered back), in the order it sent them."""
+
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+
+from e2e_support import make_config, rng_features, small_stack
+from hierarchicalvlm.client import Client
+
+SESSIONS = 6
+SEGMENTS = 5
+DIM = 64
+
+
+def features(session: int, segment: int) -> np.ndarray:
+    # Sessions 0..2 send [T, D], 3..5 send [2, T, D] (two batch rows): both kinds batch.
+    if session < 3:
+        return rng_features(100 * session + segment, 16, DIM)
+    return rng_features(100 * session + segment, 2, 16, DIM)
+
+
+def run_sessions(address: str) -> dict[int, list[np.ndarray]]:
+    """SESSIONS concurrent streams, each SEGMENTS segments; the outputs by session."""
+    outputs: dict[int, list[np.ndarray]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(SESSIONS)
+
+    def one(session: int) -> None:
+        try:
+            with Client(address, timeout=60) as client:
+                sid = client.open_session("small", session_id=f"s{session}").session_id
+                start.wait()
+                outs = [out for _, out, _ in client.stream(
+                    sid, (features(session, k) for k in range(SEGMENTS)))]
+                outputs[session] = outs
+                client.close_session(sid)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in range(SESSIONS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    return outputs
+
+
+def scrape_value(metrics_address: str, name: str) -> float:
+    body = urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+def test_batched_sessions_get_their_unbatched_results(start_server):
+    alone = start_server(make_config(stacks={"small": small_stack()}), name="alone")
+    batched = start_server(make_config(stacks={"small": small_stack()}, workers=2,
+                                       batching={"enabled": True, "max_batch_size": 4,
+                                                 "max_queue_delay_ms": 50}),
+                           name="batched")
+    want = run_sessions(alone.address)
+    got = run_sessions(batched.address)
+    for session in range(SESSIONS):
+        assert len(got[session]) == SEGMENTS
+        for k in range(SEGMENTS):
+            np.testing.assert_allclose(got[session][k], want[session][k], rtol=1e-4, atol=1e-5,
+                                       err_msg=f"session {session} segment {k}")
+    # Segments really were batched: more segments than forward passes, none over the cap.
+    metrics = batched.ready_file.read_text().splitlines()[1]
+    passes = scrape_value(metrics, "hvlm_batch_size_count")
+    segments = scrape_value(metrics, "hvlm_batch_size_sum")
+    assert segments == SESSIONS * SEGMENTS
+    assert passes < segments, (passes, segments)
+    assert scrape_value(metrics, 'hvlm_batch_size_bucket{stack="small",le="4"}') == passes
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"max_batch_size": 0}, "batching.max_batch_size"),
+    ({"max_queue_delay_ms": -1}, "batching.max_queue_delay_ms"),
+    ({"enabled": "sometimes"}, "batching.enabled"),
+    ({"max_batch": 4}, "batching.max_batch: unknown key"),
+])
+def test_bad_batching_config_names_the_key(tmp_path, bad, message):
+    from e2e_support import run_server_once, write_config
+    path = write_config(tmp_path / "bad.yaml", make_config(batching=bad))
+    outcome = run_server_once(path)
+    assert outcome.returncode == 2, outcome.stderr
+    assert message in outcome.stderr
