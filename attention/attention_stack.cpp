@@ -13,18 +13,13 @@ void AttentionStackImpl::reset() {
   TORCH_CHECK(spec_.dim > 0, "stack dim must be positive, got ", spec_.dim);
   TORCH_CHECK(!spec_.blocks.empty(), "a stack needs at least one block");
   blocks = register_module("blocks", torch::nn::ModuleList());
-  blocks_.clear();
   for (size_t i = 0; i < spec_.blocks.size(); ++i) {
     const auto& b = spec_.blocks[i];
     try {
       if (const auto* h = std::get_if<HierarchicalAttentionBlockOptions>(&b.options)) {
-        HierarchicalAttentionBlock block(*h);
-        blocks->push_back(block);
-        blocks_.emplace_back(block);
+        blocks->push_back(HierarchicalAttentionBlock(*h));
       } else {
-        LinearAttentionBlock block(std::get<LinearAttentionBlockOptions>(b.options));
-        blocks->push_back(block);
-        blocks_.emplace_back(block);
+        blocks->push_back(LinearAttentionBlock(std::get<LinearAttentionBlockOptions>(b.options)));
       }
     } catch (const c10::Error& e) {
       TORCH_CHECK(false, "blocks[", i, "] (", b.type, "): ", e.what_without_backtrace());
@@ -57,7 +52,7 @@ StackOutput AttentionStackImpl::forward(const at::Tensor& x,
                                         const std::vector<at::Tensor>& memories,
                                         const std::vector<MambaState>& states) {
   c10::InferenceMode inference;
-  const size_t n = blocks_.size();
+  const size_t n = blocks->size();
   TORCH_CHECK(memories.empty() || memories.size() == n, "memories must be empty or have one entry "
               "per block (", n, "), got ", memories.size());
   TORCH_CHECK(states.empty() || states.size() == n, "states must be empty or have one entry per "
@@ -71,14 +66,19 @@ StackOutput AttentionStackImpl::forward(const at::Tensor& x,
     const at::Tensor memory = memories.empty() ? at::Tensor() : memories[i];
     const MambaState state = states.empty() ? MambaState{} : states[i];
     try {
-      if (auto* hb = std::get_if<HierarchicalAttentionBlock>(&blocks_[i])) {
+      // The blocks are looked up in `blocks` itself (not in holders kept aside), so a clone()
+      // of the stack, whose ModuleList holds cloned blocks, runs its own blocks.
+      const auto module = blocks->ptr(i);
+      if (const auto hb = std::dynamic_pointer_cast<HierarchicalAttentionBlockImpl>(module)) {
         TORCH_CHECK(!state.conv_state.defined() && !state.ssm_state.defined(),
                     "only mamba blocks take a state");
         if (spec_.blocks[i].type == "cross_memory") out.memory_inputs[i] = h;
-        h = (*hb)->forward(h, memory);
+        h = hb->forward(h, memory);
       } else {
         TORCH_CHECK(!memory.defined(), "only cross_memory blocks take a memory");
-        std::tie(h, out.states[i]) = std::get<LinearAttentionBlock>(blocks_[i])->forward_stream(h, state);
+        const auto lb = std::dynamic_pointer_cast<LinearAttentionBlockImpl>(module);
+        TORCH_CHECK(lb != nullptr, "unexpected module type");
+        std::tie(h, out.states[i]) = lb->forward_stream(h, state);
       }
     } catch (const c10::Error& e) {
       TORCH_CHECK(false, "blocks[", i, "] (", spec_.blocks[i].type, "): ",

@@ -13,7 +13,6 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/pimpl.h>
 
-#include <variant>
 #include <vector>
 
 namespace hvlm {
@@ -42,7 +41,7 @@ class AttentionStackImpl : public torch::nn::Cloneable<AttentionStackImpl> {
                       const std::vector<MambaState>& states = {});
 
   const StackSpec& spec() const { return spec_; }
-  size_t num_blocks() const { return blocks_.size(); }
+  size_t num_blocks() const { return spec_.blocks.size(); }
   /// Indices of the cross_memory blocks, and of the mamba blocks.
   std::vector<size_t> memory_blocks() const;
   std::vector<size_t> mamba_blocks() const;
@@ -50,9 +49,7 @@ class AttentionStackImpl : public torch::nn::Cloneable<AttentionStackImpl> {
   torch::nn::ModuleList blocks{nullptr};
 
  private:
-  using Block = std::variant<HierarchicalAttentionBlock, LinearAttentionBlock>;
   StackSpec spec_;
-  std::vector<Block> blocks_;  // typed views of `blocks`
 };
 TORCH_MODULE(AttentionStack);
 

@@ -1,5 +1,6 @@
 #include "attention/cuda_kernels.h"
 
+#include "attention/cuda/mamba_kernels.h"
 #include "attention/cuda/window_attention.h"
 
 #include <ATen/ATen.h>
@@ -20,7 +21,102 @@ kernels::cuda::ElementType element_type(const at::Tensor& t, const char* name) {
   }
 }
 
+kernels::cuda::DType storage_type(const at::Tensor& t, const char* name) {
+  switch (element_type(t, name)) {
+    case kernels::cuda::ElementType::kFloat32: return kernels::cuda::DType::kFloat32;
+    case kernels::cuda::ElementType::kBFloat16: return kernels::cuda::DType::kBFloat16;
+    case kernels::cuda::ElementType::kFloat16: return kernels::cuda::DType::kFloat16;
+  }
+  return kernels::cuda::DType::kFloat32;
+}
+
+// Runs a kernel launcher, turning its std exceptions into c10::Errors.
+template <typename Launch>
+void launch(const char* what, Launch&& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, what, ": ", e.what());
+  }
+}
+
 }  // namespace
+
+at::Tensor mamba_conv(const at::Tensor& xz, const at::Tensor& conv_weight, const at::Tensor& conv_bias,
+                      at::Tensor& conv_state) {
+  TORCH_CHECK(xz.is_cuda() && xz.dim() == 3 && xz.is_contiguous(), "mamba_conv: xz must be a contiguous [B, L, 2E] CUDA tensor");
+  const int64_t batch = xz.size(0), length = xz.size(1), channels = xz.size(2) / 2, kernel = conv_weight.size(-1);
+  const c10::cuda::CUDAGuard device_guard(xz.device());
+  const auto weight = conv_weight.reshape({channels, kernel}).t().contiguous();  // [K, E]
+  const auto bias = conv_bias.contiguous();
+  const auto state_in = conv_state.contiguous();
+  auto state_out = at::empty_like(state_in);
+  auto u = at::empty({batch, length, channels}, xz.options());
+  kernels::cuda::CausalConvArgs args;
+  args.batch = batch;
+  args.length = length;
+  args.channels = channels;
+  args.kernel = kernel;
+  args.dtype = storage_type(xz, "mamba_conv");
+  args.x = xz.data_ptr();
+  args.row_stride_x = 2 * channels;
+  args.weight = weight.data_ptr();
+  args.bias = bias.data_ptr();
+  args.state_in = kernel > 1 ? state_in.data_ptr<float>() : nullptr;
+  args.state_out = kernel > 1 ? state_out.data_ptr<float>() : nullptr;
+  args.out = u.data_ptr();
+  args.stream = at::cuda::getCurrentCUDAStream().stream();
+  launch("mamba_conv", [&] { kernels::cuda::causal_conv_silu(args); });
+  conv_state = state_out;
+  return u;
+}
+
+at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Tensor& dt_weight,
+                      const at::Tensor& dt_bias, const at::Tensor& A_log, const at::Tensor& D, const at::Tensor& xz,
+                      at::Tensor& ssm_state) {
+  TORCH_CHECK(u.is_cuda() && u.is_contiguous() && x_dbl.is_contiguous() && xz.is_contiguous(),
+              "mamba_scan: u, x_dbl and xz must be contiguous CUDA tensors");
+  TORCH_CHECK(ssm_state.scalar_type() == at::kFloat && ssm_state.is_contiguous(),
+              "mamba_scan: ssm_state must be contiguous float32");
+  const int64_t batch = u.size(0), length = u.size(1), channels = u.size(2);
+  const int64_t rank = dt_weight.size(1), state_size = A_log.size(1);
+  const c10::cuda::CUDAGuard device_guard(u.device());
+  // delta before its bias and softplus (both applied in the kernel, in float32).
+  const auto delta = at::matmul(x_dbl.narrow(-1, 0, rank), dt_weight.t()).contiguous();
+  const auto bias = dt_bias.to(at::kFloat).contiguous();
+  const auto a = (-at::exp(A_log.to(at::kFloat))).contiguous();
+  const auto d = D.to(at::kFloat).contiguous();
+  auto y = at::empty_like(u);
+  kernels::cuda::SelectiveScanArgs args;
+  args.batch = batch;
+  args.length = length;
+  args.channels = channels;
+  args.state_size = state_size;
+  args.dtype = storage_type(u, "mamba_scan");
+  args.u = u.data_ptr();
+  args.delta = delta.data_ptr();
+  args.delta_bias = bias.data_ptr<float>();
+  args.delta_softplus = true;
+  args.a = a.data_ptr<float>();
+  const int64_t element = static_cast<int64_t>(x_dbl.element_size());
+  args.b = static_cast<const char*>(x_dbl.data_ptr()) + rank * element;
+  args.c = static_cast<const char*>(x_dbl.data_ptr()) + (rank + state_size) * element;
+  args.row_stride_bc = x_dbl.size(2);
+  args.d = d.data_ptr<float>();
+  args.z = static_cast<const char*>(xz.data_ptr()) + channels * element;
+  args.row_stride_z = 2 * channels;
+  args.h = ssm_state.data_ptr<float>();
+  args.y = y.data_ptr();
+  args.stream = at::cuda::getCurrentCUDAStream().stream();
+  const size_t scratch = kernels::cuda::selective_scan_workspace_bytes(args);
+  at::Tensor workspace;
+  if (scratch > 0) {
+    workspace = at::empty({static_cast<int64_t>(scratch)}, u.options().dtype(at::kByte));
+    args.workspace = workspace.data_ptr();
+  }
+  launch("mamba_scan", [&] { kernels::cuda::selective_scan(args); });
+  return y;
+}
 
 bool window_attention_supported(int64_t head_dim, int64_t num_global) {
   return kernels::cuda::window_attention_supported(head_dim, num_global);

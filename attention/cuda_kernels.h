@@ -20,4 +20,19 @@ bool window_attention_supported(int64_t head_dim, int64_t num_global);
 at::Tensor window_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t half_window,
                             const at::Tensor& global_positions);
 
+/// The conv and scan stages of one MambaLayer pass on CUDA (the twins of MambaLayerImpl's
+/// conv_stage and scan_stage; see attention/cuda/mamba_kernels.h for the math).
+/// xz [B, L, 2E] (x | z) in the layer's dtype; conv_weight [E, 1, K] and conv_bias [E] are the
+/// conv1d parameters; conv_state [B, E, K-1] float32 is replaced by the state after the pass.
+/// Returns u = silu(conv(x)) [B, L, E].
+at::Tensor mamba_conv(const at::Tensor& xz, const at::Tensor& conv_weight, const at::Tensor& conv_bias,
+                      at::Tensor& conv_state);
+/// u [B, L, E]; x_dbl [B, L, R + 2N] (dt | B | C); dt_weight [E, R] and dt_bias [E] (dt_proj,
+/// applied here: delta = softplus(dt x_dbl[..., :R]^T + bias) inside the kernel); A_log [E, N];
+/// D [E]; xz as above (z = its second half); ssm_state [B, E, N] float32, updated in place.
+/// Returns y [B, L, E] (before out_proj).
+at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Tensor& dt_weight,
+                      const at::Tensor& dt_bias, const at::Tensor& A_log, const at::Tensor& D, const at::Tensor& xz,
+                      at::Tensor& ssm_state);
+
 }  // namespace hvlm::cuda

@@ -64,7 +64,7 @@ at::Tensor local_global_attention_core(const at::Tensor& q, const at::Tensor& k,
                         (key_pos < n)) | (query_pos >= n);
   local.masked_fill_(allowed_local.logical_not(), neg_inf);
 
-  auto gpos = global_positions(n, num_global_tokens);
+  auto gpos = global_positions(n, num_global_tokens).to(q.device());
   const int64_t ng = gpos.size(0);
   at::Tensor out;
   if (ng == 0) {

@@ -2,6 +2,9 @@
 
 #include "attention/selective_scan_cpu.h"
 #include "attention/tensor_checks.h"
+#if HVLM_WITH_CUDA
+#include "attention/cuda_kernels.h"
+#endif
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -114,19 +117,28 @@ at::Tensor MambaLayerImpl::forward(const at::Tensor& x) {
 std::pair<at::Tensor, MambaState> MambaLayerImpl::forward_stream(const at::Tensor& x,
                                                                  const MambaState& state) {
   check_tokens(x, options.dim(), "x", in_proj->weight.scalar_type());
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat,
-              "MambaLayer runs on CPU in float32, got ", x.device(), " ",
+#if HVLM_WITH_CUDA
+  TORCH_CHECK((x.device().is_cpu() && x.scalar_type() == at::kFloat) || x.is_cuda(),
+              "MambaLayer runs on CPU in float32 or on CUDA, got ", x.device(), " ",
               c10::toString(x.scalar_type()));
+#else
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat,
+              "MambaLayer runs on CPU in float32 (this build has no CUDA kernels), got ", x.device(), " ",
+              c10::toString(x.scalar_type()));
+#endif
   const int64_t batch = x.size(0), length = x.size(1);
   MambaState next;
   if (state.conv_state.defined() || state.ssm_state.defined()) {
     check_state(state, batch);
+    TORCH_CHECK(state.conv_state.device() == x.device() && state.ssm_state.device() == x.device(),
+                "mamba state must be on x's device (", x.device(), "), got ", state.conv_state.device(), " and ",
+                state.ssm_state.device());
     next = {state.conv_state.clone(at::MemoryFormat::Contiguous),
             state.ssm_state.clone(at::MemoryFormat::Contiguous)};
   } else {
     next = initial_state(batch);
   }
-  if (length <= kChunkTokens) {
+  if (x.is_cuda() || length <= kChunkTokens) {  // a GPU takes the whole sequence at once
     auto y = run_chunk(x, next.conv_state, next.ssm_state);
     return {at::dropout(y, options.dropout(), is_training()), next};
   }
@@ -141,6 +153,14 @@ std::pair<at::Tensor, MambaState> MambaLayerImpl::forward_stream(const at::Tenso
 at::Tensor MambaLayerImpl::run_chunk(const at::Tensor& x, at::Tensor& conv_state,
                                      at::Tensor& ssm_state) {
   auto xz = in_proj->forward(x).contiguous();  // [B, L, 2E]: x | z
+#if HVLM_WITH_CUDA
+  if (x.is_cuda()) {
+    auto u = cuda::mamba_conv(xz, conv1d->weight, conv1d->bias, conv_state);
+    auto x_dbl = x_proj->forward(u).contiguous();  // [B, L, R + 2N]: dt | B | C
+    return out_proj->forward(
+        cuda::mamba_scan(u, x_dbl, dt_proj->weight, dt_proj->bias, A_log, D, xz, ssm_state));
+  }
+#endif
   auto u = conv_stage(xz, conv_state);
   auto x_dbl = x_proj->forward(u).contiguous();  // [B, L, R + 2N]: dt | B | C
   auto delta = at::softplus(dt_proj->forward(x_dbl.narrow(-1, 0, dt_rank_))).contiguous();

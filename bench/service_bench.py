@@ -6,7 +6,9 @@ Runs, on this machine, with the default config (768-dim video stack, 64 x 768 se
   2. hvlm-server as a real process, driven by `hvlm-client load` with 1, 8 and 64 concurrent
      sessions, each a StreamSegments call;
 and reports the RPC path's overhead: single-session client p50 over the in-process p50.
-Run with Debian's /usr/bin/python3 (make bench does).
+`--batching on|off|both` overrides the config's cross-session batching (both: each session
+count with batching off, then on). Run with Debian's /usr/bin/python3 (make bench does); on a
+GPU host, `--config configs/gpu.yaml` (scripts/gpu-bench.sh).
 """
 import argparse
 import json
@@ -17,6 +19,8 @@ import sys
 import tempfile
 import time
 
+import yaml
+
 
 def run_json(cmd, out_path):
     subprocess.run(cmd, check=True)
@@ -26,9 +30,12 @@ def run_json(cmd, out_path):
 
 def start_server(build, config, tmp):
     ready = os.path.join(tmp, "ready")
+    if os.path.exists(ready):
+        os.remove(ready)  # an earlier server's address must not be mistaken for this one's
     log = open(os.path.join(tmp, "server.log"), "w")
     proc = subprocess.Popen([os.path.join(build, "server", "hvlm-server"), "--config", config,
-                             "--listen", "127.0.0.1:0", "--ready-file", ready, "--log-level", "warn"],
+                             "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                             "--ready-file", ready, "--log-level", "warn"],
                             stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while not os.path.exists(ready):
@@ -36,7 +43,23 @@ def start_server(build, config, tmp):
             raise RuntimeError("hvlm-server did not start; see " + log.name)
         time.sleep(0.1)
     with open(ready) as f:
-        return proc, f.read().strip()
+        return proc, f.readline().strip()  # the gRPC address; the metrics one follows
+
+
+def config_with_batching(config, enabled, tmp):
+    """A copy of `config` (paths resolved against its folder) with batching.enabled set."""
+    with open(config) as f:
+        doc = yaml.safe_load(f)
+    doc.setdefault("batching", {})["enabled"] = enabled
+    base = os.path.dirname(os.path.abspath(config))
+    for stack in doc.get("stacks", {}).values():
+        for key in ("spec_file", "weights"):
+            if key in stack and not os.path.isabs(stack[key]):
+                stack[key] = os.path.join(base, stack[key])
+    path = os.path.join(tmp, f"config-batching-{'on' if enabled else 'off'}.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(doc, f, sort_keys=False)
+    return path
 
 
 def main():
@@ -47,40 +70,52 @@ def main():
     ap.add_argument("--segment", type=int, default=64)
     ap.add_argument("--sessions", default="1,8,64")
     ap.add_argument("--json", default="")
+    ap.add_argument("--batching", choices=["config", "on", "off", "both"], default="config")
+    ap.add_argument("--duration", type=float, default=0,
+                    help="seconds of load per session count (default: 60 segments in all)")
+    ap.add_argument("--skip-in-process", action="store_true")
     args = ap.parse_args()
 
     results = {"machine": os.uname().nodename, "cores": os.cpu_count(), "segment_tokens": args.segment,
                "date": time.strftime("%Y-%m-%d"), "runs": []}
+    modes = {"config": [None], "on": [True], "off": [False], "both": [False, True]}[args.batching]
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "inprocess.json")
-        results["in_process"] = run_json(
-            [os.path.join(args.build, "bench", "hvlm-session-bench"), "--config", args.config,
-             "--stack", args.stack, "--segment", str(args.segment), "--segments", "60", "--json", out], out)
-        proc, address = start_server(args.build, args.config, tmp)
-        try:
-            for n in [int(s) for s in args.sessions.split(",")]:
-                per_session = max(3, 60 // n)
-                out = os.path.join(tmp, f"load{n}.json")
-                run = run_json([os.path.join(args.build, "client", "hvlm-client"), "load", "--server", address,
-                                "--stack", args.stack, "--sessions", str(n), "--segment", str(args.segment),
-                                "--segments-per-session", str(per_session), "--json", out], out)
-                results["runs"].append(run)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+        if not args.skip_in_process:
+            out = os.path.join(tmp, "inprocess.json")
+            results["in_process"] = run_json(
+                [os.path.join(args.build, "bench", "hvlm-session-bench"), "--config", args.config,
+                 "--stack", args.stack, "--segment", str(args.segment), "--segments", "60", "--json", out], out)
+        for batching in modes:
+            config = args.config if batching is None else config_with_batching(args.config, batching, tmp)
+            proc, address = start_server(args.build, config, tmp)
+            try:
+                for n in [int(s) for s in args.sessions.split(",")]:
+                    out = os.path.join(tmp, f"load{n}.json")
+                    amount = (["--duration", str(args.duration)] if args.duration > 0 else
+                              ["--segments-per-session", str(max(3, 60 // n))])
+                    run = run_json([os.path.join(args.build, "client", "hvlm-client"), "load", "--server", address,
+                                    "--stack", args.stack, "--sessions", str(n), "--segment", str(args.segment),
+                                    *amount, "--json", out], out)
+                    run["batching"] = batching
+                    results["runs"].append(run)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
 
-    base = results["in_process"]["latency_ms"]["p50"]
-    single = next(r for r in results["runs"] if r["sessions"] == 1)
-    results["rpc_overhead"] = (single["latency_ms"]["p50"] - base) / base
-    print(f"in-process p50 {base:.2f} ms")
-    print("| sessions | segments | segments/s | p50 ms | p90 ms | p99 ms | server compute p50 ms | errors |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| batching | sessions | segments | segments/s | p50 ms | p90 ms | p99 ms | server compute p50 ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results["runs"]:
         lat = r["latency_ms"]
-        print(f"| {r['sessions']} | {r['segments']} | {r['segments_per_second']:.1f} | {lat['p50']:.2f} | "
+        mode = {None: "config", True: "on", False: "off"}[r["batching"]]
+        print(f"| {mode} | {r['sessions']} | {r['segments']} | {r['segments_per_second']:.1f} | {lat['p50']:.2f} | "
               f"{lat['p90']:.2f} | {lat['p99']:.2f} | {r.get('server_compute_ms', {}).get('p50', float('nan')):.2f} "
               f"| {r['errors']} |")
-    print(f"RPC path overhead at 1 session (p50): {100 * results['rpc_overhead']:+.1f}% (target <= +15%)")
+    if "in_process" in results:
+        base = results["in_process"]["latency_ms"]["p50"]
+        single = next(r for r in results["runs"] if r["sessions"] == 1)
+        results["rpc_overhead"] = (single["latency_ms"]["p50"] - base) / base
+        print(f"in-process p50 {base:.2f} ms")
+        print(f"RPC path overhead at 1 session (p50): {100 * results['rpc_overhead']:+.1f}% (target <= +15%)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -86,7 +86,7 @@ std::unique_ptr<Server> Server::start(const ServerConfig& config) {
     sources.device_memory = [device] {
       namespace alloc = c10::cuda::CUDACachingAllocator;
       const auto stats = alloc::getDeviceStats(device.index());
-      const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+      const size_t aggregate = 0;  // StatType::AGGREGATE, whose namespace moved between versions
       return std::vector<std::pair<std::string, std::pair<double, double>>>{
           {device.str(),
            {static_cast<double>(stats.allocated_bytes[aggregate].current),

@@ -36,6 +36,20 @@ AttentionStack make_stack(const std::string& spec, uint64_t seed = 81) {
   return stack;
 }
 
+// clone() gives an independent stack that runs its own copies of the blocks (a copy moved to
+// another device or dtype must compute with the moved weights).
+TEST(AttentionStack, CloneRunsItsOwnCopyOfTheBlocks) {
+  auto stack = make_stack(kAllTypes);
+  auto copy = AttentionStack(std::dynamic_pointer_cast<AttentionStackImpl>(stack->clone()));
+  c10::InferenceMode guard;
+  auto x = testing::randn({2, 9, kDim});
+  const auto want = stack->forward(x).y;
+  EXPECT_TRUE(at::equal(copy->forward(x).y, want));
+  for (auto& p : copy->parameters()) p.mul_(0.5);  // only the copy changes, and it computes with it
+  EXPECT_TRUE(at::equal(stack->forward(x).y, want));
+  EXPECT_FALSE(at::allclose(copy->forward(x).y, want));
+}
+
 TEST(AttentionStack, StackOfEveryBlockTypeRuns) {
   auto stack = make_stack(kAllTypes);
   EXPECT_EQ(stack->num_blocks(), 5u);

@@ -169,7 +169,7 @@ const char* kStackSpec = R"({"dim": 64, "blocks": [
   {"type": "cross_memory", "num_heads": 4},
   {"type": "mamba", "state_size": 8},
   {"type": "strided", "num_heads": 4, "stride": 4},
-  {"type": "performer", "num_random_features": 16}]})";
+  {"type": "performer", "num_heads": 4, "num_random_features": 16}]})";
 
 TEST(Cuda, StackStreamingMatchesCpu) {
   SKIP_WITHOUT_CUDA();

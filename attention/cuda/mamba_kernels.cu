@@ -1,0 +1,716 @@
+// CUDA kernels of MambaLayer (contract in mamba_kernels.h): the causal depthwise conv + SiLU
+// and the chunked selective scan. Plain CUDA C++ without LibTorch.
+//
+// Selective scan: the algorithm and why.
+//   The layer's shape that matters is batch 1, length 8192, 1536 channels, 16 states, bf16.
+//   Per (t, c, s) the recurrence needs one exp (MUFU.EX2, 16 per clock per SM on Hopper) and
+//   ~4 float ops, so the scan is bound by the special-function unit rather than by its ~100 MB
+//   of traffic: 201M exps take ~48 us at full rate on 132 SMs, against ~25 us of memory time.
+//   The layout [B, L, E] has channels innermost and B_t, C_t shared by all channels, so
+//   the natural mapping is one thread per channel (adjacent lanes = adjacent channels:
+//   coalesced u/delta/z/y, broadcast B/C from shared memory), each thread keeping its N states
+//   in registers and walking time serially. 1536 threads are far too few, so time is split
+//   into chunks, one thread per (batch, channel, chunk), in three launches:
+//     pass 1  for chunks 0..K-2: run the chunk from h = 0; store its end state and sum(dt)
+//             (the chunk's decay is exp(A * sum dt), so no per-state product is stored);
+//     pass 2  per (batch, state, channel): fold the K chunk carries serially from the input h
+//             (K <= a few hundred FMAs), leaving each chunk's true initial state;
+//     pass 3  every chunk again from its true initial state, writing y and, for the last
+//             chunk, the final h.
+//   This computes the exps twice, against once for a block-wide (decay, value) scan as in the
+//   reference Mamba kernel. We take that cost on purpose: a single-pass scan has to keep every
+//   step's exp(dt * A) (K items x N states per thread) in registers until its prefix is known,
+//   which at N = 16 leaves one block of 8 warps per SM, plus either a transpose through shared
+//   memory (the reference kernel's layout is [B, E, L]) or a cross-block look-back with its
+//   latency and workspace traffic. The chunked form runs at high occupancy with no inter-block
+//   waits, is simple to verify, and its pass-1 overhead vanishes where it is not needed: the
+//   chunk count is sized so pass 3 fills the GPU in one wave, so a short sequence or a large
+//   batch runs as a single chunk (pass 3 only, no workspace).
+//   Precision: exp via ex2.approx (max rel. error ~2^-22): the decay dA = exp(dt A) then has an
+//   absolute error ~2.4e-7, so the state's relative error is ~2.4e-7 / (dt |A|) in the worst
+//   case of a long memory, 2.4e-5 at dt |A| = 0.01; the CPU kernel's own exp is ~1e-7. The
+//   softplus uses the accurate log1pf. No --use_fast_math is needed or assumed.
+//
+// Causal conv: one thread per (batch, channel, tile of 64 steps), lanes over channels, the
+// kernel - 1 previous inputs in a register window, so every input is read about once; it is
+// memory bound (~50 MB at the shape above, ~12 us).
+#include "mamba_kernels.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+namespace hvlm::kernels::cuda {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Element helpers
+// ---------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+
+template <typename T>
+__device__ __forceinline__ float load(const T* p) { return to_float(__ldg(p)); }
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// 2^x on the special-function unit (one MUFU.EX2); max relative error about 2^-22.
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// x * sigmoid(x). __expf(-x) overflows to inf for x < -88, and x / inf gives -0: the limit.
+__device__ __forceinline__ float silu(float x) { return __fdividef(x, 1.0f + __expf(-x)); }
+
+// torch.nn.functional.softplus with beta 1, threshold 20. log1pf keeps small results accurate
+// (delta is often ~1e-3, where log(1 + e^x) would lose digits).
+__device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(__expf(x)); }
+
+void check_launch(const char* what) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("hvlm mamba kernels: launch of ") + what +
+                             " failed: " + cudaGetErrorString(err));
+  }
+}
+
+void check_call(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("hvlm mamba kernels: ") + what +
+                             " failed: " + cudaGetErrorString(err));
+  }
+}
+
+// Calls f(T{}) with T the storage type of `dtype`.
+template <typename F>
+void dispatch_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32: f(float{}); return;
+    case DType::kBFloat16: f(__nv_bfloat16{}); return;
+    case DType::kFloat16: f(__half{}); return;
+  }
+  throw std::invalid_argument("hvlm mamba kernels: unknown dtype");
+}
+
+constexpr int64_t kMaxGridYZ = 65535;
+
+// ---------------------------------------------------------------------------------------------
+// Causal depthwise conv + SiLU
+// ---------------------------------------------------------------------------------------------
+
+constexpr int kConvThreads = 128;  // channels per block
+constexpr int kConvSteps = 32;     // time steps per thread, all loaded before any math
+
+// Grid: x = channel blocks, y = time tiles (grid-stride), z = batch (grid-stride).
+// KS > 0: the kernel size, the tile and its history in registers. KS == 0: any kernel size,
+// operands read from memory per tap (a rare configuration; correctness only).
+template <typename T, int KS>
+__global__ void __launch_bounds__(kConvThreads)
+    conv_silu_kernel(const T* __restrict__ x, const T* __restrict__ weight,
+                     const T* __restrict__ bias, const float* __restrict__ state_in,
+                     float* __restrict__ state_out, T* __restrict__ out, int64_t batch,
+                     int64_t length, int64_t channels, int64_t row_stride_x, int kernel_rt) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kConvThreads + threadIdx.x;
+  if (c >= channels) return;  // no shared memory or barriers below
+  const int kernel = KS > 0 ? KS : kernel_rt;
+  const int hist = kernel - 1;
+  const int64_t num_tiles = (length + kConvSteps - 1) / kConvSteps;
+  // (length 0 only copies the state: x, weight, bias and out are then never touched.)
+  const float bias_c = blockIdx.y < num_tiles ? to_float(bias[c]) : 0.0f;
+
+  for (int64_t b = blockIdx.z; b < batch; b += gridDim.z) {
+    const float* sin = state_in + (b * channels + c) * hist;
+    const T* xb = x + b * length * row_stride_x + c;
+    // Step tau of the concatenation [state_in, x] along time.
+    auto input = [&](int64_t tau) -> float {
+      return tau < hist ? sin[tau] : load(xb + (tau - hist) * row_stride_x);
+    };
+    if (blockIdx.y == 0) {
+      // The new state: the last `hist` steps of the concatenation (read before any write;
+      // state_out must not alias state_in anyway).
+      float* sout = state_out + (b * channels + c) * hist;
+      for (int j = 0; j < hist; ++j) sout[j] = input(length + j);
+    }
+    for (int64_t tile = blockIdx.y; tile < num_tiles; tile += gridDim.y) {
+      const int64_t t0 = tile * kConvSteps;
+      const int count = static_cast<int>(min(length - t0, static_cast<int64_t>(kConvSteps)));
+      T* ob = out + (b * length + t0) * channels;
+      if constexpr (KS > 0) {
+        // Every load of the tile is issued before the first use: one memory round trip.
+        float w[KS], prev[KS], xv[kConvSteps];
+#pragma unroll
+        for (int k = 0; k < KS; ++k) w[k] = to_float(weight[k * channels + c]);
+#pragma unroll
+        for (int k = 0; k < KS - 1; ++k) prev[k] = input(t0 + k);  // x steps t0-hist .. t0-1
+        const T* px = xb + t0 * row_stride_x;
+        T* po = ob + c;
+        // One output; i compile-time after unrolling.
+        auto output = [&](int i) {
+          float acc = bias_c;
+#pragma unroll
+          for (int k = 0; k < KS; ++k) {
+            const int xi = i + k - (KS - 1);  // index into xv, or into prev when negative
+            acc = fmaf(w[k], xi >= 0 ? xv[xi] : prev[i + k], acc);
+          }
+          *po = from_float<T>(silu(acc));
+          po += channels;
+        };
+        if (count == kConvSteps) {  // full tile: no bounds checks
+#pragma unroll
+          for (int i = 0; i < kConvSteps; ++i) {
+            xv[i] = load(px);
+            px += row_stride_x;
+          }
+#pragma unroll
+          for (int i = 0; i < kConvSteps; ++i) output(i);
+        } else {
+#pragma unroll
+          for (int i = 0; i < kConvSteps; ++i) {
+            xv[i] = i < count ? load(px) : 0.0f;
+            px += row_stride_x;
+          }
+#pragma unroll
+          for (int i = 0; i < kConvSteps; ++i) {
+            if (i < count) output(i);
+          }
+        }
+      } else {
+        for (int i = 0; i < count; ++i) {
+          float acc = bias_c;
+          for (int k = 0; k < kernel; ++k) {
+            acc = fmaf(to_float(weight[k * channels + c]), input(t0 + i + k), acc);
+          }
+          ob[i * channels + c] = from_float<T>(silu(acc));
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Selective scan
+// ---------------------------------------------------------------------------------------------
+
+constexpr int kScanThreads = 128;  // channels per block, one per thread
+constexpr int64_t kMinChunkSteps = 64;  // shorter sequences always run as one chunk
+
+// Time steps of B (and C) staged in shared memory at once (double-buffered).
+template <int NS>
+__host__ __device__ constexpr int scan_tile_steps() { return NS <= 16 ? 32 : 16; }
+
+// The operands of one scan launch, as typed pointers.
+template <typename T>
+struct ScanPtrs {
+  const T* u;
+  const T* delta;
+  const float* delta_bias;  // may be nullptr
+  const float* a;
+  const T* b;
+  const T* c;
+  const float* d;
+  const T* z;
+  float* h;
+  T* y;
+  float* ws_h;  // [chunks, batch, state_size, channels]: chunk end states, then start states
+  float* ws_s;  // [chunks, batch, channels]: sum of dt over the chunk
+  int64_t batch, length, channels, row_stride_bc, row_stride_z;
+  int state_size;
+  bool delta_softplus;
+};
+
+// Reads NS consecutive floats of shared memory, as float4 when NS % 4 == 0 (then src must be
+// 16-byte aligned): a quarter of the shared-memory instructions, which share the MIO queue
+// with the exp unit.
+template <int NS>
+__device__ __forceinline__ void load_smem_row(const float* src, float (&dst)[NS]) {
+  if constexpr (NS % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < NS / 4; ++q) {
+      const float4 v = reinterpret_cast<const float4*>(src)[q];
+      dst[4 * q + 0] = v.x;
+      dst[4 * q + 1] = v.y;
+      dst[4 * q + 2] = v.z;
+      dst[4 * q + 3] = v.w;
+    }
+  } else {
+#pragma unroll
+    for (int s = 0; s < NS; ++s) dst[s] = src[s];
+  }
+}
+
+// Steps per straight-line group: the body of a group has no branch or barrier, so the
+// compiler can overlap one step's softplus and loads with the previous step's exps; the next
+// group's u/delta/z are loaded before the current group is computed.
+#ifndef HVLM_SCAN_GROUP
+#define HVLM_SCAN_GROUP 4
+#endif
+constexpr int kGroup = HVLM_SCAN_GROUP;
+
+// Blocks per SM to ask of the register allocator for the common state sizes (<= 16): with
+// 128 threads a block, B blocks allow 65536 / (128 B) registers a thread. The large state
+// sizes get what they need.
+#ifndef HVLM_SCAN_MIN_BLOCKS
+#define HVLM_SCAN_MIN_BLOCKS 4
+#endif
+template <int NS>
+__host__ __device__ constexpr int scan_min_blocks() { return NS <= 16 ? HVLM_SCAN_MIN_BLOCKS : 1; }
+
+// Passes 1 (kFinal false) and 3 (kFinal true); see the file comment.
+// Grid: x = channel blocks, y = chunk, z = batch (grid-stride). NS: compile-time state count
+// >= state_size; states past state_size run with A = B = C = h = 0 and so stay 0.
+template <typename T, int NS, bool kFinal>
+__global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
+    scan_chunk_kernel(const ScanPtrs<T> p, const int64_t chunk_steps, const int num_chunks) {
+  constexpr int kTile = scan_tile_steps<NS>();
+  static_assert(kTile % kGroup == 0, "tiles must hold whole groups");
+  constexpr int kCols = kFinal ? 2 * NS : NS;  // staged floats per step: B (and C)
+  constexpr int kTileElems = kTile * kCols;
+  constexpr int kPerThread = (kTileElems + kScanThreads - 1) / kScanThreads;
+  __shared__ __align__(16) float tiles[2][kTileElems];
+
+  const int n = p.state_size;
+  const int64_t channels = p.channels, length = p.length, stride_z = p.row_stride_z;
+  const int64_t c_raw = static_cast<int64_t>(blockIdx.x) * kScanThreads + threadIdx.x;
+  // Threads past the last channel mirror the last channel (valid loads, same barriers) and
+  // store nothing.
+  const bool active = c_raw < channels;
+  const int64_t c = active ? c_raw : channels - 1;
+  const int chunk = blockIdx.y;
+  const int64_t t_begin = chunk * chunk_steps;
+  const int64_t steps = min(length, t_begin + chunk_steps) - t_begin;  // >= 1 by the plan
+  const int num_tiles = static_cast<int>((steps + kTile - 1) / kTile);
+
+  // A in base 2, so that exp(dt * A) is one ex2.
+  float a2[NS];
+#pragma unroll
+  for (int s = 0; s < NS; ++s) a2[s] = s < n ? p.a[c * n + s] * kLog2e : 0.0f;
+  const float dt_bias = p.delta_bias != nullptr ? p.delta_bias[c] : 0.0f;
+  const float d_skip = kFinal ? p.d[c] : 0.0f;
+  const bool do_softplus = p.delta_softplus;
+
+  for (int64_t bi = blockIdx.z; bi < p.batch; bi += gridDim.z) {
+    const int64_t row0 = bi * length + t_begin;  // first row of this chunk
+
+    // B/C staging: the block fetches tile m + 1 into registers (kPerThread elements a thread)
+    // right after tile m becomes visible, and stores it into the other buffer when tile m is
+    // done, so global latency hides behind a tile of math; one barrier per tile.
+    float stage[kPerThread];
+    auto fetch = [&](int tile) {
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const int e = threadIdx.x + i * kScanThreads;
+        const int tt = e / kCols, col = e % kCols;
+        const int s = col % NS;
+        const int64_t step = static_cast<int64_t>(tile) * kTile + tt;
+        float v = 0.0f;
+        if (e < kTileElems && step < steps && s < n) {
+          const T* src = (kFinal && col >= NS) ? p.c : p.b;
+          v = load(src + (row0 + step) * p.row_stride_bc + s);
+        }
+        stage[i] = v;
+      }
+    };
+    auto commit = [&](int buf) {
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const int e = threadIdx.x + i * kScanThreads;
+        if (e < kTileElems) tiles[buf][e] = stage[i];
+      }
+    };
+
+    float h[NS];
+    if (kFinal && num_chunks == 1) {
+      const float* hin = p.h + (bi * channels + c) * n;
+#pragma unroll
+      for (int s = 0; s < NS; ++s) h[s] = s < n ? hin[s] : 0.0f;
+    } else if (kFinal) {
+      const float* hin = p.ws_h + ((static_cast<int64_t>(chunk) * p.batch + bi) * n) * channels + c;
+#pragma unroll
+      for (int s = 0; s < NS; ++s) h[s] = s < n ? hin[s * channels] : 0.0f;
+    } else {
+#pragma unroll
+      for (int s = 0; s < NS; ++s) h[s] = 0.0f;
+    }
+    float dt_sum = 0.0f;
+
+    // Pointers to the rows of the next group to load, and of the group to store.
+    const T* lu = p.u + row0 * channels + c;
+    const T* ld = p.delta + row0 * channels + c;
+    const T* lz = kFinal ? p.z + row0 * stride_z + c : nullptr;
+    T* yp = kFinal ? p.y + row0 * channels + c : nullptr;
+
+    // u, delta (and z) of the group starting at step j0 (the load pointers are on its first
+    // row); rows past the chunk's end re-read its last row (in bounds, never used).
+    auto load_group = [&](int64_t j0, float (&gu)[kGroup], float (&gd)[kGroup],
+                          float (&gz)[kGroup]) {
+      if (j0 + kGroup <= steps) {
+#pragma unroll
+        for (int r = 0; r < kGroup; ++r) {
+          gu[r] = load(lu + r * channels);
+          gd[r] = load(ld + r * channels);
+          gz[r] = kFinal ? load(lz + r * stride_z) : 0.0f;
+        }
+      } else {
+        const int64_t last = steps - 1 - j0;  // >= 0
+#pragma unroll
+        for (int r = 0; r < kGroup; ++r) {
+          const int64_t jr = r <= last ? r : last;
+          gu[r] = load(lu + jr * channels);
+          gd[r] = load(ld + jr * channels);
+          gz[r] = kFinal ? load(lz + jr * stride_z) : 0.0f;
+        }
+      }
+    };
+
+    // One step: row = its B (and C) in shared memory, r = its index in the group.
+    auto step = [&](float u_v, float dt_raw, float z_v, const float* row, int r) {
+      float dt = dt_raw + dt_bias;
+      if (do_softplus) dt = softplus(dt);
+      const float du = dt * u_v;
+      float bv[NS];
+      load_smem_row<NS>(row, bv);
+      if constexpr (kFinal) {
+        float cv[NS];
+        load_smem_row<NS>(row + NS, cv);
+        // Four partial sums of C . h: shorter dependency chains than one.
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int s = 0; s < NS; ++s) {
+          h[s] = fmaf(exp2_approx(dt * a2[s]), h[s], du * bv[s]);
+          acc[s & 3] = fmaf(cv[s], h[s], acc[s & 3]);
+        }
+        const float y = ((acc[0] + acc[1]) + (acc[2] + acc[3]) + d_skip * u_v) * silu(z_v);
+        if (active) yp[r * channels] = from_float<T>(y);
+      } else {
+#pragma unroll
+        for (int s = 0; s < NS; ++s) h[s] = fmaf(exp2_approx(dt * a2[s]), h[s], du * bv[s]);
+        dt_sum += dt;
+      }
+    };
+
+    fetch(0);
+    commit(0);
+    __syncthreads();
+    if (num_tiles > 1) fetch(1);
+    float gu[kGroup], gd[kGroup], gz[kGroup];
+    load_group(0, gu, gd, gz);
+    int tile = 0, tt = 0;  // tile of the group, and the group's first row in it
+    for (int64_t j0 = 0; j0 < steps; j0 += kGroup) {
+      if (tt == kTile) {  // uniform across the block
+        tt = 0;
+        ++tile;
+        commit(tile & 1);
+        __syncthreads();
+        if (tile + 1 < num_tiles) fetch(tile + 1);
+      }
+      float nu[kGroup], nd[kGroup], nz[kGroup];
+      if (j0 + kGroup < steps) {
+        lu += kGroup * channels;
+        ld += kGroup * channels;
+        if (kFinal) lz += kGroup * stride_z;
+        load_group(j0 + kGroup, nu, nd, nz);
+      }
+      const float* rows = tiles[tile & 1] + tt * kCols;
+      if (j0 + kGroup <= steps) {
+#pragma unroll
+        for (int r = 0; r < kGroup; ++r) step(gu[r], gd[r], gz[r], rows + r * kCols, r);
+      } else {  // the chunk's last, partial group
+#pragma unroll
+        for (int r = 0; r < kGroup; ++r) {
+          if (j0 + r < steps) step(gu[r], gd[r], gz[r], rows + r * kCols, r);
+        }
+      }
+      if (kFinal) yp += kGroup * channels;
+#pragma unroll
+      for (int r = 0; r < kGroup; ++r) {
+        gu[r] = nu[r];
+        gd[r] = nd[r];
+        gz[r] = nz[r];
+      }
+      tt += kGroup;
+    }
+    __syncthreads();  // the next batch row overwrites the tiles
+
+    if (active) {
+      if constexpr (kFinal) {
+        if (chunk == num_chunks - 1) {
+          float* hout = p.h + (bi * channels + c) * n;
+#pragma unroll
+          for (int s = 0; s < NS; ++s) {
+            if (s < n) hout[s] = h[s];
+          }
+        }
+      } else {
+        // Chunk k's end state goes to slot k + 1, which pass 2 turns into chunk k+1's start.
+        const int64_t slot = static_cast<int64_t>(chunk + 1) * p.batch + bi;
+        float* hout = p.ws_h + slot * n * channels + c;
+#pragma unroll
+        for (int s = 0; s < NS; ++s) {
+          if (s < n) hout[s * channels] = h[s];
+        }
+        p.ws_s[slot * channels + c] = dt_sum;
+      }
+    }
+  }
+}
+
+// Pass 2: one thread per (batch, state, channel) folds the chunk carries in time order:
+// start[0] = h_in, start[k] = exp(A * sum_dt[k-1]) * start[k-1] + end_local[k-1].
+template <typename T>
+__global__ void __launch_bounds__(256) scan_carry_kernel(const ScanPtrs<T> p, const int num_chunks) {
+  const int n = p.state_size;
+  const int64_t channels = p.channels;
+  const int64_t total = p.batch * n * channels;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t c = i % channels;
+    const int s = static_cast<int>((i / channels) % n);
+    const int64_t bi = i / (channels * n);
+    const float a2 = p.a[c * n + s] * kLog2e;
+    float h = p.h[(bi * channels + c) * n + s];
+    const int64_t slot_stride = p.batch * n * channels;  // ws_h, between chunks
+    const int64_t sum_stride = p.batch * channels;       // ws_s, between chunks
+    float* wh = p.ws_h + (bi * n + s) * channels + c;
+    const float* wsum = p.ws_s + bi * channels + c;
+    wh[0] = h;
+    // Loads of a group of chunks first, so they are in flight together; the chain is FMAs.
+    constexpr int kGroup = 8;
+    for (int k0 = 1; k0 < num_chunks; k0 += kGroup) {
+      float end_local[kGroup], dt_sum[kGroup];
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        const int k = k0 + g;
+        end_local[g] = k < num_chunks ? wh[k * slot_stride] : 0.0f;
+        dt_sum[g] = k < num_chunks ? wsum[k * sum_stride] : 0.0f;
+      }
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        const int k = k0 + g;
+        if (k < num_chunks) {
+          h = fmaf(exp2_approx(a2 * dt_sum[g]), h, end_local[g]);
+          wh[k * slot_stride] = h;
+        }
+      }
+    }
+  }
+}
+
+// How a scan is split into chunks, and the workspace that needs.
+struct ScanPlan {
+  int num_chunks = 1;
+  int64_t chunk_steps = 0;
+  size_t workspace_bytes = 0;
+  size_t sum_offset = 0;  // byte offset of ws_s in the workspace
+};
+
+int round_state_size(int64_t n) {
+  int ns = 1;
+  while (ns < n) ns *= 2;
+  return ns;
+}
+
+// Calls f(T{}, std::integral_constant<int, NS>{}) for the dtype and the padded state size.
+template <typename F>
+void dispatch_scan(DType dtype, int64_t state_size, F&& f) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    switch (round_state_size(state_size)) {
+      case 1: f(T{}, std::integral_constant<int, 1>{}); return;
+      case 2: f(T{}, std::integral_constant<int, 2>{}); return;
+      case 4: f(T{}, std::integral_constant<int, 4>{}); return;
+      case 8: f(T{}, std::integral_constant<int, 8>{}); return;
+      case 16: f(T{}, std::integral_constant<int, 16>{}); return;
+      case 32: f(T{}, std::integral_constant<int, 32>{}); return;
+      case 64: f(T{}, std::integral_constant<int, 64>{}); return;
+    }
+    throw std::invalid_argument("hvlm mamba kernels: state_size must be in 1..64");
+  });
+}
+
+// Enough chunks that pass 3 fills every resident block slot of the GPU once (one wave: more
+// would leave a partial second wave, fewer idle SMs), but chunks of at least kMinChunkSteps.
+template <typename T, int NS>
+ScanPlan make_plan(const SelectiveScanArgs& a) {
+  ScanPlan plan;
+  plan.chunk_steps = std::max<int64_t>(a.length, 1);
+  if (a.length <= kMinChunkSteps) return plan;
+  int device = 0, sms = 0, per_sm = 0;
+  check_call(cudaGetDevice(&device), "cudaGetDevice");
+  check_call(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+             "cudaDeviceGetAttribute");
+  check_call(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                 &per_sm, scan_chunk_kernel<T, NS, true>, kScanThreads, 0),
+             "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  const int64_t slots = static_cast<int64_t>(std::max(sms, 1)) * std::max(per_sm, 1);
+  const int64_t units = ((a.channels + kScanThreads - 1) / kScanThreads) *
+                        std::min<int64_t>(a.batch, kMaxGridYZ);
+  int64_t chunks = std::max<int64_t>(1, slots / units);
+  chunks = std::min(chunks, (a.length + kMinChunkSteps - 1) / kMinChunkSteps);
+  chunks = std::min<int64_t>(chunks, kMaxGridYZ);
+  plan.chunk_steps = (a.length + chunks - 1) / chunks;
+  plan.num_chunks = static_cast<int>((a.length + plan.chunk_steps - 1) / plan.chunk_steps);
+  if (plan.num_chunks > 1) {
+    const size_t per_chunk = static_cast<size_t>(a.batch) * static_cast<size_t>(a.channels);
+    const size_t h_bytes = plan.num_chunks * per_chunk * a.state_size * sizeof(float);
+    plan.sum_offset = (h_bytes + 255) / 256 * 256;
+    plan.workspace_bytes = plan.sum_offset + plan.num_chunks * per_chunk * sizeof(float);
+  }
+  return plan;
+}
+
+bool is_noop(const SelectiveScanArgs& a) { return a.batch == 0 || a.length == 0 || a.channels == 0; }
+
+void validate(const SelectiveScanArgs& a) {
+  auto fail = [](const std::string& what) {
+    throw std::invalid_argument("hvlm::kernels::cuda::selective_scan: " + what);
+  };
+  if (a.batch < 0 || a.length < 0 || a.channels < 0) fail("negative size");
+  if (a.state_size < 1 || a.state_size > 64) {
+    fail("state_size must be in 1..64, got " + std::to_string(a.state_size));
+  }
+  if (a.dtype != DType::kFloat32 && a.dtype != DType::kBFloat16 && a.dtype != DType::kFloat16) {
+    fail("unknown dtype");
+  }
+  if (is_noop(a)) return;
+  if (a.row_stride_bc < a.state_size) fail("row_stride_bc must be >= state_size");
+  if (a.row_stride_z < a.channels) fail("row_stride_z must be >= channels");
+  if (!a.u || !a.delta || !a.a || !a.b || !a.c || !a.d || !a.z || !a.h || !a.y) {
+    fail("null operand pointer");
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+// ---------------------------------------------------------------------------------------------
+
+void causal_conv_silu(const CausalConvArgs& a) {
+  auto fail = [](const std::string& what) {
+    throw std::invalid_argument("hvlm::kernels::cuda::causal_conv_silu: " + what);
+  };
+  if (a.batch < 0 || a.length < 0 || a.channels < 0) fail("negative size");
+  if (a.kernel < 1) fail("kernel must be >= 1, got " + std::to_string(a.kernel));
+  if (a.kernel > 1024) fail("kernel must be <= 1024");
+  if (a.dtype != DType::kFloat32 && a.dtype != DType::kBFloat16 && a.dtype != DType::kFloat16) {
+    fail("unknown dtype");
+  }
+  if (a.batch == 0 || a.channels == 0) return;
+  if (a.kernel > 1 && (!a.state_in || !a.state_out)) fail("null conv state pointer");
+  if (a.length > 0) {
+    if (a.row_stride_x < a.channels) fail("row_stride_x must be >= channels");
+    if (!a.x || !a.weight || !a.bias || !a.out) fail("null operand pointer");
+  } else if (a.kernel == 1) {
+    return;  // nothing to write; with kernel > 1, length 0 copies state_in to state_out
+  }
+  const auto stream = static_cast<cudaStream_t>(a.stream);
+  const dim3 grid(static_cast<unsigned>((a.channels + kConvThreads - 1) / kConvThreads),
+                  static_cast<unsigned>(std::clamp<int64_t>(
+                      (a.length + kConvSteps - 1) / kConvSteps, 1, kMaxGridYZ)),
+                  static_cast<unsigned>(std::min<int64_t>(a.batch, kMaxGridYZ)));
+  dispatch_dtype(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    auto launch = [&](auto kernel_fn) {
+      kernel_fn<<<grid, kConvThreads, 0, stream>>>(
+          static_cast<const T*>(a.x), static_cast<const T*>(a.weight),
+          static_cast<const T*>(a.bias), a.state_in, a.state_out, static_cast<T*>(a.out), a.batch,
+          a.length, a.channels, a.row_stride_x, static_cast<int>(a.kernel));
+      check_launch("conv_silu_kernel");
+    };
+    switch (a.kernel) {
+      case 1: launch(conv_silu_kernel<T, 1>); break;
+      case 2: launch(conv_silu_kernel<T, 2>); break;
+      case 3: launch(conv_silu_kernel<T, 3>); break;
+      case 4: launch(conv_silu_kernel<T, 4>); break;
+      default: launch(conv_silu_kernel<T, 0>); break;
+    }
+  });
+}
+
+size_t selective_scan_workspace_bytes(const SelectiveScanArgs& a) {
+  validate(a);
+  if (is_noop(a)) return 0;
+  size_t bytes = 0;
+  dispatch_scan(a.dtype, a.state_size, [&](auto tag, auto ns) {
+    bytes = make_plan<decltype(tag), decltype(ns)::value>(a).workspace_bytes;
+  });
+  return bytes;
+}
+
+void selective_scan(const SelectiveScanArgs& a) {
+  validate(a);
+  if (is_noop(a)) return;
+  const auto stream = static_cast<cudaStream_t>(a.stream);
+  dispatch_scan(a.dtype, a.state_size, [&](auto tag, auto ns) {
+    using T = decltype(tag);
+    constexpr int NS = decltype(ns)::value;
+    const ScanPlan plan = make_plan<T, NS>(a);
+    if (plan.workspace_bytes > 0 && a.workspace == nullptr) {
+      throw std::invalid_argument(
+          "hvlm::kernels::cuda::selective_scan: workspace required (selective_scan_workspace_bytes)");
+    }
+    ScanPtrs<T> p;
+    p.u = static_cast<const T*>(a.u);
+    p.delta = static_cast<const T*>(a.delta);
+    p.delta_bias = a.delta_bias;
+    p.a = a.a;
+    p.b = static_cast<const T*>(a.b);
+    p.c = static_cast<const T*>(a.c);
+    p.d = a.d;
+    p.z = static_cast<const T*>(a.z);
+    p.h = a.h;
+    p.y = static_cast<T*>(a.y);
+    p.ws_h = static_cast<float*>(a.workspace);
+    p.ws_s = plan.workspace_bytes > 0
+                 ? reinterpret_cast<float*>(static_cast<char*>(a.workspace) + plan.sum_offset)
+                 : nullptr;
+    p.batch = a.batch;
+    p.length = a.length;
+    p.channels = a.channels;
+    p.row_stride_bc = a.row_stride_bc;
+    p.row_stride_z = a.row_stride_z;
+    p.state_size = static_cast<int>(a.state_size);
+    p.delta_softplus = a.delta_softplus;
+
+    const unsigned channel_blocks =
+        static_cast<unsigned>((a.channels + kScanThreads - 1) / kScanThreads);
+    const unsigned batch_grid = static_cast<unsigned>(std::min<int64_t>(a.batch, kMaxGridYZ));
+    if (plan.num_chunks > 1) {
+      const dim3 grid1(channel_blocks, plan.num_chunks - 1, batch_grid);
+      scan_chunk_kernel<T, NS, false>
+          <<<grid1, kScanThreads, 0, stream>>>(p, plan.chunk_steps, plan.num_chunks);
+      check_launch("scan_chunk_kernel (pass 1)");
+      const int64_t carries = a.batch * a.state_size * a.channels;
+      const unsigned blocks2 = static_cast<unsigned>(std::min<int64_t>((carries + 255) / 256, 1 << 20));
+      scan_carry_kernel<T><<<blocks2, 256, 0, stream>>>(p, plan.num_chunks);
+      check_launch("scan_carry_kernel (pass 2)");
+    }
+    const dim3 grid3(channel_blocks, plan.num_chunks, batch_grid);
+    scan_chunk_kernel<T, NS, true>
+        <<<grid3, kScanThreads, 0, stream>>>(p, plan.chunk_steps, plan.num_chunks);
+    check_launch("scan_chunk_kernel (pass 3)");
+  });
+}
+
+}  // namespace hvlm::kernels::cuda
