@@ -1,6 +1,7 @@
 #include "attention/cuda_kernels.h"
 
 #include "attention/cuda/mamba_kernels.h"
+#include "attention/cuda/performer_kernels.h"
 #include "attention/cuda/window_attention.h"
 
 #include <ATen/ATen.h>
@@ -12,22 +13,13 @@
 namespace hvlm::cuda {
 namespace {
 
-kernels::cuda::ElementType element_type(const at::Tensor& t, const char* name) {
+kernels::cuda::DType element_type(const at::Tensor& t, const char* name) {
   switch (t.scalar_type()) {
-    case at::kFloat: return kernels::cuda::ElementType::kFloat32;
-    case at::kBFloat16: return kernels::cuda::ElementType::kBFloat16;
-    case at::kHalf: return kernels::cuda::ElementType::kFloat16;
+    case at::kFloat: return kernels::cuda::DType::kFloat32;
+    case at::kBFloat16: return kernels::cuda::DType::kBFloat16;
+    case at::kHalf: return kernels::cuda::DType::kFloat16;
     default: TORCH_CHECK(false, name, ": CUDA kernels take float32, bfloat16 or float16, got ", t.scalar_type());
   }
-}
-
-kernels::cuda::DType storage_type(const at::Tensor& t, const char* name) {
-  switch (element_type(t, name)) {
-    case kernels::cuda::ElementType::kFloat32: return kernels::cuda::DType::kFloat32;
-    case kernels::cuda::ElementType::kBFloat16: return kernels::cuda::DType::kBFloat16;
-    case kernels::cuda::ElementType::kFloat16: return kernels::cuda::DType::kFloat16;
-  }
-  return kernels::cuda::DType::kFloat32;
 }
 
 // Runs a kernel launcher, turning its std exceptions into c10::Errors.
@@ -41,6 +33,27 @@ void launch(const char* what, Launch&& fn) {
 }
 
 }  // namespace
+
+at::Tensor performer_features(const at::Tensor& u, const at::Tensor& shift, double add) {
+  TORCH_CHECK(u.is_cuda() && shift.device() == u.device() && shift.scalar_type() == at::kFloat,
+              "performer_features: u and a float32 shift on one CUDA device");
+  TORCH_CHECK(shift.numel() * u.size(-1) == u.numel(), "performer_features: shift must have one value per row of u");
+  const c10::cuda::CUDAGuard device_guard(u.device());
+  const auto uc = u.contiguous();
+  const auto sc = shift.contiguous();
+  auto out = at::empty_like(uc);
+  kernels::cuda::PerformerFeatureArgs args;
+  args.dtype = element_type(u, "performer_features");
+  args.rows = sc.numel();
+  args.features = u.size(-1);
+  args.u = uc.data_ptr();
+  args.shift = sc.data_ptr<float>();
+  args.add = static_cast<float>(add);
+  args.out = out.data_ptr();
+  args.stream = at::cuda::getCurrentCUDAStream().stream();
+  launch("performer_features", [&] { kernels::cuda::performer_features(args); });
+  return out;
+}
 
 at::Tensor mamba_conv(const at::Tensor& xz, const at::Tensor& conv_weight, const at::Tensor& conv_bias,
                       at::Tensor& conv_state) {
@@ -57,7 +70,7 @@ at::Tensor mamba_conv(const at::Tensor& xz, const at::Tensor& conv_weight, const
   args.length = length;
   args.channels = channels;
   args.kernel = kernel;
-  args.dtype = storage_type(xz, "mamba_conv");
+  args.dtype = element_type(xz, "mamba_conv");
   args.x = xz.data_ptr();
   args.row_stride_x = 2 * channels;
   args.weight = weight.data_ptr();
@@ -92,7 +105,7 @@ at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Te
   args.length = length;
   args.channels = channels;
   args.state_size = state_size;
-  args.dtype = storage_type(u, "mamba_scan");
+  args.dtype = element_type(u, "mamba_scan");
   args.u = u.data_ptr();
   args.delta = delta.data_ptr();
   args.delta_bias = bias.data_ptr<float>();
@@ -149,11 +162,7 @@ at::Tensor window_attention(const at::Tensor& q, const at::Tensor& k, const at::
   args.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(q.size(2))));
   args.out = out.data_ptr();
   args.stream = at::cuda::getCurrentCUDAStream().stream();
-  try {
-    kernels::cuda::window_attention(args);
-  } catch (const std::exception& e) {
-    TORCH_CHECK(false, e.what());
-  }
+  launch("window_attention", [&] { kernels::cuda::window_attention(args); });
   return out;
 }
 

@@ -20,6 +20,10 @@ bool window_attention_supported(int64_t head_dim, int64_t num_global);
 at::Tensor window_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t half_window,
                             const at::Tensor& global_positions);
 
+/// exp(u - shift[..., None]) + add for u [..., m] (one pass): the tail of Performer's softmax
+/// feature map. `shift` [...] is float32 on u's device. Returns a tensor like u.
+at::Tensor performer_features(const at::Tensor& u, const at::Tensor& shift, double add);
+
 /// The conv and scan stages of one MambaLayer pass on CUDA (the twins of MambaLayerImpl's
 /// conv_stage and scan_stage; see attention/cuda/mamba_kernels.h for the math).
 /// xz [B, L, 2E] (x | z) in the layer's dtype; conv_weight [E, 1, K] and conv_bias [E] are the

@@ -9,13 +9,20 @@
 #include <limits>
 
 namespace hvlm {
+namespace {
+
+constexpr int64_t kFusedMinQueries = 32;
+
+}  // namespace
 
 at::Tensor dense_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const at::Tensor& allowed) {
 #if HVLM_HAS_SDPA
   // On a GPU without a mask: LibTorch's fused kernels (flash attention for bf16/fp16, the
   // memory-efficient kernel for float32), O(T) memory. They take [batch, heads, T, hd].
-  if (!allowed.defined() && q.is_cuda()) {
+  // With few queries (the global rows of local_global) the fused kernels would run one block
+  // per (batch, head) over all keys; the plain product below spreads over the keys instead.
+  if (!allowed.defined() && q.is_cuda() && q.size(-2) >= kFusedMinQueries) {
     auto as4d = [](const at::Tensor& t) { return t.reshape({-1, 1, t.size(-2), t.size(-1)}); };
     auto out = at::scaled_dot_product_attention(as4d(q), as4d(k), as4d(v));
     auto shape = q.sizes().vec();

@@ -22,14 +22,14 @@ int64_t pick_block_size(int64_t n, int64_t local_window, int64_t requested) {
 
 }  // namespace
 
-at::Tensor global_positions(int64_t n, int64_t num_global_tokens) {
-  auto opts = at::TensorOptions().dtype(at::kLong);
+at::Tensor global_positions(int64_t n, int64_t num_global_tokens, const at::Device& device) {
+  auto opts = at::TensorOptions().dtype(at::kLong).device(device);
   if (num_global_tokens <= 0 || n <= 0) return at::empty({0}, opts);
   // With g >= n the steps n/g <= 1 reach every position; this also bounds the work by n.
   if (num_global_tokens >= n) return at::arange(n, opts);
-  // floor(t * n / g) in exact integer arithmetic, then distinct values (g > n repeats some).
-  auto pos = at::div(at::arange(num_global_tokens, opts) * n, num_global_tokens, "floor");
-  return std::get<0>(at::unique_consecutive(pos));
+  // floor(t * n / g) in exact integer arithmetic; with g < n consecutive values differ by at
+  // least floor(n / g) >= 1, so they are already distinct.
+  return at::div(at::arange(num_global_tokens, opts) * n, num_global_tokens, "floor");
 }
 
 at::Tensor local_global_attention_core(const at::Tensor& q, const at::Tensor& k,
@@ -64,7 +64,7 @@ at::Tensor local_global_attention_core(const at::Tensor& q, const at::Tensor& k,
                         (key_pos < n)) | (query_pos >= n);
   local.masked_fill_(allowed_local.logical_not(), neg_inf);
 
-  auto gpos = global_positions(n, num_global_tokens).to(q.device());
+  auto gpos = global_positions(n, num_global_tokens, q.device());
   const int64_t ng = gpos.size(0);
   at::Tensor out;
   if (ng == 0) {
@@ -125,14 +125,13 @@ at::Tensor LocalGlobalAttentionImpl::attention_core(const at::Tensor& q, const a
 #if HVLM_WITH_CUDA
   // On a GPU: our sliding-window kernel for every query, then dense rows for the global
   // queries (which attend to all keys) written over theirs. No n x n or block masks.
-  const auto gpos = global_positions(n, options.num_global_tokens());
+  const auto gpos = global_positions(n, options.num_global_tokens(), q.device());
   if (q.is_cuda() && cuda::window_attention_supported(hd, gpos.size(0))) {
     const int64_t groups = q.size(0) * q.size(1);
     const auto qf = q.reshape({groups, n, hd}), kf = k.reshape({groups, n, hd}), vf = v.reshape({groups, n, hd});
     auto out = cuda::window_attention(qf, kf, vf, w / 2, gpos);
     if (gpos.size(0) > 0) {
-      const auto rows = gpos.to(q.device());
-      out.index_copy_(1, rows, dense_attention(qf.index_select(1, rows), kf, vf));
+      out.index_copy_(1, gpos, dense_attention(qf.index_select(1, gpos), kf, vf));
     }
     return out.view(q.sizes());
   }

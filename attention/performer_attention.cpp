@@ -1,6 +1,9 @@
 #include "attention/performer_attention.h"
 
 #include "attention/tensor_checks.h"
+#if HVLM_WITH_CUDA
+#include "attention/cuda_kernels.h"
+#endif
 
 #include <ATen/ATen.h>
 
@@ -40,6 +43,17 @@ at::Tensor performer_features(const at::Tensor& x, const at::Tensor& projection,
   const double data_scale = std::pow(static_cast<double>(x.size(-1)), -0.25);
   auto xs = x * data_scale;
   auto u = at::matmul(xs, projection.t());  // [G, n, m]
+#if HVLM_WITH_CUDA
+  if (x.is_cuda() && kernel == PerformerKernel::kSoftmax) {
+    // The same function in one pass over u: exp(u - |x'|^2/2 - s) * r + eps * r
+    // = exp(u - (|x'|^2/2 + s - log r)) + eps * r.
+    const double ratio = 1.0 / std::sqrt(static_cast<double>(projection.size(0)));
+    auto shift = xs.to(at::kFloat).pow(2).sum(-1).mul_(0.5);  // [G, n]
+    auto stab = is_query ? at::amax(u, {-1}).to(at::kFloat) : at::amax(u, {-2, -1}, /*keepdim=*/true).to(at::kFloat).squeeze(-1);
+    shift.add_(stab).sub_(std::log(ratio));
+    return cuda::performer_features(u, shift, kSoftmaxEps * ratio);
+  }
+#endif
   switch (kernel) {
     case PerformerKernel::kRelu:
       return at::relu_(u).add_(kReluEps);

@@ -26,14 +26,28 @@
 //   waits, is simple to verify, and its pass-1 overhead vanishes where it is not needed: the
 //   chunk count is sized so pass 3 fills the GPU in one wave, so a short sequence or a large
 //   batch runs as a single chunk (pass 3 only, no workspace).
-//   Precision: exp via ex2.approx (max rel. error ~2^-22): the decay dA = exp(dt A) then has an
-//   absolute error ~2.4e-7, so the state's relative error is ~2.4e-7 / (dt |A|) in the worst
-//   case of a long memory, 2.4e-5 at dt |A| = 0.01; the CPU kernel's own exp is ~1e-7. The
-//   softplus uses the accurate log1pf. No --use_fast_math is needed or assumed.
+//   Per step a thread loads u, delta, z (the next group of 4 steps is loaded while the current
+//   one is computed), reads B_t, C_t from shared memory (staged a tile of 16..32 steps ahead,
+//   double-buffered, one barrier per tile), and runs N x (FMUL, EX2, FMUL, 2 FFMA). The group
+//   of 4 steps is branch-free straight-line code so the scheduler can overlap the steps; at
+//   N = 16 it compiles to ~131 instructions and 18 MUFU per step in pass 3, under the
+//   128-register cap that gives 16 warps per SM. Measured on the H200 at the shape above
+//   with 16 warps/SM: more registers with fewer warps, or smaller groups, were slower.
+//   Precision: exp via ex2.approx.ftz (max rel. error ~2^-22): the decay dA = exp(dt A) then
+//   has an absolute error ~2.4e-7, so the state's relative error is ~2.4e-7 / (dt |A|) in the
+//   worst case of a long memory, 2.4e-5 at dt |A| = 0.01; the CPU kernel's own exp is ~1e-7.
+//   Softplus uses an accurate branch-free log1p (~1 ulp). Nothing relies on --use_fast_math
+//   (the intrinsics used are explicit), so the file may be built with or without it.
 //
-// Causal conv: one thread per (batch, channel, tile of 64 steps), lanes over channels, the
-// kernel - 1 previous inputs in a register window, so every input is read about once; it is
-// memory bound (~50 MB at the shape above, ~12 us).
+// Causal conv: one thread per (batch, channel, tile of 32 steps), lanes over channels; the
+// tile's 32 inputs and the kernel - 1 before it are loaded into registers, so every input is
+// read about once (~50 MB of traffic at the shape above).
+//
+// Measured on the H200 (CUDA 13.0, batch 1, length 8192, 1536 channels, 16 states, bf16,
+// median of 50): scan 213 us (44 chunks; the same with or without the in-kernel softplus),
+// conv 25 us (2.0 TB/s). Floors: the scan's two passes need ~105 us of exp unit time; the conv
+// ~12 us of memory time. ncu on an earlier version showed issue slots ~50% busy, mostly
+// waiting on MUFU/shared-memory results with 16 warps per SM (latency, not throughput).
 #include "mamba_kernels.h"
 
 #include <cuda_bf16.h>
@@ -80,12 +94,40 @@ __device__ __forceinline__ float exp2_approx(float x) {
   return y;
 }
 
-// x * sigmoid(x). __expf(-x) overflows to inf for x < -88, and x / inf gives -0: the limit.
-__device__ __forceinline__ float silu(float x) { return __fdividef(x, 1.0f + __expf(-x)); }
+// x * sigmoid(x). For x < -88 the exp overflows to inf and x * (1 / inf) gives -0: the limit.
+__device__ __forceinline__ float silu(float x) {
+  return __fdividef(x, 1.0f + exp2_approx(-kLog2e * x));
+}
 
-// torch.nn.functional.softplus with beta 1, threshold 20. log1pf keeps small results accurate
+// log1p(e) for 0 <= e < 2^126, to about 1 ulp: the algorithm of CUDA's log1pf (reduce 1 + e to
+// 2^k (1 + f) with f in [-1/4, 1/2), then a polynomial in f) without its branches for negative,
+// infinite and NaN inputs, which softplus never passes. Branch-free, so the scheduler can
+// overlap it with the exps of the neighbouring steps.
+__device__ __forceinline__ float log1p_nonneg(float e) {
+  const float m = __fadd_rz(e, 1.0f);
+  const int ex = (__float_as_int(m) - 0x3f400000) & static_cast<int>(0xff800000u);  // k << 23
+  // f = (1 + e) 2^-k - 1, formed without rounding 1 + e.
+  const float f = __int_as_float(__float_as_int(e) - ex) +
+                  fmaf(__int_as_float(0x40800000 - ex), 0.25f, -1.0f);
+  const float k = static_cast<float>(ex) * 1.1920928955078125e-7f;
+  float p = -0.0453486144542694092f;
+  p = fmaf(f, p, 0.10546888411045074463f);
+  p = fmaf(f, p, -0.13229703903198242188f);
+  p = fmaf(f, p, 0.14491446316242218018f);
+  p = fmaf(f, p, -0.16641564667224884033f);
+  p = fmaf(f, p, 0.19988867640495300293f);
+  p = fmaf(f, p, -0.25000196695327758789f);
+  p = fmaf(f, p, 0.33333510160446166992f);
+  p = fmaf(f, p, -0.5f);
+  return fmaf(k, 0.69314718246459960938f, fmaf(f, f * p, f));
+}
+
+// torch.nn.functional.softplus with beta 1, threshold 20. log1p keeps small results accurate
 // (delta is often ~1e-3, where log(1 + e^x) would lose digits).
-__device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(__expf(x)); }
+__device__ __forceinline__ float softplus(float x) {
+  const float sp = log1p_nonneg(exp2_approx(kLog2e * x));  // garbage for x > 20: not selected
+  return x > 20.0f ? x : sp;
+}
 
 void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
@@ -212,7 +254,12 @@ __global__ void __launch_bounds__(kConvThreads)
 // Selective scan
 // ---------------------------------------------------------------------------------------------
 
-constexpr int kScanThreads = 128;  // channels per block, one per thread
+// Channels per block, one per thread. 256 rather than 128: the B/C staging registers per
+// thread halve, which keeps the common case under 128 registers without spills.
+#ifndef HVLM_SCAN_THREADS
+#define HVLM_SCAN_THREADS 256
+#endif
+constexpr int kScanThreads = HVLM_SCAN_THREADS;
 constexpr int64_t kMinChunkSteps = 64;  // shorter sequences always run as one chunk
 
 // Time steps of B (and C) staged in shared memory at once (double-buffered).
@@ -262,19 +309,23 @@ __device__ __forceinline__ void load_smem_row(const float* src, float (&dst)[NS]
 // Steps per straight-line group: the body of a group has no branch or barrier, so the
 // compiler can overlap one step's softplus and loads with the previous step's exps; the next
 // group's u/delta/z are loaded before the current group is computed.
+// (HVLM_SCAN_GROUP, HVLM_SCAN_THREADS and HVLM_SCAN_WARPS_PER_SM are tuning knobs for
+// experiments with -D; the defaults are the measured best on the H200.)
 #ifndef HVLM_SCAN_GROUP
 #define HVLM_SCAN_GROUP 4
 #endif
 constexpr int kGroup = HVLM_SCAN_GROUP;
 
-// Blocks per SM to ask of the register allocator for the common state sizes (<= 16): with
-// 128 threads a block, B blocks allow 65536 / (128 B) registers a thread. The large state
-// sizes get what they need.
-#ifndef HVLM_SCAN_MIN_BLOCKS
-#define HVLM_SCAN_MIN_BLOCKS 4
+// Warps per SM to ask of the register allocator for the common state sizes (<= 16): 16 warps
+// leave 128 registers a thread (measured: 12 or 8 warps with more registers are slower). The
+// large state sizes get what they need.
+#ifndef HVLM_SCAN_WARPS_PER_SM
+#define HVLM_SCAN_WARPS_PER_SM 16
 #endif
 template <int NS>
-__host__ __device__ constexpr int scan_min_blocks() { return NS <= 16 ? HVLM_SCAN_MIN_BLOCKS : 1; }
+__host__ __device__ constexpr int scan_min_blocks() {
+  return NS <= 16 ? HVLM_SCAN_WARPS_PER_SM * 32 / kScanThreads : 1;
+}
 
 // Passes 1 (kFinal false) and 3 (kFinal true); see the file comment.
 // Grid: x = channel blocks, y = chunk, z = batch (grid-stride). NS: compile-time state count
@@ -386,7 +437,9 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
     // One step: row = its B (and C) in shared memory, r = its index in the group.
     auto step = [&](float u_v, float dt_raw, float z_v, const float* row, int r) {
       float dt = dt_raw + dt_bias;
-      if (do_softplus) dt = softplus(dt);
+      // A select, not a branch: a branch would split the group's straight-line code.
+      const float dt_sp = softplus(dt);
+      dt = do_softplus ? dt_sp : dt;
       const float du = dt * u_v;
       float bv[NS];
       load_smem_row<NS>(row, bv);
@@ -424,7 +477,7 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
         __syncthreads();
         if (tile + 1 < num_tiles) fetch(tile + 1);
       }
-      float nu[kGroup], nd[kGroup], nz[kGroup];
+      float nu[kGroup] = {}, nd[kGroup] = {}, nz[kGroup] = {};
       if (j0 + kGroup < steps) {
         lu += kGroup * channels;
         ld += kGroup * channels;

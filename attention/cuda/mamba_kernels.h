@@ -20,13 +20,15 @@
 //    outputs (and the scan's workspace) are disjoint.
 #pragma once
 
+#include "attention/cuda/dtype.h"
+
 #include <cstddef>
 #include <cstdint>
 
 namespace hvlm::kernels::cuda {
 
-/// Storage type of the activations and weights (u, delta, z, y, B, C, x, conv weight/bias).
-enum class DType { kFloat32, kBFloat16, kFloat16 };
+// DType (attention/cuda/dtype.h): the storage type of the activations and weights (u, delta,
+// z, y, B, C, x, conv weight/bias).
 
 /// silu(causal depthwise conv1d(x)) continuing from a carried conv state.
 ///   out[b, t, c] = silu(bias[c] + sum_{k<kernel} weight[k, c] * xx[b, t + k, c])

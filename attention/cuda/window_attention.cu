@@ -85,6 +85,8 @@ __global__ void __launch_bounds__(kQueries) window_attention_kernel(
     float scale, T* __restrict__ out) {
   constexpr int kStride = row_stride<T, HD>();
   constexpr int kChunk = chunk_rows<T, HD>();
+  // Keys per online-softmax step: as many as registers allow beside q and acc (2 * HD).
+  constexpr int kKeyBlock = HD >= 64 ? 4 : 8;
   __shared__ __align__(16) T k_s[kChunk * kStride];
   __shared__ __align__(16) T v_s[kChunk * kStride];
 
@@ -112,28 +114,74 @@ __global__ void __launch_bounds__(kQueries) window_attention_kernel(
   for (int chunk_begin = cta_begin; chunk_begin < cta_end; chunk_begin += kChunk) {
     const int rows = min(kChunk, cta_end - chunk_begin);
     __syncthreads();  // the previous chunk is no longer read
-    for (int idx = threadIdx.x; idx < rows * HD; idx += kQueries) {
-      const int r = idx / HD, d = idx % HD;
-      const int64_t src = group_offset + static_cast<int64_t>(chunk_begin + r) * HD + d;
-      k_s[r * kStride + d] = k[src];
-      v_s[r * kStride + d] = v[src];
+    // 16-byte loads (rows are HD * sizeof(T) >= 16 bytes, 16-byte aligned), stored as 32-bit
+    // words into the padded rows; unrolled so that several loads are in flight.
+    constexpr int kVectorsPerRow = HD * static_cast<int>(sizeof(T)) / 16;
+    constexpr int kRowWords = kStride * static_cast<int>(sizeof(T)) / 4;
+    const uint4* k_src = reinterpret_cast<const uint4*>(k + group_offset + static_cast<int64_t>(chunk_begin) * HD);
+    const uint4* v_src = reinterpret_cast<const uint4*>(v + group_offset + static_cast<int64_t>(chunk_begin) * HD);
+    uint32_t* k_words = reinterpret_cast<uint32_t*>(k_s);
+    uint32_t* v_words = reinterpret_cast<uint32_t*>(v_s);
+#pragma unroll 4
+    for (int idx = threadIdx.x; idx < rows * kVectorsPerRow; idx += kQueries) {
+      const uint4 kk = k_src[idx], vv = v_src[idx];
+      const int at = (idx / kVectorsPerRow) * kRowWords + (idx % kVectorsPerRow) * 4;
+      k_words[at] = kk.x;
+      k_words[at + 1] = kk.y;
+      k_words[at + 2] = kk.z;
+      k_words[at + 3] = kk.w;
+      v_words[at] = vv.x;
+      v_words[at + 1] = vv.y;
+      v_words[at + 2] = vv.z;
+      v_words[at + 3] = vv.w;
     }
     __syncthreads();
-    // The warp walks the union of its queries' windows within this chunk; each thread keeps
-    // the keys of its own window.
+    // The warp walks the union of its queries' windows within this chunk, kKeyBlock keys at a
+    // time; each thread keeps the keys of its own window. Blocks of keys (flash-attention
+    // style: one rescale per block) give the scores and the value updates independent work.
     const int begin = max(warp_begin, chunk_begin), end = min(warp_end, chunk_begin + rows);
-    for (int j = begin; j < end; ++j) {
-      if (!active || j < i - half || j > i + half) continue;
-      const T* k_row = k_s + (j - chunk_begin) * kStride;
-      const T* v_row = v_s + (j - chunk_begin) * kStride;
-      float s = 0.0f;
+    for (int j0 = begin; j0 < end; j0 += kKeyBlock) {
+      float s[kKeyBlock];
+      float block_max = -INFINITY;
+#pragma unroll
+      for (int u = 0; u < kKeyBlock; ++u) {
+        const int j = j0 + u;
+        const T* k_row = k_s + (min(j, end - 1) - chunk_begin) * kStride;
+        float dot = 0.0f;
+#pragma unroll
+        for (int d = 0; d < HD; d += 2) {
+          const float2 kk = load_pair(k_row + d);
+          dot = fmaf(qr[d], kk.x, dot);
+          dot = fmaf(qr[d + 1], kk.y, dot);
+        }
+        const bool visible = active && j < end && j >= i - half && j <= i + half;
+        s[u] = visible ? dot : -INFINITY;
+        block_max = fmaxf(block_max, s[u]);
+      }
+      if (block_max == -INFINITY) continue;  // none of these keys is in this query's window
+      const float m_new = fmaxf(m, block_max);
+      const float alpha = __expf(m - m_new);  // 0 for the first keys (m = -inf)
+      float p[kKeyBlock];
+      float p_sum = 0.0f;
+#pragma unroll
+      for (int u = 0; u < kKeyBlock; ++u) {
+        p[u] = __expf(s[u] - m_new);  // 0 for keys outside the window
+        p_sum += p[u];
+      }
+      l = l * alpha + p_sum;
 #pragma unroll
       for (int d = 0; d < HD; d += 2) {
-        const float2 kk = load_pair(k_row + d);
-        s = fmaf(qr[d], kk.x, s);
-        s = fmaf(qr[d + 1], kk.y, s);
+        float a0 = acc[d] * alpha, a1 = acc[d + 1] * alpha;
+#pragma unroll
+        for (int u = 0; u < kKeyBlock; ++u) {
+          const float2 vv = load_pair(v_s + (min(j0 + u, end - 1) - chunk_begin) * kStride + d);
+          a0 = fmaf(p[u], vv.x, a0);
+          a1 = fmaf(p[u], vv.y, a1);
+        }
+        acc[d] = a0;
+        acc[d + 1] = a1;
       }
-      accumulate<HD>(s, m, l, acc, [&](int d) { return load_pair(v_row + d); });
+      m = m_new;
     }
   }
 
@@ -193,9 +241,9 @@ void window_attention(const WindowAttentionArgs& a) {
     throw std::invalid_argument("window_attention: need half_window >= 1, length <= 4194240, groups < 2^31");
   }
   switch (a.dtype) {
-    case ElementType::kFloat32: dispatch_head_dim<float>(a); break;
-    case ElementType::kBFloat16: dispatch_head_dim<__nv_bfloat16>(a); break;
-    case ElementType::kFloat16: dispatch_head_dim<__half>(a); break;
+    case DType::kFloat32: dispatch_head_dim<float>(a); break;
+    case DType::kBFloat16: dispatch_head_dim<__nv_bfloat16>(a); break;
+    case DType::kFloat16: dispatch_head_dim<__half>(a); break;
   }
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) {

@@ -10,14 +10,14 @@
 // unchanged until the work completes (LibTorch's stream semantics take care of that).
 #pragma once
 
+#include "attention/cuda/dtype.h"
+
 #include <cstdint>
 
 namespace hvlm::kernels::cuda {
 
-enum class ElementType { kFloat32, kBFloat16, kFloat16 };
-
 struct WindowAttentionArgs {
-  ElementType dtype = ElementType::kFloat32;
+  DType dtype = DType::kFloat32;
   int64_t groups = 0;       // batch * heads
   int64_t length = 0;       // n tokens
   int64_t head_dim = 0;     // see window_attention_supported
