@@ -48,7 +48,9 @@
 // conv 25 us (2.0 TB/s). Floors: the scan's two passes need ~105 us of exp unit time; the conv
 // ~12 us of memory time. ncu on an earlier version showed issue slots ~50% busy, mostly
 // waiting on MUFU/shared-memory results with 16 warps per SM (latency, not throughput).
-#include "mamba_kernels.h"
+#include "attention/cuda/mamba_kernels.h"
+
+#include "attention/cuda/element.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -64,23 +66,8 @@ namespace hvlm::kernels::cuda {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// Element helpers
+// Element helpers (to_float / from_float: attention/cuda/element.cuh)
 // ---------------------------------------------------------------------------------------------
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 
 template <typename T>
 __device__ __forceinline__ float load(const T* p) { return to_float(__ldg(p)); }

@@ -14,6 +14,8 @@
 // a broadcast).
 #include "attention/cuda/window_attention.h"
 
+#include "attention/cuda/element.cuh"
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -28,18 +30,6 @@ namespace {
 constexpr int kQueries = 64;               // queries (threads) per CTA
 constexpr int kSharedBytes = 40 * 1024;    // K and V staging, under the 48 KB default
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half(x); }
 
 // Two consecutive elements of a shared-memory row as floats (16-bit types: one 32-bit load).
 __device__ __forceinline__ float2 load_pair(const float* p) { return make_float2(p[0], p[1]); }
