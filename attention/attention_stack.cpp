@@ -80,6 +80,8 @@ StackOutput AttentionStackImpl::forward(const at::Tensor& x,
         TORCH_CHECK(lb != nullptr, "unexpected module type");
         std::tie(h, out.states[i]) = lb->forward_stream(h, state);
       }
+    } catch (const c10::OutOfMemoryError&) {
+      throw;  // keeps its type: the server answers RESOURCE_EXHAUSTED, not INTERNAL
     } catch (const c10::Error& e) {
       TORCH_CHECK(false, "blocks[", i, "] (", spec_.blocks[i].type, "): ",
                   e.what_without_backtrace());

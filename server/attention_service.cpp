@@ -129,9 +129,10 @@ void AttentionServiceImpl::report(const char* rpc, const CallInfo& info, const g
   if (!status.ok()) fields.emplace_back("error", status.error_message());
   log::debug("request", fields);
   if (server_side || pressure) {
+    // Keyed without the message: messages carry per-request numbers (sizes, byte counts), and
+    // a flood must not become one line per request.
     log::write_limited(server_side ? log::Level::kError : log::Level::kWarn,
-                       std::string(rpc) + '|' + grpc_code_name(code) + '|' + status.error_message(),
-                       "request failed", fields);
+                       std::string(rpc) + '|' + grpc_code_name(code) + '|' + info.stack, "request failed", fields);
   }
 }
 
@@ -408,6 +409,7 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
   void finish(const grpc::Status& status) {
     if (binding_) {
       service_->sessions_.detach_stream(binding_);
+      log::debug("stream detached", {{"session_id", info_.session_id}});
       binding_.reset();
     }
     Finish(status);
@@ -429,6 +431,7 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
         }
         info_.session_id = loggable_id(request_.session_id());
         binding_ = service_->sessions_.attach_stream(request_.session_id());
+        log::debug("stream attached", {{"session_id", info_.session_id}});
         session_id_ = request_.session_id();
         info_.stack = service_->sessions_.info(session_id_).stack;
       } else if (!request_.session_id().empty() && request_.session_id() != session_id_) {

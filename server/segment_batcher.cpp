@@ -1,5 +1,7 @@
 #include "server/segment_batcher.h"
 
+#include <c10/util/Exception.h>
+
 #include <algorithm>
 
 namespace hvlm {
@@ -74,13 +76,35 @@ void SegmentBatcher::run(std::vector<Job>& batch) {
   for (Job& job : batch) segments.push_back(std::move(job.segment));
   StageTimings shared;
   std::vector<SegmentOutcome> outcomes;
+  const std::string stack = segments.front().lease->stack().name;
   try {
     outcomes = run_segment_batch(sessions_, segments, &shared);
-    metrics_.batch_done(segments.front().lease->stack().name, static_cast<int64_t>(segments.size()));
-  } catch (...) {
+    metrics_.batch_done(stack, static_cast<int64_t>(segments.size()));
+  } catch (const c10::OutOfMemoryError&) {
+    // Too big together: every segment gets RESOURCE_EXHAUSTED (retrying them one by one
+    // would only repeat the allocation failure under the same pressure).
     const std::exception_ptr error = std::current_exception();
     outcomes.assign(segments.size(), SegmentOutcome{});
     for (auto& o : outcomes) o.error = error;
+  } catch (...) {
+    // One segment may have made the whole pass fail: run each alone (the leases are still
+    // held), so that only the culprit gets the error.
+    const std::exception_ptr error = std::current_exception();
+    outcomes.assign(segments.size(), SegmentOutcome{});
+    if (segments.size() == 1) {
+      outcomes.front().error = error;
+    } else {
+      for (size_t j = 0; j < segments.size(); ++j) {
+        std::vector<PreparedSegment> alone;
+        alone.push_back(std::move(segments[j]));
+        try {
+          outcomes[j] = std::move(run_segment_batch(sessions_, alone, &shared).front());
+          metrics_.batch_done(stack, 1);
+        } catch (...) {
+          outcomes[j].error = std::current_exception();
+        }
+      }
+    }
   }
   segments.clear();  // releases the leases of a failed batch before anyone is told
   for (size_t j = 0; j < batch.size(); ++j) {

@@ -17,14 +17,21 @@ int64_t micros_since(Clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count();
 }
 
-// Checks x against the stack and moves it to the stack's device and dtype.
+// Checks x against the stack and moves it to the stack's device and dtype. A value finite in
+// the wire dtype may overflow the stack's (3e38 in bfloat16, 7e4 in float16): that is the
+// caller's input error, caught here rather than inside a (possibly batched) forward pass.
 at::Tensor prepare(const HostedStack& stack, const at::Tensor& x, const char* what) {
   if (x.dim() != 3 || x.size(2) != stack.dim()) {
     fail(ErrorCode::kInvalidArgument, what, " must be [T, ", stack.dim(), "] or [B, T, ",
          stack.dim(), "] for stack '", stack.name, "', got last dimension ",
          x.dim() > 0 ? x.size(-1) : 0);
   }
-  return x.to(stack.device, stack.dtype, /*non_blocking=*/true);
+  at::Tensor moved = x.to(stack.device, stack.dtype, /*non_blocking=*/true);
+  if (stack.dtype != x.scalar_type() && moved.numel() > 0 && !at::isfinite(moved).all().item<bool>()) {
+    fail(ErrorCode::kInvalidArgument, what, " has values outside the range of the stack's ",
+         c10::toString(stack.dtype), " (they overflow to infinity)");
+  }
+  return moved;
 }
 
 StackOutput run_stack(const HostedStack& stack, const at::Tensor& x,
@@ -140,23 +147,26 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
   auto slice = [&](const at::Tensor& t, int64_t row, int64_t count) {
     return single ? t : t.narrow(0, row, count).clone();
   };
+  // From here on each segment succeeds or fails alone: a failure (its memory budget, its
+  // session closed meanwhile, a failed copy) must not touch the segments already committed.
   int64_t row = 0;
   for (size_t j = 0; j < segments.size(); ++j) {
     PreparedSegment& segment = segments[j];
-    SessionState next;
-    next.batch = segment.lease->state().batch;
-    SegmentResult& result = outcomes[j].result;
-    for (const auto& [i, bank] : next_banks) {
-      next.banks[i] = {slice(bank.tokens, row, rows[j]), slice(bank.counts, row, rows[j])};
-      result.bank_lengths.push_back(bank.tokens.size(1));
-    }
-    for (size_t i : stack.mamba_blocks) {
-      next.states[i] = {slice(out.states[i].conv_state, row, rows[j]), slice(out.states[i].ssm_state, row, rows[j])};
-    }
-    result.output = single ? y : y.narrow(0, row, rows[j]);
-    result.sequence = segment.lease->sequence();
-    result.stack = &stack;
     try {
+      SessionState next;
+      next.batch = segment.lease->state().batch;
+      SegmentResult& result = outcomes[j].result;
+      for (const auto& [i, bank] : next_banks) {
+        next.banks[i] = {slice(bank.tokens, row, rows[j]), slice(bank.counts, row, rows[j])};
+        result.bank_lengths.push_back(bank.tokens.size(1));
+      }
+      for (size_t i : stack.mamba_blocks) {
+        next.states[i] = {slice(out.states[i].conv_state, row, rows[j]),
+                          slice(out.states[i].ssm_state, row, rows[j])};
+      }
+      result.output = single ? y : y.narrow(0, row, rows[j]);
+      result.sequence = segment.lease->sequence();
+      result.stack = &stack;
       sessions.commit(*segment.lease, std::move(next));
     } catch (...) {
       outcomes[j].error = std::current_exception();

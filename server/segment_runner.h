@@ -60,9 +60,10 @@ struct SegmentOutcome {
 
 // Runs segments of one batch_key as one forward pass: inputs, memory banks and mamba states
 // concatenated along the batch, each bank updated by its policy, then each session's slice
-// committed. Outputs come back on the CPU. A failure of the forward pass fails every segment
-// (their sessions unchanged); a failure to commit one (memory budget, closed meanwhile) fails
-// that one only. `timings` receives compute_micros and memory_update_micros of the batch.
+// committed. Outputs come back on the CPU. A failure of the forward pass or the bank update
+// throws, every session unchanged and every lease still held (so the caller may retry the
+// segments one by one); after that, a failure of one segment (memory budget, closed meanwhile)
+// is that segment's outcome alone. `timings` receives compute_micros and memory_update_micros.
 std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vector<PreparedSegment>& segments,
                                               StageTimings* timings);
 

@@ -255,7 +255,6 @@ std::shared_ptr<SessionStore::Session> SessionStore::attach_stream(const std::st
     fail(ErrorCode::kFailedPrecondition, "session '", id, "' already has a stream attached");
   }
   s->streaming = true;
-  log::debug("stream attached", {{"session_id", id}});
   return s;
 }
 
@@ -265,7 +264,6 @@ void SessionStore::detach_stream(const std::shared_ptr<Session>& binding) {
   binding->streaming = false;
   binding->last_used = Clock::now();
   binding->last_used_unix_micros = unix_micros();
-  log::debug("stream detached", {{"session_id", binding->id}});
 }
 
 SessionStore::Lease SessionStore::begin_segment(const std::string& id,

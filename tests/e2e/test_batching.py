@@ -90,3 +90,44 @@ def test_bad_batching_config_names_the_key(tmp_path, bad, message):
     outcome = run_server_once(path)
     assert outcome.returncode == 2, outcome.stderr
     assert message in outcome.stderr
+
+
+def test_a_failing_segment_fails_alone(start_server):
+    """A session closed while its segment waits for company fails with ABORTED; the segments
+    batched with it are answered as if alone."""
+    import time
+    from hierarchicalvlm.client import ClientError
+    alone = start_server(make_config(stacks={"small": small_stack()}), name="alone")
+    with Client(alone.address, timeout=60) as client:
+        want = {}
+        for session in (0, 2):
+            sid = client.open_session("small").session_id
+            want[session] = next(iter(client.stream(sid, [features(session, 0)])))[1]
+    batched = start_server(make_config(stacks={"small": small_stack()}, workers=3,
+                                       batching={"enabled": True, "max_batch_size": 8,
+                                                 "max_queue_delay_ms": 1500}),
+                           name="batched")
+    results: dict[int, object] = {}
+
+    def one(session: int) -> None:
+        with Client(batched.address, timeout=60) as client:
+            try:
+                results[session] = next(iter(client.stream(f"s{session}", [features(session, 0)])))[1]
+            except ClientError as err:
+                results[session] = err
+
+    with Client(batched.address, timeout=60) as client:
+        for session in range(3):
+            client.open_session("small", session_id=f"s{session}")
+        threads = [threading.Thread(target=one, args=(s,)) for s in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # all three wait in the batcher for company (1.5 s)
+        client.close_session("s1")
+        for t in threads:
+            t.join(60)
+        for session in (0, 2):
+            np.testing.assert_allclose(results[session], want[session], rtol=1e-4, atol=1e-5)
+            assert client.get_session(f"s{session}").segments_seen == 1
+    assert isinstance(results[1], ClientError), results[1]
+    assert results[1].code.name in ("ABORTED", "NOT_FOUND"), results[1]
