@@ -447,12 +447,16 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
       if (SegmentBatcher* batcher = service_->batcher_) {
         PreparedSegment prepared = prepare_segment(service_->sessions_, session_id_, request_.sequence(),
                                                    in.tokens, binding_.get());
-        if (!batcher->submit(std::move(prepared), [this](SegmentOutcome outcome, StageTimings batch) {
-              timings_.queue_micros += batch.queue_micros;
-              timings_.compute_micros = batch.compute_micros;
-              timings_.memory_update_micros = batch.memory_update_micros;
-              complete(std::move(outcome));
-            })) {
+        auto done = [this](SegmentOutcome outcome, StageTimings batch) {
+          timings_.queue_micros += batch.queue_micros;
+          timings_.compute_micros = batch.compute_micros;
+          timings_.memory_update_micros = batch.memory_update_micros;
+          complete(std::move(outcome));
+        };
+        auto wanted = [ctx = ctx_] {
+          return !ctx->IsCancelled() && ctx->deadline() > std::chrono::system_clock::now();
+        };
+        if (!batcher->submit(std::move(prepared), std::move(done), std::move(wanted))) {
           fail(ErrorCode::kResourceExhausted, "server busy: the batch queue is full or the server is stopping");
         }
         handed_off = true;

@@ -1,5 +1,7 @@
 #include "server/segment_batcher.h"
 
+#include "server/service_error.h"
+
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -17,8 +19,8 @@ SegmentBatcher::SegmentBatcher(Options options, SessionStore& sessions, WorkerPo
 
 SegmentBatcher::~SegmentBatcher() { shutdown(); }
 
-bool SegmentBatcher::submit(PreparedSegment segment, Done done) {
-  Job job{std::move(segment), {}, std::move(done), Clock::now()};
+bool SegmentBatcher::submit(PreparedSegment segment, Done done, Wanted wanted) {
+  Job job{std::move(segment), {}, std::move(done), std::move(wanted), Clock::now()};
   job.key = batch_key(job.segment);
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -27,6 +29,11 @@ bool SegmentBatcher::submit(PreparedSegment segment, Done done) {
   }
   cv_.notify_one();
   return true;
+}
+
+size_t SegmentBatcher::queued() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return queue_.size();
 }
 
 void SegmentBatcher::shutdown() {
@@ -71,6 +78,19 @@ void SegmentBatcher::loop() {
 
 void SegmentBatcher::run(std::vector<Job>& batch) {
   const auto start = Clock::now();
+  // Segments nobody waits for any more (cancelled, past their deadline) are answered without
+  // running; their leases go with them, their sessions unchanged.
+  auto unwanted = std::stable_partition(batch.begin(), batch.end(),
+                                        [](const Job& job) { return !job.wanted || job.wanted(); });
+  for (auto it = unwanted; it != batch.end(); ++it) {
+    it->segment = PreparedSegment{};
+    SegmentOutcome cancelled;
+    cancelled.error = std::make_exception_ptr(
+        ServiceError(ErrorCode::kCancelled, "the client cancelled the call or its deadline passed"));
+    it->done(std::move(cancelled), StageTimings{});
+  }
+  batch.erase(unwanted, batch.end());
+  if (batch.empty()) return;
   std::vector<PreparedSegment> segments;
   segments.reserve(batch.size());
   for (Job& job : batch) segments.push_back(std::move(job.segment));

@@ -43,6 +43,8 @@ class SegmentBatcher {
   /// Called once per segment with its outcome and the batch's timings (compute and memory
   /// update; queue_micros = time from submit() to the batch's start).
   using Done = std::function<void(SegmentOutcome, StageTimings)>;
+  /// Whether the segment's caller still wants it (checked just before its batch runs).
+  using Wanted = std::function<bool()>;
 
   SegmentBatcher(Options options, SessionStore& sessions, WorkerPool& completions, ServiceMetrics& metrics);
   ~SegmentBatcher();
@@ -50,8 +52,11 @@ class SegmentBatcher {
   SegmentBatcher& operator=(const SegmentBatcher&) = delete;
 
   /// Queues a prepared segment; false (and nothing queued; the lease is released) when the
-  /// queue is full or shutdown began.
-  bool submit(PreparedSegment segment, Done done);
+  /// queue is full or shutdown began. A segment whose `wanted` says no when its batch is formed
+  /// does not run: it completes with CANCELLED and its session is unchanged.
+  bool submit(PreparedSegment segment, Done done, Wanted wanted = {});
+  /// Segments waiting now.
+  size_t queued();
   /// Stops accepting, runs what is queued, joins. Idempotent.
   void shutdown();
 
@@ -60,6 +65,7 @@ class SegmentBatcher {
     PreparedSegment segment;
     std::vector<int64_t> key;
     Done done;
+    Wanted wanted;
     Clock::time_point submitted;
   };
   void loop();

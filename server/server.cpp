@@ -80,7 +80,9 @@ std::unique_ptr<Server> Server::start(const ServerConfig& config) {
   ServiceMetrics::Sources sources;
   sources.sessions = [raw = s.get()] { return raw->sessions_->stats(); };
   sources.session_memory_limit_bytes = config.limits.max_session_memory_bytes;
-  sources.queued_requests = [raw = s.get()] { return raw->workers_->queued(); };
+  sources.queued_requests = [raw = s.get()] {
+    return raw->workers_->queued() + (raw->batcher_ ? raw->batcher_->queued() : 0);
+  };
 #if defined(HVLM_WITH_CUDA)
   if (device.is_cuda()) {
     sources.device_memory = [device] {

@@ -131,3 +131,23 @@ def test_a_failing_segment_fails_alone(start_server):
             assert client.get_session(f"s{session}").segments_seen == 1
     assert isinstance(results[1], ClientError), results[1]
     assert results[1].code.name in ("ABORTED", "NOT_FOUND"), results[1]
+
+
+def test_a_segment_whose_caller_gave_up_does_not_run(start_server):
+    """A segment still waiting for its batch when its deadline passes is dropped: its session
+    does not advance, and the next stream starts again at sequence 0."""
+    import time
+    from hierarchicalvlm.client import ClientError
+    server = start_server(make_config(stacks={"small": small_stack()},
+                                      batching={"enabled": True, "max_batch_size": 8,
+                                                "max_queue_delay_ms": 1500}))
+    with Client(server.address, timeout=0.4) as impatient:
+        impatient.open_session("small", session_id="gone")
+        with pytest.raises(ClientError) as err:
+            list(impatient.stream("gone", [features(0, 0)]))
+        assert err.value.code.name == "DEADLINE_EXCEEDED"
+    time.sleep(1.6)  # the batch it was waiting for has formed by now
+    with Client(server.address, timeout=30) as client:
+        assert client.get_session("gone").segments_seen == 0
+        sequence, out, _ = next(iter(client.stream("gone", [features(0, 0)])))
+        assert sequence == 0 and out.shape == (16, DIM)
