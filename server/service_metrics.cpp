@@ -102,7 +102,8 @@ void ServiceMetrics::watch(Sources sources) {
       .get()
       .set(static_cast<double>(sources.session_memory_limit_bytes));
   if (sources.queued_requests) {
-    registry_.callback(metrics::MetricType::kGauge, "hvlm_queued_requests", "Requests waiting for a worker, plus segments waiting for their batch.", {},
+    registry_.callback(metrics::MetricType::kGauge, "hvlm_queued_requests",
+                       "Requests waiting for a worker, plus segments waiting for their batch.", {},
                        [get = sources.queued_requests] {
                          return std::vector<metrics::Sample>{{{}, static_cast<double>(get())}};
                        });
