@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <functional>
+#include <string>
 
 namespace hvlm {
 namespace {
@@ -19,30 +20,39 @@ int64_t micros_since(Clock::time_point start) {
 
 // Checks x against the stack and moves it to the stack's device and dtype. A value finite in
 // the wire dtype may overflow the stack's (3e38 in bfloat16, 7e4 in float16): that is the
-// caller's input error, caught here rather than inside a (possibly batched) forward pass.
+// caller's input error, caught here rather than inside a (possibly batched) forward pass. The
+// check converts on x's own device (the CPU for requests), so it never waits for the GPU,
+// whose stream may be busy with another batch.
 at::Tensor prepare(const HostedStack& stack, const at::Tensor& x, const char* what) {
   if (x.dim() != 3 || x.size(2) != stack.dim()) {
     fail(ErrorCode::kInvalidArgument, what, " must be [T, ", stack.dim(), "] or [B, T, ",
          stack.dim(), "] for stack '", stack.name, "', got last dimension ",
          x.dim() > 0 ? x.size(-1) : 0);
   }
-  at::Tensor moved = x.to(stack.device, stack.dtype, /*non_blocking=*/true);
-  if (stack.dtype != x.scalar_type() && moved.numel() > 0 && !at::isfinite(moved).all().item<bool>()) {
+  if (stack.dtype != x.scalar_type() && x.numel() > 0 && !at::isfinite(x.to(stack.dtype)).all().item<bool>()) {
     fail(ErrorCode::kInvalidArgument, what, " has values outside the range of the stack's ",
          c10::toString(stack.dtype), " (they overflow to infinity)");
   }
-  return moved;
+  return x.to(stack.device, stack.dtype, /*non_blocking=*/true);
+}
+
+// Runs a library call. Its failures are INTERNAL (inputs were checked before), named by
+// `context`; CUDA out-of-memory keeps its type, so the edge answers RESOURCE_EXHAUSTED.
+template <typename Fn>
+auto library_call(const std::string& context, Fn&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const c10::OutOfMemoryError&) {
+    throw;
+  } catch (const c10::Error& e) {
+    fail(ErrorCode::kInternal, context, e.what_without_backtrace());
+  }
 }
 
 StackOutput run_stack(const HostedStack& stack, const at::Tensor& x,
                       const std::vector<at::Tensor>& memories, const std::vector<MambaState>& states) {
-  try {
-    return stack.module->forward(x, memories, states);
-  } catch (const c10::OutOfMemoryError&) {
-    throw;  // RESOURCE_EXHAUSTED at the edge, not INTERNAL
-  } catch (const c10::Error& e) {
-    fail(ErrorCode::kInternal, "stack '", stack.name, "' failed: ", e.what_without_backtrace());
-  }
+  return library_call("stack '" + stack.name + "' failed: ",
+                      [&] { return stack.module->forward(x, memories, states); });
 }
 
 }  // namespace
@@ -133,14 +143,11 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
 
   start = Clock::now();
   std::map<size_t, MemoryBank> next_banks;
-  for (const auto& [i, bank] : banks) {
-    try {
-      next_banks[i] = update_memory_bank(bank, out.memory_inputs[i], stack.memory.at(i));
-    } catch (const c10::OutOfMemoryError&) {
-      throw;
-    } catch (const c10::Error& e) {
-      fail(ErrorCode::kInternal, "memory bank of block ", i, ": ", e.what_without_backtrace());
-    }
+  for (const auto& entry : banks) {
+    const size_t i = entry.first;
+    next_banks[i] = library_call("memory bank of block " + std::to_string(i) + ": ", [&] {
+      return update_memory_bank(entry.second, out.memory_inputs[i], stack.memory.at(i));
+    });
   }
   // Each session keeps its own slice; copies, so that one session's state never pins the
   // whole batch's memory.
