@@ -453,10 +453,7 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
           timings_.memory_update_micros = batch.memory_update_micros;
           complete(std::move(outcome));
         };
-        auto wanted = [ctx = ctx_] {
-          return !ctx->IsCancelled() && ctx->deadline() > std::chrono::system_clock::now();
-        };
-        if (!batcher->submit(std::move(prepared), std::move(done), std::move(wanted))) {
+        if (!batcher->submit(std::move(prepared), std::move(done), [ctx = ctx_] { check_still_wanted(ctx); })) {
           fail(ErrorCode::kResourceExhausted, "server busy: the batch queue is full or the server is stopping");
         }
         handed_off = true;

@@ -1,7 +1,5 @@
 #include "server/segment_batcher.h"
 
-#include "server/service_error.h"
-
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -19,8 +17,8 @@ SegmentBatcher::SegmentBatcher(Options options, SessionStore& sessions, WorkerPo
 
 SegmentBatcher::~SegmentBatcher() { shutdown(); }
 
-bool SegmentBatcher::submit(PreparedSegment segment, Done done, Wanted wanted) {
-  Job job{std::move(segment), {}, std::move(done), std::move(wanted), Clock::now()};
+bool SegmentBatcher::submit(PreparedSegment segment, Done done, StillWanted still_wanted) {
+  Job job{std::move(segment), {}, std::move(done), std::move(still_wanted), Clock::now()};
   job.key = batch_key(job.segment);
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -78,18 +76,22 @@ void SegmentBatcher::loop() {
 
 void SegmentBatcher::run(std::vector<Job>& batch) {
   const auto start = Clock::now();
-  // Segments nobody waits for any more (cancelled, past their deadline) are answered without
-  // running; their leases go with them, their sessions unchanged.
-  auto unwanted = std::stable_partition(batch.begin(), batch.end(),
-                                        [](const Job& job) { return !job.wanted || job.wanted(); });
-  for (auto it = unwanted; it != batch.end(); ++it) {
-    it->segment = PreparedSegment{};
-    SegmentOutcome cancelled;
-    cancelled.error = std::make_exception_ptr(
-        ServiceError(ErrorCode::kCancelled, "the client cancelled the call or its deadline passed"));
-    it->done(std::move(cancelled), StageTimings{});
+  // Segments nobody waits for any more (cancelled, past their deadline) are answered with that
+  // error without running; their leases go with them, their sessions unchanged.
+  std::vector<Job> wanted;
+  wanted.reserve(batch.size());
+  for (Job& job : batch) {
+    try {
+      if (job.still_wanted) job.still_wanted();
+      wanted.push_back(std::move(job));
+    } catch (...) {
+      job.segment = PreparedSegment{};
+      SegmentOutcome dropped;
+      dropped.error = std::current_exception();
+      job.done(std::move(dropped), StageTimings{});
+    }
   }
-  batch.erase(unwanted, batch.end());
+  batch = std::move(wanted);
   if (batch.empty()) return;
   std::vector<PreparedSegment> segments;
   segments.reserve(batch.size());

@@ -43,8 +43,9 @@ class SegmentBatcher {
   /// Called once per segment with its outcome and the batch's timings (compute and memory
   /// update; queue_micros = time from submit() to the batch's start).
   using Done = std::function<void(SegmentOutcome, StageTimings)>;
-  /// Whether the segment's caller still wants it (checked just before its batch runs).
-  using Wanted = std::function<bool()>;
+  /// Throws (the error the segment then completes with) when its caller no longer wants it;
+  /// called just before its batch runs.
+  using StillWanted = std::function<void()>;
 
   SegmentBatcher(Options options, SessionStore& sessions, WorkerPool& completions, ServiceMetrics& metrics);
   ~SegmentBatcher();
@@ -52,9 +53,9 @@ class SegmentBatcher {
   SegmentBatcher& operator=(const SegmentBatcher&) = delete;
 
   /// Queues a prepared segment; false (and nothing queued; the lease is released) when the
-  /// queue is full or shutdown began. A segment whose `wanted` says no when its batch is formed
-  /// does not run: it completes with CANCELLED and its session is unchanged.
-  bool submit(PreparedSegment segment, Done done, Wanted wanted = {});
+  /// queue is full or shutdown began. A segment whose `still_wanted` throws when its batch is
+  /// formed does not run: it completes with that error and its session is unchanged.
+  bool submit(PreparedSegment segment, Done done, StillWanted still_wanted = {});
   /// Segments waiting now.
   size_t queued();
   /// Stops accepting, runs what is queued, joins. Idempotent.
@@ -65,7 +66,7 @@ class SegmentBatcher {
     PreparedSegment segment;
     std::vector<int64_t> key;
     Done done;
-    Wanted wanted;
+    StillWanted still_wanted;
     Clock::time_point submitted;
   };
   void loop();
