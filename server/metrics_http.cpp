@@ -1,5 +1,7 @@
 #include "server/metrics_http.h"
 
+#include "server/dial_address.h"
+
 #include "server/metrics.h"
 
 #include <civetweb.h>
@@ -93,7 +95,8 @@ void MetricsHttpServer::stop() {
     mg_stop(context_);
     stopped = true;
   });
-  const std::string host = address().substr(0, address().rfind(':'));
+  const std::string dial = address();
+  const std::string host = dial.substr(0, dial.rfind(':'));
   while (!stopped) {
     poke(host, port_);
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -102,10 +105,7 @@ void MetricsHttpServer::stop() {
   context_ = nullptr;
 }
 
-std::string MetricsHttpServer::address() const {
-  const bool wildcard = host_.empty() || host_ == "0.0.0.0" || host_ == "[::]";
-  return (wildcard ? "127.0.0.1" : host_) + ":" + std::to_string(port_);
-}
+std::string MetricsHttpServer::address() const { return dial_address(host_, port_); }
 
 int MetricsHttpServer::handle(mg_connection* conn, void* self_ptr) {
   auto* self = static_cast<MetricsHttpServer*>(self_ptr);

@@ -1,5 +1,6 @@
 #include "server/server.h"
 
+#include "server/dial_address.h"
 #include "server/log.h"
 #include "server/process_metrics.h"
 
@@ -144,10 +145,7 @@ bool Server::ready(std::string* reason) const {
   return false;
 }
 
-std::string Server::address() const {
-  const std::string host = host_ == "0.0.0.0" || host_ == "[::]" || host_.empty() ? "127.0.0.1" : host_;
-  return host + ":" + std::to_string(port_);
-}
+std::string Server::address() const { return dial_address(host_, port_); }
 
 void Server::expiry_loop() {
   const double ttl = config_.limits.session_idle_ttl_seconds;
