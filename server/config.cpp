@@ -56,6 +56,11 @@ class Mapping {
     bad(key(name), "must be one of " + list + ", got '" + value + "'");
   }
 
+  // `true` or `false` (exactly; other YAML spellings are refused with the choices named).
+  bool flag(const std::string& name, bool fallback) {
+    return choice(name, fallback ? "true" : "false", {"true", "false"}) == "true";
+  }
+
   int64_t integer(const std::string& name, int64_t fallback, int64_t min_value) {
     const YAML::Node n = get(name);
     if (!n) return fallback;
@@ -270,7 +275,7 @@ ServerConfig ServerConfig::parse(const std::string& yaml_text, const std::string
 
   if (m.has("metrics")) {
     Mapping x(m.get("metrics"), "metrics");
-    c.metrics.enabled = x.choice("enabled", c.metrics.enabled ? "true" : "false", {"true", "false"}) == "true";
+    c.metrics.enabled = x.flag("enabled", c.metrics.enabled);
     c.metrics.listen = x.string("listen", c.metrics.listen);
     check_listen_address(c.metrics.listen, "metrics.listen");
     x.finish();
@@ -278,7 +283,7 @@ ServerConfig ServerConfig::parse(const std::string& yaml_text, const std::string
 
   if (m.has("batching")) {
     Mapping x(m.get("batching"), "batching");
-    c.batching.enabled = x.choice("enabled", c.batching.enabled ? "true" : "false", {"true", "false"}) == "true";
+    c.batching.enabled = x.flag("enabled", c.batching.enabled);
     c.batching.max_batch_size = x.integer("max_batch_size", c.batching.max_batch_size, 1);
     if (c.batching.max_batch_size > 4096) bad("batching.max_batch_size", "must be <= 4096");
     c.batching.max_queue_delay_ms = x.number("max_queue_delay_ms", c.batching.max_queue_delay_ms, -1, 10000);
