@@ -72,14 +72,17 @@ class Mapping {
     return value;
   }
 
-  double number(const std::string& name, double fallback, double min_exclusive, double max_value) {
+  // A number in (min, max], or in [min, max] when `min_inclusive`.
+  double number(const std::string& name, double fallback, double min, double max_value,
+                bool min_inclusive = false) {
     const YAML::Node n = get(name);
     if (!n) return fallback;
     double value = 0;
-    if (!n.IsScalar() || !YAML::convert<double>::decode(n, value) || !(value > min_exclusive) ||
-        !(value <= max_value)) {
+    if (!n.IsScalar() || !YAML::convert<double>::decode(n, value) ||
+        !(min_inclusive ? value >= min : value > min) || !(value <= max_value)) {
       std::ostringstream m;
-      m << "must be a number > " << min_exclusive << " and <= " << max_value << ", got " << scalar_text(n);
+      m << "must be a number " << (min_inclusive ? ">= " : "> ") << min << " and <= " << max_value << ", got "
+        << scalar_text(n);
       bad(key(name), m.str());
     }
     return value;
@@ -286,8 +289,8 @@ ServerConfig ServerConfig::parse(const std::string& yaml_text, const std::string
     c.batching.enabled = x.flag("enabled", c.batching.enabled);
     c.batching.max_batch_size = x.integer("max_batch_size", c.batching.max_batch_size, 1);
     if (c.batching.max_batch_size > 4096) bad("batching.max_batch_size", "must be <= 4096");
-    c.batching.max_queue_delay_ms = x.number("max_queue_delay_ms", c.batching.max_queue_delay_ms, -1, 10000);
-    if (c.batching.max_queue_delay_ms < 0) bad("batching.max_queue_delay_ms", "must be a number >= 0 and <= 10000");
+    c.batching.max_queue_delay_ms =
+        x.number("max_queue_delay_ms", c.batching.max_queue_delay_ms, 0, 10000, /*min_inclusive=*/true);
     x.finish();
   }
 

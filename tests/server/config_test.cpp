@@ -85,6 +85,13 @@ TEST(ServerConfig, ErrorsNameTheOffendingKey) {
       {"stacks:\n  s:\n    spec: {dim: 16, blocks: [{type: strided, stride: two}]}\n", "stacks.s.spec: blocks[0].stride"},
       {"stacks: {}\n", "stacks: must map at least one stack"},
       {"listen: [1, 2\n", "not valid YAML"},
+      {"metrics: {listen: nowhere}\n" + s, "metrics.listen: must be host:port"},
+      {"metrics: {enabled: yes}\n" + s, "metrics.enabled: must be one of true, false, got 'yes'"},
+      {"metrics: {port: 9464}\n" + s, "metrics.port: unknown key"},
+      {"batching: {max_batch_size: 0}\n" + s, "batching.max_batch_size: must be an integer >= 1"},
+      {"batching: {max_batch_size: 5000}\n" + s, "batching.max_batch_size: must be <= 4096"},
+      {"batching: {max_queue_delay_ms: -1}\n" + s, "batching.max_queue_delay_ms: must be a number >= 0"},
+      {"batching: {enabled: on}\n" + s, "batching.enabled: must be one of true, false"},
   };
   for (const auto& [yaml, want] : cases) {
     const std::string got = error_of(yaml);
