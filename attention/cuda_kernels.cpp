@@ -131,39 +131,63 @@ at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Te
   return y;
 }
 
-bool window_attention_supported(int64_t head_dim, int64_t num_global) {
+bool local_global_supported(int64_t head_dim, int64_t num_global) {
   return kernels::cuda::window_attention_supported(head_dim, num_global);
 }
 
-at::Tensor window_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t half_window,
-                            const at::Tensor& global_positions) {
-  TORCH_CHECK(q.dim() == 3 && k.sizes() == q.sizes() && v.sizes() == q.sizes(),
-              "window_attention: q, k, v must be [G, n, hd] of one shape, got ", q.sizes(), ", ", k.sizes(), ", ",
-              v.sizes());
+at::Tensor local_global_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t half_window,
+                                  const std::vector<int64_t>& global_positions) {
+  TORCH_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes(),
+              "local_global_attention: q, k, v must be [B, H, n, hd] of one shape, got ", q.sizes(), ", ", k.sizes(),
+              ", ", v.sizes());
   TORCH_CHECK(q.is_cuda() && k.device() == q.device() && v.device() == q.device(),
-              "window_attention: q, k, v must be on one CUDA device");
+              "local_global_attention: q, k, v must be on one CUDA device");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-              "window_attention: q, k, v must have one dtype");
+              "local_global_attention: q, k, v must have one dtype");
+  TORCH_CHECK(static_cast<int64_t>(global_positions.size()) <= kernels::cuda::kMaxGlobalKeys,
+              "local_global_attention: at most ", kernels::cuda::kMaxGlobalKeys, " global tokens, got ",
+              global_positions.size());
   const c10::cuda::CUDAGuard device_guard(q.device());
-  const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
-  const auto gpos = global_positions.to(q.device(), at::kInt).contiguous();
-  auto out = at::empty_like(qc);
+  const int64_t batch = q.size(0), heads = q.size(1), n = q.size(2), hd = q.size(3);
+  auto out = at::empty({batch, n, heads, hd}, q.options());
   kernels::cuda::WindowAttentionArgs args;
-  args.dtype = element_type(q, "window_attention");
-  args.groups = q.size(0);
-  args.length = q.size(1);
-  args.head_dim = q.size(2);
+  args.dtype = element_type(q, "local_global_attention");
+  args.batch = batch;
+  args.heads = heads;
+  args.length = n;
+  args.head_dim = hd;
   args.half_window = half_window;
-  args.q = qc.data_ptr();
-  args.k = kc.data_ptr();
-  args.v = vc.data_ptr();
-  args.global_positions = gpos.numel() > 0 ? gpos.data_ptr<int32_t>() : nullptr;
-  args.num_global = gpos.numel();
-  args.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(q.size(2))));
   args.out = out.data_ptr();
+  args.out_strides = {n * heads * hd, hd, heads * hd};
+  // Operands are read in place when the kernels can address them (head_dim contiguous,
+  // 16-byte aligned rows); otherwise from a contiguous copy.
+  const int64_t per_vector = 16 / static_cast<int64_t>(q.element_size());
+  auto readable = [&](const at::Tensor& t) {
+    const bool ok = t.stride(3) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 &&
+                    t.stride(0) % per_vector == 0 && t.stride(1) % per_vector == 0 && t.stride(2) % per_vector == 0;
+    return ok ? t : t.clone(at::MemoryFormat::Contiguous);
+  };
+  const auto qr = readable(q), kr = readable(k), vr = readable(v);
+  args.q = qr.data_ptr();
+  args.q_strides = {qr.stride(0), qr.stride(1), qr.stride(2)};
+  args.k = kr.data_ptr();
+  args.k_strides = {kr.stride(0), kr.stride(1), kr.stride(2)};
+  args.v = vr.data_ptr();
+  args.v_strides = {vr.stride(0), vr.stride(1), vr.stride(2)};
+  args.globals.count = static_cast<int32_t>(global_positions.size());
+  for (size_t i = 0; i < global_positions.size(); ++i) {
+    args.globals.positions[i] = static_cast<int32_t>(global_positions[i]);
+  }
+  args.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   args.stream = at::cuda::getCurrentCUDAStream().stream();
-  launch("window_attention", [&] { kernels::cuda::window_attention(args); });
-  return out;
+  at::Tensor workspace;
+  const size_t scratch = kernels::cuda::window_attention_workspace_bytes(args);
+  if (scratch > 0) {
+    workspace = at::empty({static_cast<int64_t>(scratch)}, q.options().dtype(at::kByte));
+    args.workspace = workspace.data_ptr();
+  }
+  launch("local_global_attention", [&] { kernels::cuda::window_attention(args); });
+  return out.transpose(1, 2);
 }
 
 }  // namespace hvlm::cuda

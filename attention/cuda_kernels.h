@@ -8,17 +8,19 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace hvlm::cuda {
 
-/// Whether window_attention handles q of shape [G, n, head_dim] with `num_global` global keys.
-bool window_attention_supported(int64_t head_dim, int64_t num_global);
+/// Whether local_global_attention handles this head dim and number of global tokens.
+bool local_global_supported(int64_t head_dim, int64_t num_global);
 
-/// The local part of LocalGlobalAttention for non-global queries: q, k, v [G, n, hd] on one
-/// CUDA device, one floating dtype; `global_positions` the sorted int64 positions (any device).
-/// Returns [G, n, hd]; rows of global queries are to be overwritten by the caller.
-at::Tensor window_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t half_window,
-                            const at::Tensor& global_positions);
+/// LocalGlobalAttention's whole core on CUDA: q, k, v [B, H, n, hd] on one CUDA device, one
+/// floating dtype, any strides with hd contiguous (e.g. the projections' head views);
+/// `global_positions` sorted, distinct, in [0, n). Returns [B, H, n, hd], a transposed view of
+/// a contiguous [B, n, H, hd] tensor (so merging the heads afterwards is a free view).
+at::Tensor local_global_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t half_window,
+                                  const std::vector<int64_t>& global_positions);
 
 /// exp(u - shift[..., None]) + add for u [..., m] (one pass): the tail of Performer's softmax
 /// feature map. `shift` [...] is float32 on u's device. Returns a tensor like u.

@@ -32,6 +32,16 @@ at::Tensor global_positions(int64_t n, int64_t num_global_tokens, const at::Devi
   return at::div(at::arange(num_global_tokens, opts) * n, num_global_tokens, "floor");
 }
 
+std::vector<int64_t> global_position_list(int64_t n, int64_t num_global_tokens) {
+  std::vector<int64_t> out;
+  if (num_global_tokens <= 0 || n <= 0) return out;
+  const int64_t count = std::min(num_global_tokens, n);
+  out.reserve(static_cast<size_t>(count));
+  // floor(t * n / g), as global_positions; with g >= n that is every position.
+  for (int64_t t = 0; t < count; ++t) out.push_back(count == n ? t : t * n / num_global_tokens);
+  return out;
+}
+
 at::Tensor local_global_attention_core(const at::Tensor& q, const at::Tensor& k,
                                        const at::Tensor& v, int64_t local_window,
                                        int64_t num_global_tokens, int64_t block_size) {
@@ -123,17 +133,13 @@ at::Tensor LocalGlobalAttentionImpl::attention_core(const at::Tensor& q, const a
   const int64_t n = q.size(2), hd = q.size(3);
   const int64_t w = options.local_window(), ng = std::min(options.num_global_tokens(), n);
 #if HVLM_WITH_CUDA
-  // On a GPU: our sliding-window kernel for every query, then dense rows for the global
-  // queries (which attend to all keys) written over theirs. No n x n or block masks.
-  const auto gpos = global_positions(n, options.num_global_tokens(), q.device());
-  if (q.is_cuda() && cuda::window_attention_supported(hd, gpos.size(0))) {
-    const int64_t groups = q.size(0) * q.size(1);
-    const auto qf = q.reshape({groups, n, hd}), kf = k.reshape({groups, n, hd}), vf = v.reshape({groups, n, hd});
-    auto out = cuda::window_attention(qf, kf, vf, w / 2, gpos);
-    if (gpos.size(0) > 0) {
-      out.index_copy_(1, gpos, dense_attention(qf.index_select(1, gpos), kf, vf));
+  // On a GPU: our kernels compute the whole core straight from the (strided) head views, and
+  // the result is a view of a [B, n, H, hd] tensor, so merging the heads after it is free.
+  if (q.is_cuda()) {
+    const auto positions = global_position_list(n, options.num_global_tokens());
+    if (cuda::local_global_supported(hd, static_cast<int64_t>(positions.size()))) {
+      return cuda::local_global_attention(q, k, v, w / 2, positions);
     }
-    return out.view(q.sizes());
   }
 #endif
   const int64_t npad = n + w;  // upper bound of the padded length

@@ -12,11 +12,15 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
 
+#include <vector>
+
 namespace hvlm {
 
 // The sorted, distinct global positions {floor(t * n / g) : t < g} (empty when g == 0), an
 // int64 tensor on `device` (computed there: no copy, no synchronisation).
 at::Tensor global_positions(int64_t n, int64_t num_global_tokens, const at::Device& device = at::kCPU);
+// The same positions as a host list (what the CUDA kernels take by value).
+std::vector<int64_t> global_position_list(int64_t n, int64_t num_global_tokens);
 
 // The attention core on q, k, v [G, n, hd] -> [G, n, hd]. `block_size` 0 picks one.
 at::Tensor local_global_attention_core(const at::Tensor& q, const at::Tensor& k,

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import yaml
 
@@ -43,7 +44,38 @@ def start_server(build, config, tmp):
             raise RuntimeError("hvlm-server did not start; see " + log.name)
         time.sleep(0.1)
     with open(ready) as f:
-        return proc, f.readline().strip()  # the gRPC address; the metrics one follows
+        lines = f.read().split()
+    return proc, lines[0], (lines[1] if len(lines) > 1 else "")  # gRPC and metrics addresses
+
+
+def stage_totals(metrics_address):
+    """{series: (sum seconds, count)} of the server's stage and batch-size histograms now."""
+    totals = {}
+    if not metrics_address:
+        return totals
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        for kind in ("_sum", "_count"):
+            for family in ("hvlm_stage_duration_seconds", "hvlm_batch_size"):
+                if line.startswith(family + kind):
+                    name, value = line.rsplit(" ", 1)
+                    label = name[len(family + kind):]
+                    stage = label.split('stage="')[1].split('"')[0] if 'stage="' in label else "batch_size"
+                    total, count = totals.get(stage, (0.0, 0.0))
+                    totals[stage] = (total + float(value), count) if kind == "_sum" else (total, count + float(value))
+    return totals
+
+
+def stage_means(before, after):
+    """Mean per stage (ms; the batch size as is) over what happened between two stage_totals."""
+    means = {}
+    for stage, (total, count) in after.items():
+        total0, count0 = before.get(stage, (0.0, 0.0))
+        if count > count0:
+            scale = 1.0 if stage == "batch_size" else 1e3
+            means[stage] = round(scale * (total - total0) / (count - count0), 3)
+    return means
 
 
 def config_with_batching(config, enabled, tmp):
@@ -74,6 +106,9 @@ def main():
     ap.add_argument("--duration", type=float, default=0,
                     help="seconds of load per session count (default: 60 segments in all)")
     ap.add_argument("--skip-in-process", action="store_true")
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="unmeasured segments per session first (the memory banks fill during the first "
+                         "capacity / tokens_per_segment segments; 20 covers the default stacks)")
     args = ap.parse_args()
 
     results = {"machine": os.uname().nodename, "cores": os.cpu_count(), "segment_tokens": args.segment,
@@ -87,16 +122,19 @@ def main():
                  "--stack", args.stack, "--segment", str(args.segment), "--segments", "60", "--json", out], out)
         for batching in modes:
             config = args.config if batching is None else config_with_batching(args.config, batching, tmp)
-            proc, address = start_server(args.build, config, tmp)
+            proc, address, metrics_address = start_server(args.build, config, tmp)
             try:
                 for n in [int(s) for s in args.sessions.split(",")]:
                     out = os.path.join(tmp, f"load{n}.json")
                     amount = (["--duration", str(args.duration)] if args.duration > 0 else
                               ["--segments-per-session", str(max(3, 60 // n))])
+                    before = stage_totals(metrics_address)
                     run = run_json([os.path.join(args.build, "client", "hvlm-client"), "load", "--server", address,
                                     "--stack", args.stack, "--sessions", str(n), "--segment", str(args.segment),
-                                    *amount, "--json", out], out)
+                                    "--warmup", str(args.warmup), *amount, "--json", out], out)
                     run["batching"] = batching
+                    # Server-side means over the run (warm-up included): where a segment's time goes.
+                    run["server_stage_means"] = stage_means(before, stage_totals(metrics_address))
                     results["runs"].append(run)
             finally:
                 proc.send_signal(signal.SIGTERM)
@@ -110,6 +148,8 @@ def main():
         print(f"| {mode} | {r['sessions']} | {r['segments']} | {r['segments_per_second']:.1f} | {lat['p50']:.2f} | "
               f"{lat['p90']:.2f} | {lat['p99']:.2f} | {r.get('server_compute_ms', {}).get('p50', float('nan')):.2f} "
               f"| {r['errors']} |")
+    for r in results["runs"]:
+        print(f"server stage means, batching {r['batching']}, {r['sessions']} sessions: {r.get('server_stage_means')}")
     if "in_process" in results:
         base = results["in_process"]["latency_ms"]["p50"]
         single = next(r for r in results["runs"] if r["sessions"] == 1)
