@@ -5,7 +5,7 @@
 #   scripts/gpu-bench.sh build test        # build, then the C++ suites (incl. Cuda.*)
 set -euo pipefail
 out=${OUT:-/tmp/hvlm-gpu}
-mkdir -p "$out"
+mkdir -p "$out" build-cuda
 stages=${*:-build kernels test bench service}
 has() { [[ " $stages " == *" $1 "* ]]; }
 source .gpu-deps/activate.sh
@@ -22,12 +22,25 @@ if has build; then
   echo "build ok in $(( $(date +%s) - start )) s"
 fi
 if has kernels; then
-  nvcc -std=c++17 -O3 -arch=sm_90 -I. -o build-cuda/mamba_kernels_check tests/cuda/mamba_kernels_check.cu \
-    attention/cuda/mamba_kernels.cu > "$out/kernels-build.log" 2>&1 || { tail -30 "$out/kernels-build.log"; exit 1; }
-  ./build-cuda/mamba_kernels_check > "$out/kernels-check.log" 2>&1 || echo "mamba_kernels_check FAILED"
-  tail -25 "$out/kernels-check.log"
-  ./build-cuda/mamba_kernels_check --bench > "$out/kernels-bench.log" 2>&1 || echo "mamba_kernels_check --bench failed"
-  tail -8 "$out/kernels-bench.log"
+  # Each standalone kernel check (tests/cuda/X_check.cu against attention/cuda/X.cu, no
+  # LibTorch): compiled in parallel, then its correctness cases and its --bench.
+  checks=$(ls tests/cuda/*_check.cu)
+  for check in $checks; do
+    name=$(basename "$check" _check.cu)
+    nvcc -std=c++17 -O3 -arch=sm_90 -I. -o "build-cuda/${name}_check" "$check" "attention/cuda/${name}.cu" \
+      > "$out/${name}-build.log" 2>&1 &
+  done
+  wait
+  for check in $checks; do
+    name=$(basename "$check" _check.cu)
+    if [[ ! -x "build-cuda/${name}_check" ]]; then
+      echo "${name}_check: build FAILED"; tail -20 "$out/${name}-build.log"; continue
+    fi
+    "./build-cuda/${name}_check" > "$out/${name}-check.log" 2>&1 || echo "${name}_check FAILED"
+    grep -E "FAIL|PASSED|failed" "$out/${name}-check.log" | tail -12
+    "./build-cuda/${name}_check" --bench > "$out/${name}-bench.log" 2>&1 || echo "${name}_check --bench failed"
+    grep -E "^bench|us|ms" "$out/${name}-bench.log" | tail -8
+  done
 fi
 if has test; then
   # The C++ suites (the Python and end-to-end suites need Debian's python3 packages).
@@ -40,8 +53,11 @@ if has bench; then
   tail -40 "$out/gpu-bench.log"
 fi
 if has service; then
-  python3 bench/service_bench.py --build build-cuda --config configs/gpu.yaml --sessions 1,64,256 \
-    --batching both --duration 8 --skip-in-process --json "$out/service-gpu.json" > "$out/service.log" 2>&1 \
-    || echo "service benchmark failed"
-  tail -14 "$out/service.log"
+  # Warm-up 20 segments per session: the banks (capacity 256, 16 tokens per segment) fill
+  # during a session's first 16 segments, each of which is a new shape; the figures are the
+  # steady state after that.
+  python3 bench/service_bench.py --build build-cuda --config configs/gpu.yaml --sessions ${SERVICE_SESSIONS:-1,64,256} \
+    --batching ${SERVICE_BATCHING:-both} --duration 8 --warmup ${SERVICE_WARMUP:-20} --skip-in-process \
+    --json "$out/service-gpu.json" > "$out/service.log" 2>&1 || echo "service benchmark failed"
+  tail -20 "$out/service.log"
 fi
