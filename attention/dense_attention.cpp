@@ -15,6 +15,12 @@ constexpr int64_t kFusedMinQueries = 32;
 
 }  // namespace
 
+void prefer_flash_attention() {
+#if HVLM_TORCH_AT_LEAST(2, 4)
+  at::globalContext().setSDPUseCuDNN(false);
+#endif
+}
+
 at::Tensor dense_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const at::Tensor& allowed) {
 #if HVLM_HAS_SDPA

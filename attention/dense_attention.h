@@ -16,6 +16,12 @@ namespace hvlm {
 // `allowed`, when defined, is a bool tensor broadcastable to [..., Tq, Tk]: key j is visible to
 // query i iff allowed[i, j]. Each query must see at least one key. Without a mask, on CUDA
 // with LibTorch >= 2.0, this runs at::scaled_dot_product_attention (fused kernels).
+// Makes LibTorch's scaled_dot_product_attention leave out cuDNN's fused attention, process-wide
+// (a no-op before LibTorch 2.4). cuDNN builds an execution plan for every new shape, measured at
+// ~65 ms per new shape on an H200 with LibTorch 2.11; a server meets a new shape with every batch
+// size and memory length, and flash attention has no per-shape setup. Call before serving.
+void prefer_flash_attention();
+
 at::Tensor dense_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const at::Tensor& allowed = {});
 

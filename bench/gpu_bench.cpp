@@ -121,6 +121,7 @@ int main(int argc, char** argv) {
   const at::ScalarType dtype = dtype_name == "float32" ? at::kFloat : dtype_name == "float16" ? at::kHalf : at::kBFloat16;
   const double elem = dtype == at::kFloat ? 4 : 2;
   c10::InferenceMode guard;
+  hvlm::prefer_flash_attention();  // as hvlm-server does on a GPU
   const auto props = at::cuda::getCurrentDeviceProperties();
   const Ceilings ceil = measure_ceilings(dtype);
   std::printf("device %s, %d SMs; matmul %.0f TFLOP/s, copy %.0f GB/s (%s)\n", props->name, props->multiProcessorCount,

@@ -2,6 +2,8 @@
 
 #include "server/service_error.h"
 
+#include "attention/batch_split.h"
+
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
@@ -138,24 +140,46 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
 
   auto start = Clock::now();
   StackOutput out = run_stack(stack, x, memories, states);
-  const at::Tensor y = out.y.to(at::kCPU);  // one copy for the whole batch; waits for the device
-  if (timings) timings->compute_micros = micros_since(start);
+  const int64_t forward_micros = micros_since(start);
 
+  // The memory updates and each session's copies of its banks and states are queued behind the
+  // forward pass on the device, so on a GPU the CPU issues them while the device computes; the
+  // copy of y then waits for all of it.
   start = Clock::now();
   std::map<size_t, MemoryBank> next_banks;
   for (const auto& entry : banks) {
     const size_t i = entry.first;
+    // The session's banks come from these updates or from an import that checked their counts,
+    // so the value check (a wait for the device) is left out.
     next_banks[i] = library_call("memory bank of block " + std::to_string(i) + ": ", [&] {
-      return update_memory_bank(entry.second, out.memory_inputs[i], stack.memory.at(i));
+      return update_memory_bank(entry.second, out.memory_inputs[i], stack.memory.at(i), /*check_counts=*/false);
     });
   }
-  // Each session keeps its own slice; copies, so that one session's state never pins the
-  // whole batch's memory.
-  auto slice = [&](const at::Tensor& t, int64_t row, int64_t count) {
-    return single ? t : t.narrow(0, row, count).clone();
+  // Each session keeps its own copy of its rows, so that one session's state never pins the
+  // whole batch's memory (all sessions' copies of one tensor are one multi-tensor copy).
+  auto split = [&](const at::Tensor& t) {
+    return single ? std::vector<at::Tensor>{t} : split_batch_copies(t, rows);
   };
+  std::map<size_t, std::vector<at::Tensor>> bank_tokens, bank_counts, conv_states, ssm_states;
+  library_call("splitting the batch: ", [&] {
+    for (const auto& [i, bank] : next_banks) {
+      bank_tokens[i] = split(bank.tokens);
+      bank_counts[i] = split(bank.counts);
+    }
+    for (size_t i : stack.mamba_blocks) {
+      conv_states[i] = split(out.states[i].conv_state);
+      ssm_states[i] = split(out.states[i].ssm_state);
+    }
+    return 0;
+  });
+  const int64_t update_micros = micros_since(start);
+  start = Clock::now();
+  const at::Tensor y = out.y.to(at::kCPU);  // one copy for the whole batch; waits for the device
+  if (timings) timings->compute_micros = forward_micros + micros_since(start);
+
+  start = Clock::now();
   // From here on each segment succeeds or fails alone: a failure (its memory budget, its
-  // session closed meanwhile, a failed copy) must not touch the segments already committed.
+  // session closed meanwhile) must not touch the segments already committed.
   int64_t row = 0;
   for (size_t j = 0; j < segments.size(); ++j) {
     PreparedSegment& segment = segments[j];
@@ -164,13 +188,10 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
       next.batch = segment.lease->state().batch;
       SegmentResult& result = outcomes[j].result;
       for (const auto& [i, bank] : next_banks) {
-        next.banks[i] = {slice(bank.tokens, row, rows[j]), slice(bank.counts, row, rows[j])};
+        next.banks[i] = {bank_tokens[i][j], bank_counts[i][j]};
         result.bank_lengths.push_back(bank.tokens.size(1));
       }
-      for (size_t i : stack.mamba_blocks) {
-        next.states[i] = {slice(out.states[i].conv_state, row, rows[j]),
-                          slice(out.states[i].ssm_state, row, rows[j])};
-      }
+      for (size_t i : stack.mamba_blocks) next.states[i] = {conv_states[i][j], ssm_states[i][j]};
       result.output = single ? y : y.narrow(0, row, rows[j]);
       result.sequence = segment.lease->sequence();
       result.stack = &stack;
@@ -180,7 +201,7 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
     }
     row += rows[j];
   }
-  if (timings) timings->memory_update_micros = micros_since(start);
+  if (timings) timings->memory_update_micros = update_micros + micros_since(start);
   return outcomes;
 }
 

@@ -155,8 +155,8 @@ ExportedSession import_session(const std::string& bytes, const StackRegistry& st
       const std::string p = "banks." + std::to_string(i);
       at::Tensor tokens = take(tensors, p + ".tokens", {b, -1, stack->dim()}, stack->dtype);
       at::Tensor counts = take(tensors, p + ".counts", {b, tokens.size(1)}, at::kFloat);
-      if (counts.numel() > 0 && !(counts > 0).all().item<bool>()) {
-        fail(ErrorCode::kInvalidArgument, "session state: tensor '", p, ".counts' must be positive");
+      if (counts.numel() > 0 && !at::logical_and(counts > 0, at::isfinite(counts)).all().item<bool>()) {
+        fail(ErrorCode::kInvalidArgument, "session state: tensor '", p, ".counts' must be positive and finite");
       }
       const int64_t capacity = stack->memory.at(i).capacity;
       if (tokens.size(1) > capacity) {

@@ -1,5 +1,6 @@
 #include "server/stack_registry.h"
 
+#include "attention/dense_attention.h"
 #include "attention/weights.h"
 
 #include <ATen/ATen.h>
@@ -132,6 +133,7 @@ c10::Device resolve_device(const std::string& name) {
 std::unique_ptr<StackRegistry> StackRegistry::create(const ServerConfig& config) {
   std::unique_ptr<StackRegistry> registry(new StackRegistry());
   registry->device_ = resolve_device(config.device);
+  if (registry->device_.is_cuda()) prefer_flash_attention();  // no per-shape setup (dense_attention.h)
   const c10::ScalarType dtype = parse_dtype(config.dtype);
   if (registry->device_.is_cpu() && dtype != c10::kFloat) {
     throw ConfigError("dtype: " + config.dtype + " needs a CUDA device; on cpu use float32");
