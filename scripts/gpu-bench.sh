@@ -17,7 +17,7 @@ python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.versio
 if has build; then
   start=$(date +%s)
   cmake -S . -B build-cuda -G Ninja $HVLM_CMAKE_ARGS > "$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
-  grep "hvlm:" "$out/configure.log"
+  grep "hvlm:" "$out/configure.log" || true
   cmake --build build-cuda -j "$(nproc)" > "$out/build.log" 2>&1 || { grep -E "error" -A6 "$out/build.log" | head -80; exit 1; }
   echo "build ok in $(( $(date +%s) - start )) s"
 fi
@@ -37,15 +37,15 @@ if has kernels; then
       echo "${name}_check: build FAILED"; tail -20 "$out/${name}-build.log"; continue
     fi
     "./build-cuda/${name}_check" > "$out/${name}-check.log" 2>&1 || echo "${name}_check FAILED"
-    grep -E "FAIL|PASSED|failed" "$out/${name}-check.log" | tail -12
+    grep -E "FAIL|PASS.*fail|PASSED|failed" "$out/${name}-check.log" | tail -12 || true
     "./build-cuda/${name}_check" --bench > "$out/${name}-bench.log" 2>&1 || echo "${name}_check --bench failed"
-    grep -E "^bench|us|ms" "$out/${name}-bench.log" | tail -8
+    grep -E "bench" "$out/${name}-bench.log" | tail -8 || true
   done
 fi
 if has test; then
   # The C++ suites (the Python and end-to-end suites need Debian's python3 packages).
   (cd build-cuda && ctest -j 8 -L 'cpp|server|client' -E 'Parity' --output-on-failure > "$out/ctest.log" 2>&1) || true
-  grep -E "tests passed|Failed|SEGFAULT|Exception" "$out/ctest.log" | head -30
+  grep -E "tests passed|Failed|SEGFAULT|Exception" "$out/ctest.log" | head -30 || true
   (cd build-cuda && ./tests/cpp/hvlm_attention_tests --gtest_filter='Cuda.*' 2>&1 | tail -30)
 fi
 if has bench; then

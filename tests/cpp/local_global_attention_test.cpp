@@ -79,7 +79,7 @@ TEST(LocalGlobalAttention, GlobalPositionsOfAHugeGlobalCountCostOnlyN) {
 
 TEST(LocalGlobalAttention, GlobalPositionListIsTheSamePositionsOnTheHost) {
   for (int64_t n : {1, 2, 5, 9, 16, 8192}) {
-    for (int64_t g : {0, 1, 3, 4, 8, 17, 40, int64_t{1} << 40}) {
+    for (int64_t g : std::vector<int64_t>{0, 1, 3, 4, 8, 17, 40, int64_t{1} << 40}) {
       EXPECT_EQ(global_position_list(n, g), to_vector(global_positions(n, g))) << "n=" << n << " g=" << g;
     }
   }
