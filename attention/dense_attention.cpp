@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -29,7 +30,15 @@ at::Tensor dense_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   // With few queries (the global rows of local_global) the fused kernels would run one block
   // per (batch, head) over all keys; the plain product below spreads over the keys instead.
   if (!allowed.defined() && q.is_cuda() && q.size(-2) >= kFusedMinQueries) {
-    auto as4d = [](const at::Tensor& t) { return t.reshape({-1, 1, t.size(-2), t.size(-1)}); };
+    // [batch, heads, T, hd] as is, whatever its strides (SDPA reads strided batch, head and
+    // token dims, so the head views of the callers need no copy); [G, T, hd] as one head.
+    auto as4d = [](const at::Tensor& t) {
+      const auto strides = t.strides();
+      const bool broadcast = std::find(strides.begin(), strides.end(), 0) != strides.end();
+      if (!broadcast && t.dim() == 4) return t;
+      if (!broadcast && t.dim() == 3) return t.unsqueeze(1);  // (an expanded batch is copied)
+      return t.reshape({-1, 1, t.size(-2), t.size(-1)});
+    };
     auto out = at::scaled_dot_product_attention(as4d(q), as4d(k), as4d(v));
     auto shape = q.sizes().vec();
     shape.back() = v.size(-1);

@@ -472,16 +472,30 @@ __host__ __device__ constexpr int partial_floats() {
   return HD + 2;
 }
 
-// One CTA per (group, chunk of keys): an online softmax of every global query over the chunk.
-// Scores: thread t takes key (t % 64) of the tile against global queries 8 (t / 64) .. + 7;
-// then warp w owns queries w, w + 4, w + 8, w + 12, its lanes spread over the dims.
+// Dynamic shared memory of global_rows_partial: one tile of K and one of V, padded rows.
+template <typename T, int HD>
+constexpr size_t global_tile_bytes() {
+  return 2 * static_cast<size_t>(kGlobalTile) * fma_row_stride<T, HD>() * sizeof(T);
+}
+
+// One CTA per (group, chunk of keys): an online softmax of every global query over the chunk,
+// 64 keys at a time. Each tile of K and V is staged in shared memory with coalesced 16-byte
+// loads (rows padded by one 32-bit word, so the score loop's 64 threads reading 64 different
+// rows are free of bank conflicts). Scores: thread t takes key (t % 64) against global queries
+// 8 (t / 64) .. + 7; then warp w owns queries w, w + 4, w + 8, w + 12, its lanes over the dims.
 template <typename T, int HD>
 __global__ void __launch_bounds__(kGlobalThreads) global_rows_partial(Operands<T> ops, int heads, int length,
                                                                       int chunk_length, float scale_log2,
                                                                       GlobalKeys globals, float* workspace) {
   constexpr int kLaneDims = (HD + 31) / 32;
+  constexpr int kStride = fma_row_stride<T, HD>();  // HD + one 32-bit word
+  constexpr int kRowWords = kStride * static_cast<int>(sizeof(T)) / 4;
+  constexpr int kVectorsPerRow = HD * static_cast<int>(sizeof(T)) / 16;
   __shared__ float q_s[kMaxGlobalKeys][HD];
   __shared__ float p_s[kMaxGlobalKeys][kGlobalTile];
+  extern __shared__ __align__(16) unsigned char tile_raw[];  // global_tile_bytes<T, HD>()
+  T* k_s = reinterpret_cast<T*>(tile_raw);
+  T* v_s = k_s + kGlobalTile * kStride;
 
   const int group = static_cast<int>(blockIdx.x), chunk = static_cast<int>(blockIdx.y);
   const int chunks = static_cast<int>(gridDim.y);
@@ -509,13 +523,30 @@ __global__ void __launch_bounds__(kGlobalThreads) global_rows_partial(Operands<T
     for (int c = 0; c < kLaneDims; ++c) o[i][c] = 0.0f;
   }
 
+  uint32_t* k_words = reinterpret_cast<uint32_t*>(k_s);
+  uint32_t* v_words = reinterpret_cast<uint32_t*>(v_s);
   for (int tile = begin; tile < end; tile += kGlobalTile) {
-    __syncthreads();  // q_s is written / the previous tile's p_s is no longer read
-    const int key = tile + key_slot;
+    const int tile_keys = min(kGlobalTile, end - tile);
+    __syncthreads();  // q_s is written / the previous tile is no longer read
+    for (int idx = threadIdx.x; idx < tile_keys * kVectorsPerRow; idx += kGlobalThreads) {
+      const int row = idx / kVectorsPerRow, vec = idx % kVectorsPerRow;
+      const uint4 kk = reinterpret_cast<const uint4*>(k + (tile + row) * k_token)[vec];
+      const uint4 vv = reinterpret_cast<const uint4*>(v + (tile + row) * v_token)[vec];
+      const int at = row * kRowWords + vec * 4;
+      k_words[at] = kk.x;
+      k_words[at + 1] = kk.y;
+      k_words[at + 2] = kk.z;
+      k_words[at + 3] = kk.w;
+      v_words[at] = vv.x;
+      v_words[at + 1] = vv.y;
+      v_words[at + 2] = vv.z;
+      v_words[at + 3] = vv.w;
+    }
+    __syncthreads();
     float dot[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    if (key < end) {
-      const T* k_row = k + key * k_token;
-#pragma unroll
+    if (key_slot < tile_keys) {
+      const T* k_row = k_s + key_slot * kStride;
+#pragma unroll 8
       for (int d = 0; d < HD; d += 2) {
         const float2 kk = load_pair(k_row + d);
 #pragma unroll
@@ -527,7 +558,7 @@ __global__ void __launch_bounds__(kGlobalThreads) global_rows_partial(Operands<T
     }
 #pragma unroll
     for (int g = 0; g < 8; ++g) {
-      p_s[8 * query_half + g][key_slot] = key < end && 8 * query_half + g < count ? dot[g] : -INFINITY;
+      p_s[8 * query_half + g][key_slot] = key_slot < tile_keys && 8 * query_half + g < count ? dot[g] : -INFINITY;
     }
     __syncthreads();
 
@@ -554,9 +585,9 @@ __global__ void __launch_bounds__(kGlobalThreads) global_rows_partial(Operands<T
       for (int c = 0; c < kLaneDims; ++c) o[i][c] *= alpha;
     }
     __syncwarp();
-    const int tile_keys = min(kGlobalTile, end - tile);
+#pragma unroll 4
     for (int j = 0; j < tile_keys; ++j) {
-      const T* v_row = v + (tile + j) * v_token;
+      const T* v_row = v_s + j * kStride;
       float vals[kLaneDims];
 #pragma unroll
       for (int c = 0; c < kLaneDims; ++c) {
@@ -628,8 +659,9 @@ Operands<T> operands(const WindowAttentionArgs& a) {
 
 int64_t groups_of(const WindowAttentionArgs& a) { return a.batch * a.heads; }
 
-// Chunks of keys per group for the global rows: about two CTAs per SM in all, at least 64
-// keys each. Returns {chunks, chunk_length}.
+// Chunks of keys per group for the global rows: about eight CTAs per SM in all (enough loads
+// in flight to stream K and V at full bandwidth), at least 64 keys each. Returns {chunks,
+// chunk_length}.
 std::pair<int, int> global_chunks(const WindowAttentionArgs& a) {
   int device = 0, sms = 132;
   if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
@@ -637,7 +669,7 @@ std::pair<int, int> global_chunks(const WindowAttentionArgs& a) {
   }
   const int64_t groups = std::max<int64_t>(1, groups_of(a));
   const int64_t max_chunks = (a.length + kGlobalTile - 1) / kGlobalTile;
-  const int64_t wanted = std::clamp<int64_t>((2LL * sms + groups - 1) / groups, 1, std::max<int64_t>(1, max_chunks));
+  const int64_t wanted = std::clamp<int64_t>((8LL * sms + groups - 1) / groups, 1, std::max<int64_t>(1, max_chunks));
   const int64_t chunk_length = (a.length + wanted - 1) / wanted;
   const int64_t chunks = (a.length + chunk_length - 1) / chunk_length;
   return {static_cast<int>(chunks), static_cast<int>(chunk_length)};
@@ -681,9 +713,16 @@ void launch_global_rows(const WindowAttentionArgs& a, float scale_log2, cudaStre
   const auto [chunks, chunk_length] = global_chunks(a);
   const auto ops = operands<T>(a);
   float* workspace = static_cast<float*>(a.workspace);
-  global_rows_partial<T, HD><<<dim3(static_cast<unsigned>(groups_of(a)), static_cast<unsigned>(chunks)), kGlobalThreads, 0,
-                               stream>>>(ops, static_cast<int>(a.heads), static_cast<int>(a.length), chunk_length,
-                                         scale_log2, a.globals, workspace);
+  constexpr size_t kTileBytes = global_tile_bytes<T, HD>();
+  auto partial = global_rows_partial<T, HD>;
+  if (kTileBytes > 48 * 1024) {
+    const cudaError_t status = cudaFuncSetAttribute(partial, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kTileBytes));
+    if (status != cudaSuccess) {
+      throw std::runtime_error(std::string("window_attention: shared memory opt-in failed: ") + cudaGetErrorString(status));
+    }
+  }
+  partial<<<dim3(static_cast<unsigned>(groups_of(a)), static_cast<unsigned>(chunks)), kGlobalThreads, kTileBytes, stream>>>(
+      ops, static_cast<int>(a.heads), static_cast<int>(a.length), chunk_length, scale_log2, a.globals, workspace);
   check_launch("global rows");
   const int threads = std::max(32, HD);
   global_rows_merge<T, HD><<<dim3(static_cast<unsigned>(groups_of(a)), static_cast<unsigned>(a.globals.count)), threads, 0,
