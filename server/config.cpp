@@ -291,8 +291,6 @@ ServerConfig ServerConfig::parse(const std::string& yaml_text, const std::string
     if (c.batching.max_batch_size > 4096) bad("batching.max_batch_size", "must be <= 4096");
     c.batching.max_queue_delay_ms =
         x.number("max_queue_delay_ms", c.batching.max_queue_delay_ms, 0, 10000, /*min_inclusive=*/true);
-    c.batching.concurrent_passes = x.integer("concurrent_passes", c.batching.concurrent_passes, 1);
-    if (c.batching.concurrent_passes > 8) bad("batching.concurrent_passes", "must be <= 8");
     x.finish();
   }
 

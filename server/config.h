@@ -60,9 +60,6 @@ struct BatchingConfig {
   int64_t max_batch_size = 32;
   /// Longest a segment waits for others to join its batch, milliseconds.
   double max_queue_delay_ms = 2;
-  /// Batched passes that may run at once (1..8). On a GPU each runs on its own CUDA stream, so
-  /// one pass's LibTorch ops are issued while the device computes another.
-  int64_t concurrent_passes = 1;
 };
 
 struct StackConfig {

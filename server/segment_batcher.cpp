@@ -9,13 +9,10 @@ namespace hvlm {
 SegmentBatcher::SegmentBatcher(Options options, SessionStore& sessions, WorkerPool& completions,
                                ServiceMetrics& metrics)
     : options_(options), sessions_(sessions), completions_(completions), metrics_(metrics) {
-  const int64_t passes = std::max<int64_t>(1, options_.concurrent_passes);
-  for (int64_t i = 0; i < passes; ++i) {
-    threads_.emplace_back([this] {
-      if (options_.thread_init) options_.thread_init();
-      loop();
-    });
-  }
+  thread_ = std::thread([this] {
+    if (options_.thread_init) options_.thread_init();
+    loop();
+  });
 }
 
 SegmentBatcher::~SegmentBatcher() { shutdown(); }
@@ -28,8 +25,7 @@ bool SegmentBatcher::submit(PreparedSegment segment, Done done, StillWanted stil
     if (stopping_ || static_cast<int64_t>(queue_.size()) >= options_.max_queued) return false;
     queue_.push_back(std::move(job));
   }
-  // All: the thread forming a batch may be waiting for this one, beside threads waiting their turn.
-  cv_.notify_all();
+  cv_.notify_one();
   return true;
 }
 
@@ -44,9 +40,7 @@ void SegmentBatcher::shutdown() {
     stopping_ = true;
   }
   cv_.notify_all();
-  for (std::thread& t : threads_) {
-    if (t.joinable()) t.join();
-  }
+  if (thread_.joinable()) thread_.join();
 }
 
 void SegmentBatcher::loop() {
@@ -57,10 +51,8 @@ void SegmentBatcher::loop() {
     std::vector<Job> batch;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      // One thread forms a batch at a time; the others run their passes or wait their turn.
-      cv_.wait(lock, [this] { return !forming_ && (stopping_ || !queue_.empty()); });
+      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, nothing left
-      forming_ = true;
       const std::vector<int64_t> key = queue_.front().key;
       auto matching = [&] {
         return static_cast<size_t>(std::count_if(queue_.begin(), queue_.end(),
@@ -77,9 +69,7 @@ void SegmentBatcher::loop() {
           ++it;
         }
       }
-      forming_ = false;
     }
-    cv_.notify_all();  // the next thread may form a batch from what is left
     run(batch);
   }
 }
@@ -110,7 +100,6 @@ void SegmentBatcher::run(std::vector<Job>& batch) {
   std::vector<SegmentOutcome> outcomes;
   const std::string stack = segments.front().lease->stack().name;
   try {
-    if (options_.before_pass) options_.before_pass();
     outcomes = run_segment_batch(sessions_, segments, &shared);
     metrics_.batch_done(stack, static_cast<int64_t>(segments.size()));
   } catch (const c10::OutOfMemoryError&) {

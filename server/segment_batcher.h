@@ -6,12 +6,8 @@
 // Each segment's completion runs on the WorkerPool (encoding its response), or on the batcher
 // thread when the pool refuses it.
 //
-// Passes: with concurrent_passes = 1 one thread forms and runs batches; while a pass runs, new
-// segments queue up, so batches grow with the load without any extra waiting. With more,
-// that many threads take turns forming batches (one at a time) and run their passes at
-// once: on a GPU, one pass's LibTorch ops are issued while the device computes another's
-// (thread_init gives each thread its own CUDA stream; before_pass orders a pass after the
-// copies of its inputs).
+// Why one thread: one device executes one forward at a time anyway; while it runs, new
+// segments queue up, so batches grow with the load without any extra waiting.
 // Thread-safety: submit() from any thread; shutdown() runs what is queued, then joins.
 #pragma once
 
@@ -40,12 +36,8 @@ class SegmentBatcher {
     double max_queue_delay_seconds = 0.002;
     /// Most segments waiting; submit() refuses beyond it.
     int64_t max_queued = 1024;
-    /// Batched passes that may run at once (one thread each).
-    int64_t concurrent_passes = 1;
-    /// Runs first on each batcher thread (e.g. to set LibTorch's intra-op thread count).
+    /// Runs first on the batcher's thread (e.g. to set LibTorch's intra-op thread count).
     std::function<void()> thread_init;
-    /// Runs on the batcher thread just before each pass.
-    std::function<void()> before_pass;
   };
   using Clock = std::chrono::steady_clock;
   /// Called once per segment with its outcome and the batch's timings (compute and memory
@@ -88,8 +80,7 @@ class SegmentBatcher {
   std::condition_variable cv_;
   std::deque<Job> queue_;  // guarded by mu_
   bool stopping_ = false;  // guarded by mu_
-  bool forming_ = false;   // a thread is forming a batch; guarded by mu_
-  std::vector<std::thread> threads_;
+  std::thread thread_;
 };
 
 }  // namespace hvlm

@@ -10,9 +10,7 @@
 #include <grpcpp/resource_quota.h>
 #include <torch/version.h>
 #if defined(HVLM_WITH_CUDA)
-#include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDACachingAllocator.h>
-#include <c10/cuda/CUDAStream.h>
 #endif
 
 #include <algorithm>
@@ -74,27 +72,7 @@ std::unique_ptr<Server> Server::start(const ServerConfig& config) {
     batching.max_batch_size = config.batching.max_batch_size;
     batching.max_queue_delay_seconds = config.batching.max_queue_delay_ms * 1e-3;
     batching.max_queued = config.limits.max_queued_requests;
-    batching.concurrent_passes = config.batching.concurrent_passes;
     batching.thread_init = [threads] { at::set_num_threads(threads); };
-#if defined(HVLM_WITH_CUDA)
-    if (device.is_cuda() && batching.concurrent_passes > 1) {
-      const c10::DeviceIndex index = device.index();
-      batching.thread_init = [threads, index] {
-        at::set_num_threads(threads);
-        // Each pass thread issues its work on a stream of its own, so passes overlap.
-        c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, index));
-      };
-      batching.before_pass = [index] {
-        // A pass reads segments that the workers copied to the device on the default stream:
-        // its stream waits for those copies on the device (not on the host). Every pass ends
-        // by waiting for its own stream, so what it leaves in the sessions is complete before
-        // another pass, on another stream, reads it.
-        at::cuda::CUDAEvent copied;
-        copied.record(c10::cuda::getDefaultCUDAStream(index));
-        copied.block(c10::cuda::getCurrentCUDAStream(index));
-      };
-    }
-#endif
     s->batcher_ = std::make_unique<SegmentBatcher>(batching, *s->sessions_, *s->workers_, *s->metrics_);
   }
   s->service_ = std::make_unique<AttentionServiceImpl>(*s->stacks_, *s->sessions_, *s->workers_, config.limits,
@@ -148,9 +126,7 @@ std::unique_ptr<Server> Server::start(const ServerConfig& config) {
                                       {"batching", config.batching.enabled
                                                        ? "max " + std::to_string(config.batching.max_batch_size) +
                                                              " segments, " +
-                                                             std::to_string(config.batching.max_queue_delay_ms) + " ms, " +
-                                                             std::to_string(config.batching.concurrent_passes) +
-                                                             " concurrent passes"
+                                                             std::to_string(config.batching.max_queue_delay_ms) + " ms"
                                                        : "off"},
                                       {"intra_op_threads", std::to_string(threads)}});
   return s;

@@ -56,12 +56,11 @@ def scrape_value(metrics_address: str, name: str) -> float:
                if line.startswith(name + "{") or line.startswith(name + " "))
 
 
-@pytest.mark.parametrize("passes", [1, 3])
-def test_batched_sessions_get_their_unbatched_results(start_server, passes):
+def test_batched_sessions_get_their_unbatched_results(start_server):
     alone = start_server(make_config(stacks={"small": small_stack()}), name="alone")
     batched = start_server(make_config(stacks={"small": small_stack()}, workers=2,
                                        batching={"enabled": True, "max_batch_size": 4,
-                                                 "max_queue_delay_ms": 50, "concurrent_passes": passes}),
+                                                 "max_queue_delay_ms": 50}),
                            name="batched")
     want = run_sessions(alone.address)
     got = run_sessions(batched.address)
@@ -82,7 +81,6 @@ def test_batched_sessions_get_their_unbatched_results(start_server, passes):
 @pytest.mark.parametrize("bad, message", [
     ({"max_batch_size": 0}, "batching.max_batch_size"),
     ({"max_queue_delay_ms": -1}, "batching.max_queue_delay_ms"),
-    ({"concurrent_passes": 0}, "batching.concurrent_passes"),
     ({"enabled": "sometimes"}, "batching.enabled"),
     ({"max_batch": 4}, "batching.max_batch: unknown key"),
 ])

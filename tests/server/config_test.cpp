@@ -92,8 +92,6 @@ TEST(ServerConfig, ErrorsNameTheOffendingKey) {
       {"batching: {max_batch_size: 5000}\n" + s, "batching.max_batch_size: must be <= 4096"},
       {"batching: {max_queue_delay_ms: -1}\n" + s, "batching.max_queue_delay_ms: must be a number >= 0"},
       {"batching: {enabled: on}\n" + s, "batching.enabled: must be one of true, false"},
-      {"batching: {concurrent_passes: 0}\n" + s, "batching.concurrent_passes: must be an integer >= 1"},
-      {"batching: {concurrent_passes: 9}\n" + s, "batching.concurrent_passes: must be <= 8"},
   };
   for (const auto& [yaml, want] : cases) {
     const std::string got = error_of(yaml);
