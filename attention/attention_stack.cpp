@@ -58,6 +58,20 @@ StackOutput AttentionStackImpl::forward(const at::Tensor& x,
   TORCH_CHECK(states.empty() || states.size() == n, "states must be empty or have one entry per "
               "block (", n, "), got ", states.size());
   check_tokens(x, spec_.dim, "x", blocks->parameters().front().scalar_type());
+  // Every input's values are checked here, once; the blocks skip their own value checks (on a
+  // GPU each would wait for the device: tensor_checks.h).
+  for (size_t i = 0; i < memories.size(); ++i) {
+    if (memories[i].defined()) check_finite(memories[i], ("memories[" + std::to_string(i) + "]").c_str());
+  }
+  for (size_t i = 0; i < states.size(); ++i) {
+    if (states[i].conv_state.defined()) {
+      check_finite(states[i].conv_state, ("states[" + std::to_string(i) + "].conv_state").c_str());
+    }
+    if (states[i].ssm_state.defined()) {
+      check_finite(states[i].ssm_state, ("states[" + std::to_string(i) + "].ssm_state").c_str());
+    }
+  }
+  const FiniteValuesChecked checked;
   StackOutput out;
   out.states.resize(n);
   out.memory_inputs.resize(n);

@@ -55,6 +55,74 @@ at::Tensor performer_features(const at::Tensor& u, const at::Tensor& shift, doub
   return out;
 }
 
+namespace {
+
+kernels::cuda::HeadStrides head_strides(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+
+// t itself when the fused Performer core can read it in place (16-byte aligned data, strides in
+// whole 16-byte units), else a contiguous copy.
+at::Tensor vector_aligned(const at::Tensor& t) {
+  bool ok = t.stride(-1) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) ok = ok && t.stride(d) % 8 == 0;
+  return ok ? t : t.clone(at::MemoryFormat::Contiguous);
+}
+
+}  // namespace
+
+bool performer_attention_supported(at::ScalarType dtype, int64_t head_dim, int64_t num_features) {
+  return (dtype == at::kBFloat16 || dtype == at::kHalf) &&
+         kernels::cuda::performer_attention_supported(head_dim, num_features);
+}
+
+at::Tensor performer_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& projection) {
+  TORCH_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes(),
+              "performer_attention: q, k, v must be [B, H, n, hd] of one shape, got ", q.sizes(), ", ", k.sizes(),
+              ", ", v.sizes());
+  TORCH_CHECK(q.is_cuda() && k.device() == q.device() && v.device() == q.device() &&
+                  projection.device() == q.device(),
+              "performer_attention: q, k, v and projection must be on one CUDA device");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
+                  projection.scalar_type() == q.scalar_type(),
+              "performer_attention: q, k, v and projection must have one dtype");
+  const int64_t batch = q.size(0), heads = q.size(1), length = q.size(2), head_dim = q.size(3);
+  TORCH_CHECK(projection.dim() == 2 && projection.size(1) == head_dim,
+              "performer_attention: projection must be [m, ", head_dim, "], got ", projection.sizes());
+  const int64_t features = projection.size(0);
+  TORCH_CHECK(performer_attention_supported(q.scalar_type(), head_dim, features),
+              "performer_attention: unsupported dtype ", q.scalar_type(), ", head_dim ", head_dim, " or ", features,
+              " features");
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  auto out = at::empty({batch, length, heads, head_dim}, q.options());
+  auto result = out.permute({0, 2, 1, 3});
+  if (out.numel() == 0) return result;
+  const auto qa = vector_aligned(q), ka = vector_aligned(k), va = vector_aligned(v);
+  const auto proj = vector_aligned(projection.contiguous());
+  kernels::cuda::PerformerAttentionArgs args;
+  args.dtype = element_type(q, "performer_attention");
+  args.batch = batch;
+  args.heads = heads;
+  args.length = length;
+  args.head_dim = head_dim;
+  args.features = features;
+  args.q = qa.data_ptr();
+  args.q_strides = head_strides(qa);
+  args.k = ka.data_ptr();
+  args.k_strides = head_strides(ka);
+  args.v = va.data_ptr();
+  args.v_strides = head_strides(va);
+  args.projection = proj.data_ptr();
+  args.out = out.data_ptr();
+  args.out_strides = head_strides(result);
+  args.stream = at::cuda::getCurrentCUDAStream().stream();
+  size_t bytes = 0;
+  launch("performer_attention", [&] { bytes = kernels::cuda::performer_attention_workspace_bytes(args); });
+  const auto workspace = at::empty({static_cast<int64_t>(bytes)}, q.options().dtype(at::kByte));
+  args.workspace = workspace.data_ptr();
+  launch("performer_attention", [&] { kernels::cuda::performer_attention(args); });
+  return result;
+}
+
 at::Tensor mamba_conv(const at::Tensor& xz, const at::Tensor& conv_weight, const at::Tensor& conv_bias,
                       at::Tensor& conv_state) {
   TORCH_CHECK(xz.is_cuda() && xz.dim() == 3 && xz.is_contiguous(), "mamba_conv: xz must be a contiguous [B, L, 2E] CUDA tensor");

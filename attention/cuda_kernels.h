@@ -26,6 +26,18 @@ at::Tensor local_global_attention(const at::Tensor& q, const at::Tensor& k, cons
 /// feature map. `shift` [...] is float32 on u's device. Returns a tensor like u.
 at::Tensor performer_features(const at::Tensor& u, const at::Tensor& shift, double add);
 
+/// Whether performer_attention handles this dtype (bfloat16, float16), head_dim and number of
+/// random features; callers fall back to the generic path otherwise.
+bool performer_attention_supported(at::ScalarType dtype, int64_t head_dim, int64_t num_features);
+
+/// PerformerAttention's softmax-kernel core (performer_attention_core with kSoftmax), fused:
+/// q, k, v [B, H, n, hd] on one CUDA device, one dtype; read in place when stride(3) == 1, the
+/// data is 16-byte aligned and the other strides are multiples of 8 (as the projections'
+/// [B, n, H * hd] output viewed per head), copied otherwise; projection [m, hd] of that dtype. Returns [B, H, n, hd] as a transposed view of a contiguous
+/// [B, n, H, hd] tensor, so merge_heads on it is free.
+at::Tensor performer_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& projection);
+
 /// The conv and scan stages of one MambaLayer pass on CUDA (the twins of MambaLayerImpl's
 /// conv_stage and scan_stage; see attention/cuda/mamba_kernels.h for the math).
 /// xz [B, L, 2E] (x | z) in the layer's dtype; conv_weight [E, 1, K] and conv_bias [E] are the

@@ -32,12 +32,14 @@ at::Tensor dense_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   if (!allowed.defined() && q.is_cuda() && q.size(-2) >= kFusedMinQueries) {
     // [batch, heads, T, hd] as is, whatever its strides (SDPA reads strided batch, head and
     // token dims, so the head views of the callers need no copy); [G, T, hd] as one head.
+    // (An expanded, stride-0 batch, as cross_memory's shared memory, is made real first.)
     auto as4d = [](const at::Tensor& t) {
       const auto strides = t.strides();
       const bool broadcast = std::find(strides.begin(), strides.end(), 0) != strides.end();
-      if (!broadcast && t.dim() == 4) return t;
-      if (!broadcast && t.dim() == 3) return t.unsqueeze(1);  // (an expanded batch is copied)
-      return t.reshape({-1, 1, t.size(-2), t.size(-1)});
+      const at::Tensor real = broadcast ? t.contiguous() : t;
+      if (t.dim() == 4) return real;
+      if (t.dim() == 3) return real.unsqueeze(1);
+      return real.reshape({-1, 1, t.size(-2), t.size(-1)});
     };
     auto out = at::scaled_dot_product_attention(as4d(q), as4d(k), as4d(v));
     auto shape = q.sizes().vec();

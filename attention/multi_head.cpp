@@ -21,9 +21,21 @@ at::Tensor QkvProjections::self_attention(
     const std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>&
         core) {
   check_tokens(x, q_proj->weight.size(1), "x", q_proj->weight.scalar_type());
-  auto q = split_heads(q_proj->forward(x), num_heads);
-  auto k = split_heads(k_proj->forward(x), num_heads);
-  auto v = split_heads(v_proj->forward(x), num_heads);
+  at::Tensor q, k, v;
+  if (x.is_cuda()) {
+    // One [3D, D] product instead of three: x is read once and the GEMM is three times wider.
+    // q, k and v are head views into its output (cores take strided heads).
+    const int64_t d = q_proj->weight.size(0);
+    const auto qkv = at::linear(x, at::cat({q_proj->weight, k_proj->weight, v_proj->weight}),
+                                at::cat({q_proj->bias, k_proj->bias, v_proj->bias}));
+    q = split_heads(qkv.narrow(-1, 0, d), num_heads);
+    k = split_heads(qkv.narrow(-1, d, d), num_heads);
+    v = split_heads(qkv.narrow(-1, 2 * d, d), num_heads);
+  } else {
+    q = split_heads(q_proj->forward(x), num_heads);
+    k = split_heads(k_proj->forward(x), num_heads);
+    v = split_heads(v_proj->forward(x), num_heads);
+  }
   auto out = at::dropout(merge_heads(core(q, k, v)), dropout, training);
   return out_proj->forward(out);
 }

@@ -117,6 +117,15 @@ at::Tensor PerformerAttentionImpl::forward(const at::Tensor& x) {
 
 at::Tensor PerformerAttentionImpl::attention_core(const at::Tensor& q, const at::Tensor& k,
                                                   const at::Tensor& v) {
+#if HVLM_WITH_CUDA
+  // bf16/fp16 on a GPU: the fused core reads the per-head views in place, in one pass over
+  // all heads, and returns a view that merge_heads turns into [B, n, dim] without a copy.
+  if (q.is_cuda() && kernel_ == PerformerKernel::kSoftmax && k.sizes() == q.sizes() &&
+      v.sizes() == q.sizes() && projection_matrix.scalar_type() == q.scalar_type() &&
+      cuda::performer_attention_supported(q.scalar_type(), q.size(3), projection_matrix.size(0))) {
+    return cuda::performer_attention(q, k, v, projection_matrix);
+  }
+#endif
   const int64_t n = q.size(2), m = options.num_random_features(), hd = q.size(3);
   // features and their exp/temporaries (about 3 [n, m] tensors), plus scaled copies of q, k
   const int64_t bytes_per_head = static_cast<int64_t>(sizeof(float)) * (3 * n * m + 3 * n * hd);

@@ -17,7 +17,20 @@ std::string shape_string(at::IntArrayRef shape);
 void check_tokens(const at::Tensor& x, int64_t dim, const char* name, at::ScalarType dtype,
                   int64_t min_tokens = 1);
 
-// Every value of x is finite.
+// Every value of x is finite (skipped while a FiniteValuesChecked scope is alive on this thread).
 void check_finite(const at::Tensor& x, const char* name);
+
+// While alive, check_finite on this thread skips its value check. That check is the only one
+// that reads tensor values, so on a GPU each one is a pass over the tensor plus a wait for the
+// device, which stops the host from issuing work ahead of it. For callers whose inputs are
+// already checked: a stack's blocks once the stack has checked its inputs, or a server that
+// checked its requests on the host. Scopes nest.
+class FiniteValuesChecked {
+ public:
+  FiniteValuesChecked();
+  ~FiniteValuesChecked();
+  FiniteValuesChecked(const FiniteValuesChecked&) = delete;
+  FiniteValuesChecked& operator=(const FiniteValuesChecked&) = delete;
+};
 
 }  // namespace hvlm

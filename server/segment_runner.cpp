@@ -3,6 +3,7 @@
 #include "server/service_error.h"
 
 #include "attention/batch_split.h"
+#include "attention/tensor_checks.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -138,6 +139,10 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
   }
   const at::Tensor x = gather([](const PreparedSegment& s) { return s.x; });
 
+  // Every request was checked on the host (decode rejects non-finite values, prepare() values
+  // that overflow the stack's dtype, import non-finite states), so the library's value checks,
+  // each a wait for the device, are skipped; a stack that itself overflows is caught on y below.
+  const FiniteValuesChecked checked;
   auto start = Clock::now();
   StackOutput out = run_stack(stack, x, memories, states);
   const int64_t forward_micros = micros_since(start);
@@ -174,7 +179,9 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
   });
   const int64_t update_micros = micros_since(start);
   start = Clock::now();
-  const at::Tensor y = out.y.to(at::kCPU);  // one copy for the whole batch; waits for the device
+  // One copy for the whole batch, into pinned memory on a GPU (a direct DMA); waits for the device.
+  at::Tensor y = at::empty(out.y.sizes(), out.y.options().device(at::kCPU).pinned_memory(out.y.is_cuda()));
+  library_call("copying the output: ", [&] { return y.copy_(out.y); });
   if (timings) timings->compute_micros = forward_micros + micros_since(start);
 
   start = Clock::now();
@@ -193,6 +200,10 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
       }
       for (size_t i : stack.mamba_blocks) next.states[i] = {conv_states[i][j], ssm_states[i][j]};
       result.output = single ? y : y.narrow(0, row, rows[j]);
+      if (!at::isfinite(result.output).all().item<bool>()) {  // on the host: no wait
+        fail(ErrorCode::kInternal, "stack '", stack.name, "' produced non-finite values (the ",
+             c10::toString(stack.dtype), " range overflowed); the session is unchanged");
+      }
       result.sequence = segment.lease->sequence();
       result.stack = &stack;
       sessions.commit(*segment.lease, std::move(next));

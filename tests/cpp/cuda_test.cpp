@@ -126,6 +126,19 @@ TEST(Cuda, PerformerAttentionMatchesCpu) {
   expect_cuda_matches_cpu<PerformerAttention>(
       PerformerAttention(PerformerAttentionOptions(64, 4).num_random_features(32)), {randn({2, 257, 64})},
       [](PerformerAttention& m, const std::vector<at::Tensor>& in) { return m->forward(in[0]); }, "performer");
+  // Head dims 64 and 32 take the fused kernels in bfloat16: n of one token, not a multiple of
+  // the 64-token tile, and many tiles; 64 and 256 features.
+  struct Case {
+    int64_t dim, heads, features, n;
+  };
+  for (const Case& c : std::vector<Case>{{256, 4, 64, 1}, {256, 4, 256, 257}, {256, 4, 256, 5000}, {128, 4, 64, 300}}) {
+    expect_cuda_matches_cpu<PerformerAttention>(
+        PerformerAttention(PerformerAttentionOptions(c.dim, c.heads).num_random_features(c.features)),
+        {randn({2, c.n, c.dim})},
+        [](PerformerAttention& m, const std::vector<at::Tensor>& in) { return m->forward(in[0]); },
+        "performer hd=" + std::to_string(c.dim / c.heads) + " m=" + std::to_string(c.features) +
+            " n=" + std::to_string(c.n));
+  }
 }
 
 TEST(Cuda, MambaLayerMatchesCpu) {
