@@ -14,6 +14,16 @@ export OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$out/gpu.txt"
 
+# The standalone kernel checks (tests/cuda/X_check.cu against attention/cuda/X.cu, no
+# LibTorch) compile in the background, beside the CMake build when both stages run.
+checks=$(ls tests/cuda/*_check.cu)
+if has kernels; then
+  for check in $checks; do
+    name=$(basename "$check" _check.cu)
+    nvcc -std=c++17 -O3 -arch=sm_90 -I. -o "build-cuda/${name}_check" "$check" "attention/cuda/${name}.cu" \
+      > "$out/${name}-build.log" 2>&1 &
+  done
+fi
 if has build; then
   start=$(date +%s)
   cmake -S . -B build-cuda -G Ninja $HVLM_CMAKE_ARGS > "$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
@@ -22,15 +32,7 @@ if has build; then
   echo "build ok in $(( $(date +%s) - start )) s"
 fi
 if has kernels; then
-  # Each standalone kernel check (tests/cuda/X_check.cu against attention/cuda/X.cu, no
-  # LibTorch): compiled in parallel, then its correctness cases and its --bench.
-  checks=$(ls tests/cuda/*_check.cu)
-  for check in $checks; do
-    name=$(basename "$check" _check.cu)
-    nvcc -std=c++17 -O3 -arch=sm_90 -I. -o "build-cuda/${name}_check" "$check" "attention/cuda/${name}.cu" \
-      > "$out/${name}-build.log" 2>&1 &
-  done
-  wait
+  wait  # the checks' compiles
   for check in $checks; do
     name=$(basename "$check" _check.cu)
     if [[ ! -x "build-cuda/${name}_check" ]]; then
@@ -44,7 +46,7 @@ if has kernels; then
 fi
 if has test; then
   # The C++ suites (the Python and end-to-end suites need Debian's python3 packages).
-  (cd build-cuda && ctest -j 8 -L 'cpp|server|client' -E 'Parity' --output-on-failure > "$out/ctest.log" 2>&1) || true
+  (cd build-cuda && ctest -j 16 -L 'cpp|server|client' -E 'Parity' --output-on-failure > "$out/ctest.log" 2>&1) || true
   grep -E "tests passed|Failed|SEGFAULT|Exception" "$out/ctest.log" | head -30 || true
   (cd build-cuda && ./tests/cpp/hvlm_attention_tests --gtest_filter='Cuda.*' 2>&1 | tail -30)
 fi
