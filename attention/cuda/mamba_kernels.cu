@@ -1,88 +1,53 @@
 // CUDA kernels of MambaLayer (contract in mamba_kernels.h): the causal depthwise conv + SiLU
-// and the selective scan. Plain CUDA C++ without LibTorch.
+// and the chunked selective scan. Plain CUDA C++ without LibTorch.
 //
-// Selective scan: what bounds it.
-//   The shape that matters is batch 1, 1536 channels, 16 states, bf16, length 8192 and up to
-//   65536. Per (t, c, s) the recurrence needs one exp (MUFU.EX2, 16 per clock per SM on Hopper)
-//   and a few float ops, so the scan is bound by the exp unit and by instruction issue rather
-//   than by its traffic (u, delta, z, y: ~100 MB at length 8192, ~25 us at 4 TB/s): 201M exps
-//   take ~48 us at full rate on 132 SMs. The layout [B, L, E] has channels innermost and B_t,
-//   C_t shared by all channels; batch 1 has only 1536 independent sequences, far too few
-//   threads for one thread per sequence. There are two implementations:
-//
-// 1. Tiled single pass (tiled_scan_kernel), each exp computed once. Used where the chunked
-//    design below would need more than one chunk (batch x channels too few to fill the GPU),
-//    the sequence has >= 128 steps, and a rough time model favours it (with very few channels
-//    the chunked kernels fill more SMs; see make_tiled_plan).
-//    - A block owns W <= 12 adjacent channels of one batch entry, one warp per channel for the
-//      whole sequence (W from a wave-balance cost model: 12 at 1536 channels, i.e. 128 blocks of
-//      12 warps, one per SM of 132, 180 KB of shared memory each).
-//    - Time runs in tiles of 32 K steps; lane l owns the K consecutive steps l K .. l K + K - 1
-//      (K = 16 for N <= 16 in 2-byte dtypes, 8 in float32 or for N <= 32, 4 for N <= 64; a
-//      short sequence may take a smaller K to waste less on the padded tail).
-//    - Staging (the block): cp.async copies tile j + 1's rows of u, delta, z (W adjacent
-//      channels: 4-, 8- or 16-byte pieces) into the second of two activation buffers, and its
-//      B, C rows into a raw tile, while tile j computes. At each tile boundary the block
-//      converts the raw B/C tile into float [state][step] tiles, float4-swizzled so that a
-//      lane's K values of one state are K/4 conflict-free 128-bit loads; the conversion is
-//      shared by the W channels. Two barriers per tile.
-//    - Per lane and tile: dt = softplus(delta + bias), dt u and D u once per (t, c). Then for
-//      each state s (a runtime loop): a_i = 2^(dt_i A2[s]) (the only exp per (t, c, s)) and
-//      b_i = dt_i u_i B_i[s] for the lane's K items, kept in registers; the lane's segment folds
-//      sequentially to h -> P h + H, with P = 2^(A2 sum dt) (one exp per lane and state instead
-//      of K - 1 products); lane 0 folds in the state carried from the previous tile; a
-//      Kogge-Stone scan of (P, H) over the 32 lanes (shuffles) gives each lane's end state, a
-//      shuffle up its start state; a second sweep h = a h + b, y += C h over the kept registers
-//      finishes the items. Lane 31's end state is the carry into the next tile (shared memory,
-//      indexed by tile parity, so no warp reads a slot being written). Steps past the end of
-//      the sequence are identities (dt = 0, B = 0).
-//    - y = (C . h + D u) silu(z) overwrites the lane's own u in the activation buffer; the
-//      block stores the tile's rows with vector stores after the next barrier.
-//    - Cost per (t, c, s): FMUL, EX2, FMUL, 3 FFMA, 1/2 LDS.128, ~24/K for the lane scan
-//      (~8.1 issue slots at K = 16); per (t, c) ~40 more (loads, softplus, silu, stores), i.e.
-//      ~2.5 per state at N = 16. Exps per (t, c, s): 1 + 1/K + 3/N (softplus, silu). So issue
-//      (~11 slots / 4 per clock per SM) and the exp unit (~1.25 / 16 per clock) both bound at
-//      ~60-70 us at length 8192, and so does shared memory: every warp reads the whole B/C
-//      tile (8 bytes per (t, c, s), 4 wavefronts per LDS.128) plus 10 shuffles per state,
-//      ~550 of the SM's cycles per state and 12-warp tile, against ~420 of issue and ~410 of
-//      EX2. Registers (146 at K = 16) allow 12 warps per SM, 3 per scheduler, and the latency
-//      of each state's shuffle chain (~5 x 30 cycles) must hide behind the other warps.
-//      Expected (not yet measured): ~80-95 us at length 8192, ~0.65-0.75 ms at 65536.
-//    - Needs 4-byte aligned rows and pointers for cp.async (u, delta, z, y rows; B and C rows
-//      and n * sizeof(T)) and the shared memory of one block; otherwise the chunked kernels run.
-//
-// 2. Chunked three passes (scan_chunk_kernel, scan_carry_kernel): one thread per (batch,
-//    channel, chunk of time), its N states in registers, walking the chunk serially:
-//      pass 1  for chunks 0..M-2 (of M): run the chunk from h = 0; store its end state and sum(dt)
-//              (the chunk's decay is exp(A * sum dt), so no per-state product is stored);
-//      pass 2  per (batch, state, channel): fold the chunk carries serially from the input h,
-//              leaving each chunk's true initial state;
-//      pass 3  every chunk again from its true initial state, writing y and the final h.
-//    With more than one chunk this computes the exps of all but the last chunk twice. The
-//    chunk count is sized so pass 3 fills the GPU in one wave; where batch x channels alone fill
-//    it (e.g. the server's batch 256 x length 64) it is one chunk: pass 3 only, each exp once,
-//    no workspace, at one thread per sequence, the cheapest form per step (no lane scan), so
-//    the tiled kernel is not used there. Per step a thread loads u, delta, z (the next group of
-//    4 steps is loaded while the current one is computed), reads B_t, C_t from shared memory
-//    (staged a tile of 16..32 steps ahead, double-buffered, one barrier per tile) and runs
-//    N x (FMUL, EX2, FMUL, 2 FFMA). Measured on the H200 (1536 channels, 16 states, bf16):
-//    213 us at batch 1, length 8192 (44 chunks), ~1.7 ms at length 65536.
-//
-// HVLM_MAMBA_SCAN (environment, read on each call) forces a path for tests and experiments:
-// "chunked", "tiled" or "tiled:W" (W channels per block); see read_scan_override.
-//
-// Precision (both paths): exp via ex2.approx.ftz (max rel. error ~2^-22): the decay
-// dA = exp(dt A) then has an absolute error ~2.4e-7, so the state's relative error is
-// ~2.4e-7 / (dt |A|) in the worst case of a long memory, 2.4e-5 at dt |A| = 0.01; the CPU
-// kernel's own exp is ~1e-7. The tiled path's segment decay 2^(A2 sum dt) differs from the
-// product of the K item decays by ~1e-6 relative. Softplus uses an accurate branch-free log1p
-// (~1 ulp). Nothing relies on --use_fast_math (the intrinsics used are explicit), so the file
-// may be built with or without it.
+// Selective scan: the algorithm and why.
+//   The layer's shape that matters is batch 1, length 8192, 1536 channels, 16 states, bf16.
+//   Per (t, c, s) the recurrence needs one exp (MUFU.EX2, 16 per clock per SM on Hopper) and
+//   ~4 float ops, so the scan is bound by the special-function unit rather than by its ~100 MB
+//   of traffic: 201M exps take ~48 us at full rate on 132 SMs, against ~25 us of memory time.
+//   The layout [B, L, E] has channels innermost and B_t, C_t shared by all channels, so
+//   the natural mapping is one thread per channel (adjacent lanes = adjacent channels:
+//   coalesced u/delta/z/y, broadcast B/C from shared memory), each thread keeping its N states
+//   in registers and walking time serially. 1536 threads are far too few, so time is split
+//   into chunks, one thread per (batch, channel, chunk), in three launches:
+//     pass 1  for chunks 0..K-2: run the chunk from h = 0; store its end state and sum(dt)
+//             (the chunk's decay is exp(A * sum dt), so no per-state product is stored);
+//     pass 2  per (batch, state, channel): fold the K chunk carries serially from the input h
+//             (K <= a few hundred FMAs), leaving each chunk's true initial state;
+//     pass 3  every chunk again from its true initial state, writing y and, for the last
+//             chunk, the final h.
+//   This computes the exps twice, against once for a block-wide (decay, value) scan as in the
+//   reference Mamba kernel. We take that cost on purpose: a single-pass scan has to keep every
+//   step's exp(dt * A) (K items x N states per thread) in registers until its prefix is known,
+//   which at N = 16 leaves one block of 8 warps per SM, plus either a transpose through shared
+//   memory (the reference kernel's layout is [B, E, L]) or a cross-block look-back with its
+//   latency and workspace traffic. The chunked form runs at high occupancy with no inter-block
+//   waits, is simple to verify, and its pass-1 overhead vanishes where it is not needed: the
+//   chunk count is sized so pass 3 fills the GPU in one wave, so a short sequence or a large
+//   batch runs as a single chunk (pass 3 only, no workspace).
+//   Per step a thread loads u, delta, z (the next group of 4 steps is loaded while the current
+//   one is computed), reads B_t, C_t from shared memory (staged a tile of 16..32 steps ahead,
+//   double-buffered, one barrier per tile), and runs N x (FMUL, EX2, FMUL, 2 FFMA). The group
+//   of 4 steps is branch-free straight-line code so the scheduler can overlap the steps; at
+//   N = 16 it compiles to ~131 instructions and 18 MUFU per step in pass 3, under the
+//   128-register cap that gives 16 warps per SM. Measured on the H200 at the shape above
+//   with 16 warps/SM: more registers with fewer warps, or smaller groups, were slower.
+//   Precision: exp via ex2.approx.ftz (max rel. error ~2^-22): the decay dA = exp(dt A) then
+//   has an absolute error ~2.4e-7, so the state's relative error is ~2.4e-7 / (dt |A|) in the
+//   worst case of a long memory, 2.4e-5 at dt |A| = 0.01; the CPU kernel's own exp is ~1e-7.
+//   Softplus uses an accurate branch-free log1p (~1 ulp). Nothing relies on --use_fast_math
+//   (the intrinsics used are explicit), so the file may be built with or without it.
 //
 // Causal conv: one thread per (batch, channel, tile of 32 steps), lanes over channels; the
 // tile's 32 inputs and the kernel - 1 before it are loaded into registers, so every input is
-// read about once (~50 MB of traffic at length 8192). Measured on the H200 at batch 1, length
-// 8192, 1536 channels, bf16: 25 us (2.0 TB/s; the floor is ~12 us of memory time).
+// read about once (~50 MB of traffic at the shape above).
+//
+// Measured on the H200 (CUDA 13.0, batch 1, length 8192, 1536 channels, 16 states, bf16,
+// median of 50): scan 213 us (44 chunks; the same with or without the in-kernel softplus),
+// conv 25 us (2.0 TB/s). Floors: the scan's two passes need ~105 us of exp unit time; the conv
+// ~12 us of memory time. ncu on an earlier version showed issue slots ~50% busy, mostly
+// waiting on MUFU/shared-memory results with 16 warps per SM (latency, not throughput).
 #include "attention/cuda/mamba_kernels.h"
 
 #include "attention/cuda/element.cuh"
@@ -92,11 +57,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
-#include <climits>
-#include <cstdlib>
-#include <cstring>
-#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -596,399 +556,6 @@ __global__ void __launch_bounds__(256) scan_carry_kernel(const ScanPtrs<T> p, co
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Selective scan, tiled single pass (see the file comment)
-// ---------------------------------------------------------------------------------------------
-
-constexpr int kTiledMaxWarps = 12;  // channels (= warps) per block at most: 384 threads
-
-// The shared-memory layout of one tiled-scan block, in bytes from the dynamic smem base. Built
-// on the host (make_tiled_layout) and passed to the kernel, so both agree by construction.
-struct TiledLayout {
-  int act_row = 0;     // bytes of one time step of one activation tile: warps * sizeof(T)
-  int act_block = 0;   // bytes of K consecutive steps (one lane's items) + a skew of vec_act
-  int act_tensor = 0;  // bytes of one activation tile (steps_per_tile / K blocks), 16-aligned
-  int bc_half = 0;     // bytes of B (and of C) in a raw B/C row: n * sizeof(T), 16-aligned
-  int bc_row = 0;      // raw B/C row pitch: 2 * bc_half + 16 (an odd count of 16-byte units)
-  int off_raw = 0;     // raw B/C tile [steps][bc_row]
-  int off_bf = 0;      // B as float [n][steps] (float4-swizzled along steps)
-  int off_cf = 0;      // C likewise
-  int off_a2 = 0;      // A * log2(e), [warps][n]
-  int off_carry = 0;   // running state, [2][warps][n] (tile parity)
-  int bytes = 0;       // total
-};
-
-template <typename T>
-struct TiledScanParams {
-  const T* u;
-  const T* delta;
-  const float* delta_bias;  // may be nullptr
-  const float* a;
-  const T* b;
-  const T* c;
-  const float* d;
-  const T* z;
-  float* h;
-  T* y;
-  int64_t batch, length, channels, row_stride_bc, row_stride_z;
-  int n;
-  bool delta_softplus;
-  int warps;    // channels per block
-  int vec_act;  // bytes per cp.async of u / delta / z and per store of y: 4, 8 or 16
-  int vec_bc;   // bytes per cp.async of B / C: 4, 8 or 16
-  TiledLayout lay;
-};
-
-__device__ __forceinline__ uint32_t shared_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// Asynchronous global -> shared copy of `bytes` (4, 8 or 16; both addresses aligned to it).
-__device__ __forceinline__ void cp_async(void* dst, const void* src, int bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const uint32_t d = shared_address(dst);
-  if (bytes == 16) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
-  } else if (bytes == 8) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(d), "l"(src) : "memory");
-  } else {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
-  }
-#else
-  if (bytes == 16) {
-    *static_cast<uint4*>(dst) = *static_cast<const uint4*>(src);
-  } else if (bytes == 8) {
-    *static_cast<uint2*>(dst) = *static_cast<const uint2*>(src);
-  } else {
-    *static_cast<uint32_t*>(dst) = *static_cast<const uint32_t*>(src);
-  }
-#endif
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void cp_async_wait_all() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_all;\n" ::: "memory");
-#endif
-}
-
-// Plain copy of `bytes` (4, 8 or 16), both addresses aligned to it.
-__device__ __forceinline__ void copy_vec(void* dst, const void* src, int bytes) {
-  if (bytes == 16) {
-    *static_cast<uint4*>(dst) = *static_cast<const uint4*>(src);
-  } else if (bytes == 8) {
-    *static_cast<uint2*>(dst) = *static_cast<const uint2*>(src);
-  } else {
-    *static_cast<uint32_t*>(dst) = *static_cast<const uint32_t*>(src);
-  }
-}
-
-// Which (column, row) pairs of a [rows][cols] copy a thread takes: columns k0, k0 + kstep, ...
-// and rows r0, r0 + rstep, ... Every pair is taken by exactly one thread of the block.
-struct CopyMap {
-  int k0, kstep, r0, rstep;
-};
-__device__ __forceinline__ CopyMap make_copy_map(int cols, int tid, int nthreads) {
-  CopyMap m;
-  if (cols <= nthreads) {
-    m.kstep = cols;  // one column per thread
-    m.k0 = tid % cols;
-    m.rstep = nthreads / cols;
-    m.r0 = tid / cols;
-    if (m.r0 >= m.rstep) m.r0 = INT_MAX;  // the remainder threads take nothing
-  } else {
-    m.kstep = nthreads;  // whole rows, columns strided over the block
-    m.k0 = tid;
-    m.rstep = 1;
-    m.r0 = 0;
-  }
-  return m;
-}
-
-// Float4 index swizzle of the B/C float tiles: within each aligned group of 8 float4s (32
-// steps) the low 3 bits are XORed with the group index, so that the 8 lanes of a 128-bit
-// shared-memory phase, reading float4 number lane * K/4 + q, hit 8 distinct bank groups for
-// every K in {4, 8, 16, 32}; a warp writing 32 consecutive steps still covers 32 banks.
-__device__ __forceinline__ int swizzle4(int f) { return f ^ ((f >> 3) & 7); }
-
-// One block = `warps` adjacent channels of one batch row; warp w owns channel g0 + w for the
-// whole sequence. Lane l owns the K consecutive steps l*K .. l*K + K - 1 of each tile of
-// 32 * K steps. See the file comment for the pipeline.
-template <typename T, int K>
-__global__ void __launch_bounds__(kTiledMaxWarps * 32, 1)
-    tiled_scan_kernel(const TiledScanParams<T> p) {
-  static_assert(K == 4 || K == 8 || K == 16 || K == 32, "K must be 4, 8, 16 or 32");
-  constexpr int kSteps = 32 * K;  // per tile
-  constexpr int kLogSteps = K == 4 ? 7 : K == 8 ? 8 : K == 16 ? 9 : 10;
-  static_assert((1 << kLogSteps) == kSteps, "kLogSteps");
-  constexpr int es = static_cast<int>(sizeof(T));
-  constexpr int kPerChunk = 16 / es;  // elements per 16-byte chunk of a raw B/C row
-  constexpr unsigned kFull = 0xffffffffu;
-
-  extern __shared__ __align__(16) unsigned char smem[];
-  const TiledLayout& lay = p.lay;
-  const int tid = threadIdx.x, nthreads = blockDim.x;
-  const int warp = tid >> 5, lane = tid & 31;
-  const int n = p.n, warps = p.warps;
-  const int64_t channels = p.channels, length = p.length;
-  const int64_t g0 = static_cast<int64_t>(blockIdx.x) * warps;
-  const int gv = static_cast<int>(min(static_cast<int64_t>(warps), channels - g0));  // >= 1
-  const bool active = warp < gv;  // warp-uniform
-  const int64_t ch = g0 + (active ? warp : 0);
-  const int64_t num_tiles = (length + kSteps - 1) / kSteps;
-
-  unsigned char* const act = smem;  // [2 buffers][u, delta, z][tile]
-  unsigned char* const raw = smem + lay.off_raw;
-  float* const bf = reinterpret_cast<float*>(smem + lay.off_bf);
-  float* const cf = reinterpret_cast<float*>(smem + lay.off_cf);
-  float* const a2s = reinterpret_cast<float*>(smem + lay.off_a2);
-  float* const carry = reinterpret_cast<float*>(smem + lay.off_carry);
-  const int carry_parity = warps * n;  // floats between the two carry copies
-
-  // Copy maps: activations as [rows][3 tensors x act_cpr chunks], B/C as [rows][2 x bc_cpr].
-  const int vec_act = p.vec_act, vec_bc = p.vec_bc;
-  const int act_cpr = gv * es / vec_act;  // chunks per row and tensor (valid channels only)
-  const int bc_cpr = n * es / vec_bc;     // chunks per row, of B and of C each
-  const CopyMap act_map = make_copy_map(3 * act_cpr, tid, nthreads);
-  const CopyMap bc_map = make_copy_map(2 * bc_cpr, tid, nthreads);
-  const CopyMap y_map = make_copy_map(act_cpr, tid, nthreads);
-  // Byte offset of step r of an activation tile.
-  auto act_row_offset = [&](int r) { return (r / K) * lay.act_block + (r % K) * lay.act_row; };
-
-  // Per-channel constants.
-  if (active) {
-    for (int s = lane; s < n; s += 32) a2s[warp * n + s] = p.a[ch * n + s] * kLog2e;
-  }
-  const float dt_bias = (active && p.delta_bias != nullptr) ? p.delta_bias[ch] : 0.0f;
-  const float d_skip = active ? p.d[ch] : 0.0f;
-  // This lane's first activation byte in a tile (channel `warp`, step lane * K) and its B/C
-  // float4 offsets (in floats) within a state's row.
-  const int lane_act = lane * lay.act_block + warp * es;
-  int bc_off[K / 4];
-#pragma unroll
-  for (int q = 0; q < K / 4; ++q) bc_off[q] = 4 * swizzle4(lane * (K / 4) + q);
-
-  for (int64_t bi = blockIdx.y; bi < p.batch; bi += gridDim.y) {
-    const int64_t row_base = bi * length;  // first row of this batch entry
-    if (active) {
-      for (int s = lane; s < n; s += 32) carry[warp * n + s] = p.h[(bi * channels + ch) * n + s];
-    }
-
-    // Issues the copies of tile j's u, delta, z (into activation buffer j & 1) and B, C (into
-    // the raw tile), one cp.async group per thread.
-    auto issue_tile = [&](int64_t j) {
-      const int64_t t0 = j * kSteps;
-      const int valid = static_cast<int>(min(static_cast<int64_t>(kSteps), length - t0));
-      unsigned char* const buf = act + (j & 1) * 3 * lay.act_tensor;
-      for (int k = act_map.k0; k < 3 * act_cpr; k += act_map.kstep) {
-        const int tensor = k / act_cpr, kk = k - tensor * act_cpr;
-        const char* src;
-        int64_t stride;
-        if (tensor == 0) {
-          src = reinterpret_cast<const char*>(p.u);
-          stride = channels;
-        } else if (tensor == 1) {
-          src = reinterpret_cast<const char*>(p.delta);
-          stride = channels;
-        } else {
-          src = reinterpret_cast<const char*>(p.z);
-          stride = p.row_stride_z;
-        }
-        src += ((row_base + t0) * stride + g0) * es + kk * vec_act;
-        unsigned char* dst = buf + tensor * lay.act_tensor + kk * vec_act;
-        for (int r = act_map.r0; r < valid; r += act_map.rstep) {
-          cp_async(dst + act_row_offset(r), src + r * stride * es, vec_act);
-        }
-      }
-      for (int k = bc_map.k0; k < 2 * bc_cpr; k += bc_map.kstep) {
-        const bool is_c = k >= bc_cpr;
-        const int kk = is_c ? k - bc_cpr : k;
-        const int64_t stride = p.row_stride_bc * es;
-        const char* src = reinterpret_cast<const char*>(is_c ? p.c : p.b) +
-                          (row_base + t0) * stride + kk * vec_bc;
-        unsigned char* dst = raw + (is_c ? lay.bc_half : 0) + kk * vec_bc;
-        for (int r = bc_map.r0; r < valid; r += bc_map.rstep) {
-          cp_async(dst + r * lay.bc_row, src + r * stride, vec_bc);
-        }
-      }
-      cp_async_commit();
-    };
-
-    // Stores tile j's y (written by compute into the u slot of activation buffer j & 1).
-    auto store_y = [&](int64_t j) {
-      const int64_t t0 = j * kSteps;
-      const int valid = static_cast<int>(min(static_cast<int64_t>(kSteps), length - t0));
-      const unsigned char* const buf = act + (j & 1) * 3 * lay.act_tensor;
-      for (int k = y_map.k0; k < act_cpr; k += y_map.kstep) {
-        char* dst = reinterpret_cast<char*>(p.y) + ((row_base + t0) * channels + g0) * es +
-                    k * vec_act;
-        const unsigned char* src = buf + k * vec_act;
-        for (int r = y_map.r0; r < valid; r += y_map.rstep) {
-          copy_vec(dst + r * channels * es, src + act_row_offset(r), vec_act);
-        }
-      }
-    };
-
-    // Raw B/C rows -> float [state][step] tiles, zero for steps >= valid (they then act as
-    // identity steps: dt = 0 gives decay 1, and B = 0 no input).
-    auto convert_bc = [&](int valid) {
-      const int half_chunks = lay.bc_half / 16;
-      const int total = kSteps * 2 * half_chunks;
-      for (int e = tid; e < total; e += nthreads) {
-        const int r = e & (kSteps - 1);
-        const int chunk = e >> kLogSteps;
-        const bool is_c = chunk >= half_chunks;
-        const int s0 = (is_c ? chunk - half_chunks : chunk) * kPerChunk;
-        const uint4 v = *reinterpret_cast<const uint4*>(raw + r * lay.bc_row + chunk * 16);
-        T vals[kPerChunk];
-        static_assert(sizeof(vals) == sizeof(uint4), "chunk size");
-        memcpy(vals, &v, sizeof(v));
-        float* dst = (is_c ? cf : bf) + 4 * swizzle4(r >> 2) + (r & 3);
-        const bool ok = r < valid;
-#pragma unroll
-        for (int k = 0; k < kPerChunk; ++k) {
-          const int s = s0 + k;
-          if (s < n) dst[s * kSteps] = ok ? to_float(vals[k]) : 0.0f;
-        }
-      }
-    };
-
-    // The scan of tile j for this warp's channel: y into the u slot of the buffer.
-    auto compute_tile = [&](int64_t j, int valid) {
-      unsigned char* const ub = act + (j & 1) * 3 * lay.act_tensor + lane_act;
-      const unsigned char* const db = ub + lay.act_tensor;
-      const unsigned char* const zb = ub + 2 * lay.act_tensor;
-      const int first = lane * K;  // this lane's first step in the tile
-      float dt[K], du[K], y[K];
-      float dt_sum = 0.0f;
-      auto prologue = [&](auto softplus_tag) {
-        constexpr bool kSoftplus = decltype(softplus_tag)::value;
-#pragma unroll
-        for (int i = 0; i < K; ++i) {
-          const int off = i * lay.act_row;
-          const float uv = to_float(*reinterpret_cast<const T*>(ub + off));
-          float v = to_float(*reinterpret_cast<const T*>(db + off)) + dt_bias;
-          if constexpr (kSoftplus) v = softplus(v);
-          const bool ok = first + i < valid;  // steps past the end are identities
-          dt[i] = ok ? v : 0.0f;
-          du[i] = ok ? v * uv : 0.0f;
-          y[i] = d_skip * uv;
-          dt_sum += dt[i];
-        }
-      };
-      if (p.delta_softplus) {
-        prologue(std::true_type{});
-      } else {
-        prologue(std::false_type{});
-      }
-
-      const float* const a2w = a2s + warp * n;
-      const float* const carry_in = carry + (j & 1) * carry_parity + warp * n;
-      float* const carry_out = carry + ((j + 1) & 1) * carry_parity + warp * n;
-#pragma unroll 1
-      for (int s = 0; s < n; ++s) {
-        const float a2 = a2w[s];
-        const float hc = carry_in[s];  // the state before this tile
-        const float* const brow = bf + s * kSteps;
-        const float* const crow = cf + s * kSteps;
-        float bv[K];
-#pragma unroll
-        for (int q = 0; q < K / 4; ++q) {
-          const float4 v = *reinterpret_cast<const float4*>(brow + bc_off[q]);
-          bv[4 * q + 0] = v.x;
-          bv[4 * q + 1] = v.y;
-          bv[4 * q + 2] = v.z;
-          bv[4 * q + 3] = v.w;
-        }
-        // Items: decay a_i = exp(dt_i A), input b_i = dt_i u_i B_i; the lane's segment folds to
-        // h -> P h + H with P = exp(A sum dt) (one exp instead of K - 1 products).
-        float da[K], db_[K];
-#pragma unroll
-        for (int i = 0; i < K; ++i) {
-          da[i] = exp2_approx(dt[i] * a2);
-          db_[i] = du[i] * bv[i];
-        }
-        float hh = db_[0];
-#pragma unroll
-        for (int i = 1; i < K; ++i) hh = fmaf(da[i], hh, db_[i]);
-        float pp = exp2_approx(dt_sum * a2);
-        // Lane 0 folds in the carried state, so the inclusive scan below yields true states.
-        if (lane == 0) hh = fmaf(pp, hc, hh);
-        // Inclusive scan of (P, H) over the lanes (Kogge-Stone): (P, H) o (P', H') of the
-        // earlier segment = (P P', P H' + H). The last level needs no P.
-#pragma unroll
-        for (int off = 1; off < 16; off *= 2) {
-          const float h_up = __shfl_up_sync(kFull, hh, off);
-          const float p_up = __shfl_up_sync(kFull, pp, off);
-          if (lane >= off) {
-            hh = fmaf(pp, h_up, hh);
-            pp *= p_up;
-          }
-        }
-        {
-          const float h_up = __shfl_up_sync(kFull, hh, 16);
-          if (lane >= 16) hh = fmaf(pp, h_up, hh);
-        }
-        // hh: the state after this lane's last step (lane 31: the carry into the next tile).
-        // The state before its first step:
-        float h = __shfl_up_sync(kFull, hh, 1);
-        if (lane == 0) h = hc;
-        if (lane == 31) carry_out[s] = hh;
-        float cv[K];
-#pragma unroll
-        for (int q = 0; q < K / 4; ++q) {
-          const float4 v = *reinterpret_cast<const float4*>(crow + bc_off[q]);
-          cv[4 * q + 0] = v.x;
-          cv[4 * q + 1] = v.y;
-          cv[4 * q + 2] = v.z;
-          cv[4 * q + 3] = v.w;
-        }
-#pragma unroll
-        for (int i = 0; i < K; ++i) {
-          h = fmaf(da[i], h, db_[i]);
-          y[i] = fmaf(cv[i], h, y[i]);
-        }
-      }
-
-      // y = (C . h + D u) * silu(z), written over this lane's own u.
-#pragma unroll
-      for (int i = 0; i < K; ++i) {
-        const int off = i * lay.act_row;
-        const float zv = to_float(*reinterpret_cast<const T*>(zb + off));
-        *reinterpret_cast<T*>(ub + off) = from_float<T>(y[i] * silu(zv));
-      }
-    };
-
-    // The pipeline: tile j + 1 is in flight (cp.async) while tile j is computed. Barrier S1:
-    // tile j landed and every warp finished tile j - 1; barrier S2: tile j's B/C are
-    // converted, tile j - 1's y is stored, the raw tile and the other activation buffer are
-    // free.
-    issue_tile(0);
-    for (int64_t j = 0; j < num_tiles; ++j) {
-      const int valid = static_cast<int>(min(static_cast<int64_t>(kSteps), length - j * kSteps));
-      cp_async_wait_all();
-      __syncthreads();  // S1
-      if (j > 0) store_y(j - 1);
-      convert_bc(valid);
-      __syncthreads();  // S2
-      if (j + 1 < num_tiles) issue_tile(j + 1);
-      if (active) compute_tile(j, valid);
-    }
-    __syncthreads();
-    store_y(num_tiles - 1);
-    if (active) {
-      const float* const carry_fin = carry + (num_tiles & 1) * carry_parity + warp * n;
-      for (int s = lane; s < n; s += 32) p.h[(bi * channels + ch) * n + s] = carry_fin[s];
-    }
-    __syncthreads();  // the next batch entry reuses every buffer
-  }
-}
-
 // How a scan is split into chunks, and the workspace that needs.
 struct ScanPlan {
   int num_chunks = 1;
@@ -1073,257 +640,6 @@ void validate(const SelectiveScanArgs& a) {
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Selective scan: choosing and launching the implementation
-// ---------------------------------------------------------------------------------------------
-
-// HVLM_MAMBA_SCAN (read on every call; for tests and experiments): unset, "" or "auto" = the
-// heuristic below; "chunked" = always the three-pass kernels; "tiled" = the tiled kernel
-// wherever it applies (alignment, shared memory), "tiled:W" = the same with W channels per
-// block (1..12, where valid).
-enum class ScanImpl { kAuto, kChunked, kTiled };
-struct ScanOverride {
-  ScanImpl impl = ScanImpl::kAuto;
-  int warps = 0;  // 0: chosen by the cost model
-};
-
-ScanOverride read_scan_override() {
-  ScanOverride o;
-  const char* env = std::getenv("HVLM_MAMBA_SCAN");
-  if (env == nullptr) return o;
-  const std::string v(env);
-  if (v == "chunked") {
-    o.impl = ScanImpl::kChunked;
-  } else if (v.rfind("tiled", 0) == 0) {
-    o.impl = ScanImpl::kTiled;
-    if (v.size() > 6 && v[5] == ':') o.warps = std::atoi(v.c_str() + 6);
-  }
-  return o;
-}
-
-// The largest of 16, 8, 4, 2, 1 dividing every value.
-int common_vec_width(std::initializer_list<uint64_t> values) {
-  int v = 16;
-  for (const uint64_t x : values) {
-    while (v > 1 && x % static_cast<uint64_t>(v) != 0) v /= 2;
-  }
-  return v;
-}
-
-uint64_t address_of(const void* p) { return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)); }
-
-int64_t round16(int64_t x) { return (x + 15) / 16 * 16; }
-
-TiledLayout make_tiled_layout(int es, int n, int warps, int k, int vec_act) {
-  const int64_t steps = 32 * k;
-  TiledLayout l;
-  const int64_t act_row = static_cast<int64_t>(warps) * es;
-  const int64_t act_block = k * act_row + vec_act;
-  const int64_t act_tensor = round16(32 * act_block);
-  const int64_t bc_half = round16(static_cast<int64_t>(n) * es);
-  const int64_t bc_row = 2 * bc_half + 16;  // odd number of 16-byte units: no bank conflicts
-  const int64_t off_raw = 6 * act_tensor;
-  const int64_t off_bf = off_raw + steps * bc_row;
-  const int64_t off_cf = off_bf + n * steps * 4;
-  const int64_t off_a2 = off_cf + n * steps * 4;
-  const int64_t off_carry = off_a2 + round16(static_cast<int64_t>(warps) * n * 4);
-  const int64_t bytes = off_carry + round16(2 * static_cast<int64_t>(warps) * n * 4);
-  l.act_row = static_cast<int>(act_row);
-  l.act_block = static_cast<int>(act_block);
-  l.act_tensor = static_cast<int>(act_tensor);
-  l.bc_half = static_cast<int>(bc_half);
-  l.bc_row = static_cast<int>(bc_row);
-  l.off_raw = static_cast<int>(off_raw);
-  l.off_bf = static_cast<int>(off_bf);
-  l.off_cf = static_cast<int>(off_cf);
-  l.off_a2 = static_cast<int>(off_a2);
-  l.off_carry = static_cast<int>(off_carry);
-  l.bytes = static_cast<int>(bytes);
-  return l;
-}
-
-struct TiledPlan {
-  bool use = false;
-  int warps = 0, k = 0, vec_act = 0, vec_bc = 0;
-  int64_t blocks = 0;  // channel blocks x batch entries (work units)
-  TiledLayout lay;
-};
-
-// Registers per thread of a tiled kernel (cached; the same on every device of one build).
-template <typename T, int K>
-int tiled_kernel_registers() {
-  static std::atomic<int> regs{-1};
-  int r = regs.load(std::memory_order_relaxed);
-  if (r < 0) {
-    cudaFuncAttributes attr{};
-    check_call(cudaFuncGetAttributes(&attr, tiled_scan_kernel<T, K>), "cudaFuncGetAttributes");
-    r = std::max(attr.numRegs, 1);
-    regs.store(r, std::memory_order_relaxed);
-  }
-  return r;
-}
-
-template <typename T>
-int tiled_registers(int k) {
-  switch (k) {
-    case 16: return tiled_kernel_registers<T, 16>();
-    case 8: return tiled_kernel_registers<T, 8>();
-    default: return tiled_kernel_registers<T, 4>();
-  }
-}
-
-// Lets a tiled kernel use the device's opt-in shared memory (once per kernel and device).
-template <typename T, int K>
-void allow_tiled_smem(int device, int optin_bytes) {
-  static std::atomic<uint64_t> done{0};
-  const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
-  if (bit != 0 && (done.load(std::memory_order_relaxed) & bit) != 0) return;
-  check_call(cudaFuncSetAttribute(tiled_scan_kernel<T, K>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, optin_bytes),
-             "cudaFuncSetAttribute");
-  done.fetch_or(bit, std::memory_order_relaxed);
-}
-
-// The tiled kernel is used (unless overridden) where the chunked plan would need more than one
-// chunk and the sequence has >= 128 steps, i.e. where the chunked design would compute most
-// exps twice. Where batch x channels alone fill the GPU, the chunked kernels run as one chunk
-// and compute each exp once too, at one thread per sequence (no lane scan), and stay in use.
-// The tiled kernel needs 4-byte aligned rows for cp.async (else: chunked).
-// Shape: the cost model takes time ~ waves x max(warps per SM, 8) x padded length x (9 + 24 / K)
-// (the SM is issue / exp / shared-memory bound from ~8 warps on, latency bound below), and
-// prefers larger K and more channels per block on ties (B/C staging is shared by the block).
-template <typename T>
-TiledPlan make_tiled_plan(const SelectiveScanArgs& a, int chunked_chunks, const ScanOverride& ov) {
-  TiledPlan plan;
-  if (ov.impl == ScanImpl::kChunked) return plan;
-  // Below 128 steps the chunked plan has at most 2 chunks, and a tile would be mostly padding.
-  if (ov.impl == ScanImpl::kAuto && (chunked_chunks <= 1 || a.length < 128)) return plan;
-  const int es = static_cast<int>(sizeof(T));
-  const int n = static_cast<int>(a.state_size);
-  const int vec_bc = common_vec_width({address_of(a.b), address_of(a.c),
-                                       static_cast<uint64_t>(a.row_stride_bc * es),
-                                       static_cast<uint64_t>(n * es)});
-  const int vec_io = common_vec_width(
-      {address_of(a.u), address_of(a.delta), address_of(a.z), address_of(a.y),
-       static_cast<uint64_t>(a.channels * es), static_cast<uint64_t>(a.row_stride_z * es)});
-  if (vec_bc < 4 || vec_io < 4) return plan;
-
-  int device = 0, sms = 0, optin = 0, per_sm_smem = 0;
-  check_call(cudaGetDevice(&device), "cudaGetDevice");
-  check_call(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-             "cudaDeviceGetAttribute");
-  check_call(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-             "cudaDeviceGetAttribute");
-  check_call(
-      cudaDeviceGetAttribute(&per_sm_smem, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device),
-      "cudaDeviceGetAttribute");
-  sms = std::max(sms, 1);
-
-  // Items per lane: the largest that fits (shared memory grows with 32 K n), unless a shorter
-  // tile wastes less on the padded tail of a short sequence. Relative cost of a step at K
-  // items: ~9 issue slots + ~24 / K for the lane scan (per state; see the file comment).
-  const int k_first = n <= 16 ? (es == 2 ? 16 : 8) : n <= 32 ? 8 : 4;
-  double best_cost = 0.0;
-  for (int k = k_first; k >= 4; k /= 2) {
-    const int regs = (tiled_registers<T>(k) + 7) / 8 * 8;
-    const int64_t tile = 32 * k;
-    const double step_cost = 9.0 + 24.0 / k;
-    const double tiles_cost = static_cast<double>((a.length + tile - 1) / tile * tile) * step_cost;
-    for (int warps = kTiledMaxWarps; warps >= 1; --warps) {
-      if (ov.warps > 0 && warps != ov.warps) continue;
-      const int vec_act = std::min(vec_io, common_vec_width({static_cast<uint64_t>(warps * es)}));
-      if (vec_act < 4) continue;
-      const TiledLayout lay = make_tiled_layout(es, n, warps, k, vec_act);
-      if (lay.bytes > optin) continue;
-      // Blocks per SM: by shared memory (1 KB reserved per block), registers and threads.
-      const int by_smem = per_sm_smem / (lay.bytes + 1024);
-      const int by_regs = 65536 / (regs * 32 * warps);
-      const int by_threads = 2048 / (32 * warps);
-      const int per_sm_max = std::min({by_smem, by_regs, by_threads, 32});
-      if (per_sm_max < 1) continue;
-      const int64_t blocks = (a.channels + warps - 1) / warps * a.batch;
-      const int64_t per_sm = std::min<int64_t>(per_sm_max, (blocks + sms - 1) / sms);
-      const int64_t waves = (blocks + sms * per_sm - 1) / (sms * per_sm);
-      const double cost =
-          static_cast<double>(waves) * std::max<int64_t>(warps * per_sm, 8) * tiles_cost;
-      if (!plan.use || cost < best_cost) {
-        best_cost = cost;
-        plan.use = true;
-        plan.warps = warps;
-        plan.k = k;
-        plan.vec_act = vec_act;
-        plan.vec_bc = vec_bc;
-        plan.blocks = blocks;
-        plan.lay = lay;
-      }
-    }
-  }
-  if (plan.use && ov.impl == ScanImpl::kAuto) {
-    // Rough times. Chunked: ~0.53 ns per (step, channel, state) and pass over 132 SMs (measured:
-    // 213 us at 1536 x 8192 x 16 with 44 chunks), channels padded to its 256-thread blocks.
-    // Tiled: ~0.056 ns per (step, channel, state) on one SM running >= 8 of them (expected
-    // ~88 us at that shape; to be calibrated). With few channels the tiled kernel occupies few
-    // SMs while the chunked one fills the GPU with chunks, and twice the exps then cost less.
-    const double states = static_cast<double>(n);
-    const double chunked_passes = 2.0 - 1.0 / std::max(chunked_chunks, 1);
-    const double t_chunked = chunked_passes * static_cast<double>(a.batch) *
-                             static_cast<double>((a.channels + 255) / 256 * 256) *
-                             static_cast<double>(a.length) * states * 0.53e-9 * 132.0 / sms;
-    const double t_tiled = best_cost / 10.5 * states * 0.056e-9;
-    if (t_tiled >= t_chunked) plan.use = false;
-  }
-  return plan;
-}
-
-template <typename T>
-void launch_tiled(const SelectiveScanArgs& a, const TiledPlan& tp, cudaStream_t stream) {
-  TiledScanParams<T> p;
-  p.u = static_cast<const T*>(a.u);
-  p.delta = static_cast<const T*>(a.delta);
-  p.delta_bias = a.delta_bias;
-  p.a = a.a;
-  p.b = static_cast<const T*>(a.b);
-  p.c = static_cast<const T*>(a.c);
-  p.d = a.d;
-  p.z = static_cast<const T*>(a.z);
-  p.h = a.h;
-  p.y = static_cast<T*>(a.y);
-  p.batch = a.batch;
-  p.length = a.length;
-  p.channels = a.channels;
-  p.row_stride_bc = a.row_stride_bc;
-  p.row_stride_z = a.row_stride_z;
-  p.n = static_cast<int>(a.state_size);
-  p.delta_softplus = a.delta_softplus;
-  p.warps = tp.warps;
-  p.vec_act = tp.vec_act;
-  p.vec_bc = tp.vec_bc;
-  p.lay = tp.lay;
-  int device = 0, optin = 0;
-  check_call(cudaGetDevice(&device), "cudaGetDevice");
-  check_call(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-             "cudaDeviceGetAttribute");
-  const dim3 grid(static_cast<unsigned>((a.channels + tp.warps - 1) / tp.warps),
-                  static_cast<unsigned>(std::min<int64_t>(a.batch, kMaxGridYZ)));
-  const dim3 block(32 * tp.warps);
-  const size_t smem = static_cast<size_t>(tp.lay.bytes);
-  switch (tp.k) {
-    case 16:
-      allow_tiled_smem<T, 16>(device, optin);
-      tiled_scan_kernel<T, 16><<<grid, block, smem, stream>>>(p);
-      break;
-    case 8:
-      allow_tiled_smem<T, 8>(device, optin);
-      tiled_scan_kernel<T, 8><<<grid, block, smem, stream>>>(p);
-      break;
-    default:
-      allow_tiled_smem<T, 4>(device, optin);
-      tiled_scan_kernel<T, 4><<<grid, block, smem, stream>>>(p);
-      break;
-  }
-  check_launch("tiled_scan_kernel");
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -1376,51 +692,20 @@ size_t selective_scan_workspace_bytes(const SelectiveScanArgs& a) {
   validate(a);
   if (is_noop(a)) return 0;
   size_t bytes = 0;
-  const ScanOverride ov = read_scan_override();
   dispatch_scan(a.dtype, a.state_size, [&](auto tag, auto ns) {
-    using T = decltype(tag);
-    const ScanPlan plan = make_plan<T, decltype(ns)::value>(a);
-    bytes = make_tiled_plan<T>(a, plan.num_chunks, ov).use ? 0 : plan.workspace_bytes;
+    bytes = make_plan<decltype(tag), decltype(ns)::value>(a).workspace_bytes;
   });
   return bytes;
-}
-
-std::string selective_scan_describe(const SelectiveScanArgs& a) {
-  validate(a);
-  if (is_noop(a)) return "no-op";
-  std::string out;
-  const ScanOverride ov = read_scan_override();
-  dispatch_scan(a.dtype, a.state_size, [&](auto tag, auto ns) {
-    using T = decltype(tag);
-    const ScanPlan plan = make_plan<T, decltype(ns)::value>(a);
-    const TiledPlan tp = make_tiled_plan<T>(a, plan.num_chunks, ov);
-    if (tp.use) {
-      out = "tiled: " + std::to_string(tp.warps) + " channels/block, " +
-            std::to_string(32 * tp.k) + " steps/tile, " + std::to_string(tp.blocks) +
-            " blocks, " + std::to_string(tp.lay.bytes) + " B smem, copies " +
-            std::to_string(tp.vec_act) + "/" + std::to_string(tp.vec_bc) + " B";
-    } else {
-      out = "chunked: " + std::to_string(plan.num_chunks) + " chunk(s) of " +
-            std::to_string(plan.chunk_steps) + " steps";
-    }
-  });
-  return out;
 }
 
 void selective_scan(const SelectiveScanArgs& a) {
   validate(a);
   if (is_noop(a)) return;
   const auto stream = static_cast<cudaStream_t>(a.stream);
-  const ScanOverride ov = read_scan_override();
   dispatch_scan(a.dtype, a.state_size, [&](auto tag, auto ns) {
     using T = decltype(tag);
     constexpr int NS = decltype(ns)::value;
     const ScanPlan plan = make_plan<T, NS>(a);
-    const TiledPlan tiled = make_tiled_plan<T>(a, plan.num_chunks, ov);
-    if (tiled.use) {
-      launch_tiled<T>(a, tiled, stream);
-      return;
-    }
     if (plan.workspace_bytes > 0 && a.workspace == nullptr) {
       throw std::invalid_argument(
           "hvlm::kernels::cuda::selective_scan: workspace required (selective_scan_workspace_bytes)");

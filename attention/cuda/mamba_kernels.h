@@ -12,8 +12,7 @@
 //    `stream` (a cudaStream_t; nullptr = the legacy default stream) and not waited for.
 //  - Sizes are element counts; a "row stride" is the distance in elements between the starts
 //    of consecutive time steps. Element types are those stated per field; 2-byte dtypes need
-//    only 2-byte alignment. (The scan's fast path uses 4..16-byte copies where pointers, row
-//    strides and widths allow; other layouts run a slower path with the same results.)
+//    only 2-byte alignment (no vector loads are assumed).
 //  - batch, length == 0 is a no-op (except that the conv still writes its state_out).
 //  - Invalid arguments throw std::invalid_argument; a failed launch throws std::runtime_error
 //    carrying the CUDA error string. Neither synchronizes the stream.
@@ -25,7 +24,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <string>
 
 namespace hvlm::kernels::cuda {
 
@@ -59,8 +57,9 @@ struct CausalConvArgs {
 ///   y[b,t,c] = (sum_s c[b,t,s] * h_t[s] + d[c] * u[b,t,c]) * silu(z[b,t,c])
 /// h holds h_{-1} on entry and h_{length-1} on return, so running a sequence in pieces with h
 /// carried equals one run.
-/// Supported: state_size 1..64; any batch, length, channels >= 0; row strides >= the used
-/// width. y must not alias any input; h must not alias anything else.
+/// Supported: state_size 1..64 (sizes 1, 2, 4, 8, 16, 32, 64 run exactly; other sizes run as the
+/// next one of these with zero padding); any batch, length, channels >= 0; row strides >= the
+/// used width. y must not alias any input; h must not alias anything else.
 struct SelectiveScanArgs {
   int64_t batch = 0, length = 0, channels = 0, state_size = 0;
   DType dtype = DType::kFloat32;   // of u, delta, b, c, z, y
@@ -87,17 +86,12 @@ struct SelectiveScanArgs {
 /// Enqueues the conv. Throws std::invalid_argument / std::runtime_error as described above.
 void causal_conv_silu(const CausalConvArgs& args);
 
-/// Bytes of workspace that selective_scan(args) needs; 0 when it runs the tiled kernel or the
-/// chunked kernels as one chunk. Depends on all the arguments (sizes, dtype, pointer
-/// alignment), the current device and the HVLM_MAMBA_SCAN environment variable, so query it on
-/// the device the scan will run on, with the same arguments.
+/// Bytes of workspace that selective_scan(args) needs; 0 when the sequence runs as one chunk.
+/// Depends on batch, length, channels, state_size, dtype and the current device (its SM
+/// count), so query it on the device the scan will run on, with the same arguments.
 size_t selective_scan_workspace_bytes(const SelectiveScanArgs& args);
 
 /// Enqueues the scan. Throws std::invalid_argument / std::runtime_error as described above.
 void selective_scan(const SelectiveScanArgs& args);
-
-/// Diagnostics: which implementation selective_scan(args) would run on the current device and
-/// how ("tiled: ..." or "chunked: ..."), e.g. for tests and benchmarks. Validates like the scan.
-std::string selective_scan_describe(const SelectiveScanArgs& args);
 
 }  // namespace hvlm::kernels::cuda

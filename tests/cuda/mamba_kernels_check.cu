@@ -9,20 +9,12 @@
 // Each output is poisoned (NaN bytes) before each run, every element must be written and
 // finite, guard bytes after each output must stay untouched, and a sequence run in two pieces
 // with the state carried must match one run. Errors are norm-wise, ||out - ref|| / ||ref||.
-// The scan has two implementations (tiled single pass, chunked three passes; see
-// mamba_kernels.cu); cases marked "all modes" run the scan under each HVLM_MAMBA_SCAN setting
-// (auto, chunked, tiled, tiled:W for a few block widths W) and also check that the forced
-// setting took the expected path (tiled wherever the layout is 4-byte aligned).
 //
-//   nvcc -std=c++17 -O3 -arch=sm_90 -I. -o check tests/cuda/mamba_kernels_check.cu \
+//   nvcc -std=c++17 -O3 -arch=sm_90 -o check tests/cuda/mamba_kernels_check.cu \
 //        attention/cuda/mamba_kernels.cu
-//   ./check [--seed N]      correctness; exit code 0 only if every case passes; the last line
-//                           is "ALL PASSED: 0 failure(s)" or "FAILED: N failure(s)"
-//   ./check --bench         medians (CUDA events, 50 runs after 10 warm-up runs), one line
-//                           each, e.g. "bench scan B=1 L=8192 E=1536 N=16 bf16: 97.3 us", for
-//                           the scan at (B, L) = (1, 8192), (1, 65536), (256, 64) with 1536
-//                           channels, 16 states, bf16, softplus + delta bias, and the conv at
-//                           (1, 8192); then informational lines (chunked path, no softplus)
+//   ./check [--seed N]      correctness; exit code 0 only if every case passes
+//   ./check --bench         times conv and scan at batch 1, length 8192, 1536 channels,
+//                           16 states, bf16 (median of 50 after warm-up)
 #include "../../attention/cuda/mamba_kernels.h"
 
 #include <cuda_bf16.h>
@@ -50,7 +42,6 @@ using mk::DType;
     if (err_ != cudaSuccess) {                                                           \
       std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #expr,          \
                    cudaGetErrorString(err_));                                            \
-      std::printf("FAILED: CUDA error %s\n", cudaGetErrorString(err_));                \
       std::exit(2);                                                                      \
     }                                                                                    \
   } while (0)
@@ -335,7 +326,7 @@ void report(const std::string& name, const char* what, const Compare& c, bool gu
             double tol) {
   const bool ok = c.bad == 0 && guards_ok && c.rel <= tol && std::isfinite(c.rel);
   if (!ok) ++g_failures;
-  std::printf("  %-6s %-44s %-20s rel %.3e (tol %.0e)%s%s  %s\n", ok ? "PASS" : "FAIL",
+  std::printf("  %-6s %-44s %-10s rel %.3e (tol %.0e)%s%s  %s\n", ok ? "PASS" : "FAIL",
               name.c_str(), what, c.rel, tol,
               c.bad ? (" unwritten/non-finite " + std::to_string(c.bad)).c_str() : "",
               guards_ok ? "" : " GUARD OVERWRITTEN", "");
@@ -348,11 +339,6 @@ void report(const std::string& name, const char* what, const Compare& c, bool gu
 struct Case {
   int64_t batch, length, channels, state_size, kernel;
   bool delta_softplus, delta_bias;
-  // Column of B in the x_proj row [dt (bc_offset columns) | B | C]: 3 leaves B/C only 2-byte
-  // aligned in 2-byte dtypes (the tiled scan then falls back to the chunked one), 8 and 48
-  // keep them 16-byte aligned, as the layer's dt_rank 48 does.
-  int64_t bc_offset = 3;
-  bool all_modes = false;  // scan under every HVLM_MAMBA_SCAN mode, not only the default
 };
 
 // Runs the conv over rows [t0, t0 + len) with state `state_in` on the device, into host `out`.
@@ -395,7 +381,6 @@ ConvRun run_conv(const ConvProblem& p, const std::vector<float>& state_in) {
 struct ScanRun {
   std::vector<float> y, h;
   bool guards_ok = true;
-  std::string impl;  // selective_scan_describe: which implementation ran
 };
 
 ScanRun run_scan(const ScanProblem& p, const std::vector<float>& h_in) {
@@ -429,10 +414,9 @@ ScanRun run_scan(const ScanProblem& p, const std::vector<float>& h_in) {
   const size_t ws_bytes = mk::selective_scan_workspace_bytes(s);
   DeviceBuffer ws(ws_bytes);  // poisoned: the scan must not depend on its contents
   s.workspace = ws_bytes > 0 ? ws.ptr : nullptr;
-  ScanRun r;
-  r.impl = p.length > 0 ? mk::selective_scan_describe(s) : "no-op";
   mk::selective_scan(s);
   CUDA_CHECK(cudaDeviceSynchronize());
+  ScanRun r;
   std::vector<uint8_t> yb(y.bytes);
   r.guards_ok &= y.download(yb.data());
   r.y = decode(t, yb, y_n);
@@ -447,10 +431,9 @@ void run_case(const Case& cs, DType t, Rng& rng) {
   const double tol = t == DType::kFloat32 ? 1e-4 : 2e-2;
   const double tol_state = 1e-4;  // states are float32 whatever the dtype
   char name_buf[160];
-  std::snprintf(name_buf, sizeof(name_buf), "%s B%lld L%lld E%lld N%lld K%lld o%lld%s%s",
-                dtype_name(t), (long long)B, (long long)L, (long long)C, (long long)N,
-                (long long)K, (long long)cs.bc_offset, cs.delta_softplus ? " sp" : "",
-                cs.delta_bias ? "+bias" : "");
+  std::snprintf(name_buf, sizeof(name_buf), "%s B%lld L%lld E%lld N%lld K%lld%s%s", dtype_name(t),
+                (long long)B, (long long)L, (long long)C, (long long)N, (long long)K,
+                cs.delta_softplus ? " softplus" : "", cs.delta_bias ? "+bias" : "");
   const std::string name = name_buf;
   const int64_t L1 = L / 2, L2 = L - L1;  // the streaming split (L1 may be 0)
 
@@ -496,7 +479,7 @@ void run_case(const Case& cs, DType t, Rng& rng) {
   sp.length = L;
   sp.channels = C;
   sp.state_size = N;
-  sp.bc_offset = cs.bc_offset;
+  sp.bc_offset = 3;  // an odd dt rank: B and C start unaligned
   sp.row_stride_bc = sp.bc_offset + 2 * N;
   sp.row_stride_z = 2 * C;
   sp.delta_softplus = cs.delta_softplus;
@@ -523,58 +506,23 @@ void run_case(const Case& cs, DType t, Rng& rng) {
   for (auto& v : sp.h0) v = 2.0f * unit() - 1.0f;
   std::vector<double> y_ref, h_ref;
   scan_reference(sp, y_ref, h_ref);
-
-  ScanProblem p1 = sp, p2 = sp;  // the two pieces of the streaming run
-  p1.length = L1;
-  p2.length = L2;
-  p1.u = slice_time(sp.u, B, L, C, 0, L1);
-  p2.u = slice_time(sp.u, B, L, C, L1, L2);
-  p1.delta = slice_time(sp.delta, B, L, C, 0, L1);
-  p2.delta = slice_time(sp.delta, B, L, C, L1, L2);
-  p1.xdbl = slice_time(sp.xdbl, B, L, sp.row_stride_bc, 0, L1);
-  p2.xdbl = slice_time(sp.xdbl, B, L, sp.row_stride_bc, L1, L2);
-  p1.xz = slice_time(sp.xz, B, L, sp.row_stride_z, 0, L1);
-  p2.xz = slice_time(sp.xz, B, L, sp.row_stride_z, L1, L2);
-
-  // Whether the tiled kernel can take this layout (4-byte aligned rows of u/delta/z/y and of
-  // B/C; buffers come from cudaMalloc) with `warps` channels per block (0: any width).
-  const int64_t es = static_cast<int64_t>(dtype_size(t));
-  auto tiled_capable = [&](int warps) {
-    const bool bc = (sp.bc_offset * es) % 4 == 0 && (N * es) % 4 == 0 &&
-                    (sp.row_stride_bc * es) % 4 == 0;
-    const bool act = (C * es) % 4 == 0;
-    const bool width = warps == 0 || (warps <= 12 && (warps * es) % 4 == 0);
-    return bc && act && width;
-  };
-
-  std::vector<std::string> modes = {""};  // "": the default (auto)
-  if (cs.all_modes) modes = {"", "chunked", "tiled", "tiled:12", "tiled:10", "tiled:3"};
-  for (const std::string& mode : modes) {
-    if (mode.empty()) {
-      unsetenv("HVLM_MAMBA_SCAN");
-    } else {
-      setenv("HVLM_MAMBA_SCAN", mode.c_str(), 1);
-    }
-    const std::string tag = mode.empty() ? "" : "[" + mode + "]";
+  {
     const ScanRun r = run_scan(sp, sp.h0);
-    std::printf("  %-6s %-44s %-20s %s\n", "", name.c_str(), ("impl" + tag).c_str(),
-                r.impl.c_str());
-    if (!mode.empty()) {  // a forced mode must take the expected path
-      bool want_tiled = false;
-      if (mode != "chunked") {
-        const int warps = mode.size() > 6 ? std::atoi(mode.c_str() + 6) : 0;
-        want_tiled = tiled_capable(warps);
-      }
-      const bool got_tiled = r.impl.rfind("tiled", 0) == 0;
-      if (got_tiled != want_tiled) {
-        ++g_failures;
-        std::printf("  %-6s %-44s %-20s expected the %s path\n", "FAIL", name.c_str(),
-                    ("impl" + tag).c_str(), want_tiled ? "tiled" : "chunked");
-      }
-    }
-    report(name, ("scan y" + tag).c_str(), compare(r.y, y_ref), r.guards_ok, tol);
-    report(name, ("scan h" + tag).c_str(), compare(r.h, h_ref), r.guards_ok, tol_state);
-    // Two pieces with h carried.
+    report(name, "scan y", compare(r.y, y_ref), r.guards_ok, tol);
+    report(name, "scan h", compare(r.h, h_ref), r.guards_ok, tol_state);
+  }
+  {  // two pieces with h carried
+    ScanProblem p1 = sp, p2 = sp;
+    p1.length = L1;
+    p2.length = L2;
+    p1.u = slice_time(sp.u, B, L, C, 0, L1);
+    p2.u = slice_time(sp.u, B, L, C, L1, L2);
+    p1.delta = slice_time(sp.delta, B, L, C, 0, L1);
+    p2.delta = slice_time(sp.delta, B, L, C, L1, L2);
+    p1.xdbl = slice_time(sp.xdbl, B, L, sp.row_stride_bc, 0, L1);
+    p2.xdbl = slice_time(sp.xdbl, B, L, sp.row_stride_bc, L1, L2);
+    p1.xz = slice_time(sp.xz, B, L, sp.row_stride_z, 0, L1);
+    p2.xz = slice_time(sp.xz, B, L, sp.row_stride_z, L1, L2);
     const ScanRun r1 = run_scan(p1, sp.h0);
     const ScanRun r2 = run_scan(p2, r1.h);
     std::vector<float> y(static_cast<size_t>(B * L * C));
@@ -582,10 +530,9 @@ void run_case(const Case& cs, DType t, Rng& rng) {
       std::copy_n(r1.y.begin() + b * L1 * C, L1 * C, y.begin() + b * L * C);
       std::copy_n(r2.y.begin() + b * L2 * C, L2 * C, y.begin() + (b * L + L1) * C);
     }
-    report(name, ("scan strm" + tag).c_str(), compare(y, y_ref), r1.guards_ok && r2.guards_ok, tol);
-    report(name, ("scan h2" + tag).c_str(), compare(r2.h, h_ref), true, tol_state);
+    report(name, "scan strm", compare(y, y_ref), r1.guards_ok && r2.guards_ok, tol);
+    report(name, "scan h2", compare(r2.h, h_ref), true, tol_state);
   }
-  unsetenv("HVLM_MAMBA_SCAN");
 }
 
 void check_rejects() {
@@ -646,135 +593,90 @@ double median_us(F f, int warmup = 10, int reps = 50) {
   return times[times.size() / 2];
 }
 
-// Uniform [lo, hi) values from a hash of (seed, index), written on the device (the benchmark's
-// inputs reach a GB at length 65536; the check's inputs come from the host Rng).
-__global__ void fill_uniform_bf16(__nv_bfloat16* p, size_t n, uint64_t seed, float lo, float hi) {
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (i + 1);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    const float u01 = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
-    p[i] = __float2bfloat16_rn(lo + (hi - lo) * u01);
-  }
-}
-
-void fill_device(const DeviceBuffer& b, size_t n, uint64_t seed, float lo, float hi) {
-  fill_uniform_bf16<<<1024, 256>>>(b.as<__nv_bfloat16>(), n, seed, lo, hi);
-  CUDA_CHECK(cudaGetLastError());
-}
-
 int bench(Rng& rng) {
-  // The largest shape sets the buffer sizes: batch x length = 65536 rows for every shape.
-  const int64_t E = 1536, N = 16, R = 48, K = 4, kRows = 65536;
+  const int64_t B = 1, L = 8192, E = 1536, N = 16, R = 48, K = 4;
   const DType t = DType::kBFloat16;
   const size_t es = 2;
-  DeviceBuffer dxz(kRows * 2 * E * es), dxdbl(kRows * (R + 2 * N) * es), du(kRows * E * es),
-      ddp(kRows * E * es), dds(kRows * E * es), dy(kRows * E * es), dconv(kRows * E * es);
-  DeviceBuffer dw(K * E * es), dcb(E * es);
-  fill_device(dxz, kRows * 2 * E, rng.next(), -2.0f, 2.0f);
-  fill_device(dxdbl, kRows * (R + 2 * N), rng.next(), -1.0f, 1.0f);
-  fill_device(du, kRows * E, rng.next(), -1.0f, 1.0f);
-  fill_device(ddp, kRows * E, rng.next(), -1.0f, 1.0f);    // dt_proj(dt) without its bias
-  fill_device(dds, kRows * E, rng.next(), 0.001f, 0.1f);   // already softplus'ed
-  fill_device(dw, K * E, rng.next(), -0.5f, 0.5f);
-  fill_device(dcb, E, rng.next(), -0.5f, 0.5f);
-  std::vector<float> bias(E), a(E * N), d(E, 1.0f);
+  HostTensor xz = uniform(t, B * L * 2 * E, rng, -2.0f, 2.0f);
+  HostTensor xdbl = uniform(t, B * L * (R + 2 * N), rng, -1.0f, 1.0f);
+  HostTensor u = uniform(t, B * L * E, rng, -1.0f, 1.0f);
+  HostTensor delta_pre = uniform(t, B * L * E, rng, -1.0f, 1.0f);  // dt_proj(dt) without bias
+  HostTensor delta_sp = uniform(t, B * L * E, rng, 0.001f, 0.1f);  // already softplus'ed
+  HostTensor w = uniform(t, K * E, rng, -0.5f, 0.5f), cb = uniform(t, E, rng, -0.5f, 0.5f);
+  std::vector<float> bias(E), a(E * N), d(E, 1.0f), h(B * E * N, 0.0f), cs((K - 1) * E * B, 0.0f);
   auto unit = [&] { return rng.uniform(0.0f, 1.0f); };
   for (auto& v : bias) v = std::log(std::expm1(0.001f + 0.099f * unit()));  // inverse softplus
   for (int64_t c = 0; c < E; ++c) {
     for (int64_t s = 0; s < N; ++s) a[c * N + s] = -static_cast<float>(s + 1);
   }
-  DeviceBuffer dbias = to_device(bias), da = to_device(a), dd = to_device(d);
-  DeviceBuffer dh(256 * E * N * sizeof(float));  // h: [batch <= 256, E, N]
-  DeviceBuffer dcs_in(E * (K - 1) * sizeof(float)), dcs_out(E * (K - 1) * sizeof(float));
-  CUDA_CHECK(cudaMemset(dh.ptr, 0, dh.bytes));
-  CUDA_CHECK(cudaMemset(dcs_in.ptr, 0, dcs_in.bytes));
-  CUDA_CHECK(cudaDeviceSynchronize());
+  DeviceBuffer dxz = to_device(xz), dxdbl = to_device(xdbl), du = to_device(u),
+               ddp = to_device(delta_pre), dds = to_device(delta_sp), dw = to_device(w),
+               dcb = to_device(cb), dbias = to_device(bias), da = to_device(a), dd = to_device(d),
+               dh = to_device(h), dcs_in = to_device(cs), dcs_out = to_device(cs);
+  DeviceBuffer dy(B * L * E * es), dconv(B * L * E * es);
 
-  auto scan_args = [&](int64_t B, int64_t L) {
-    mk::SelectiveScanArgs s;
-    s.batch = B;
-    s.length = L;
-    s.channels = E;
-    s.state_size = N;
-    s.dtype = t;
-    s.u = du.ptr;
-    s.delta = ddp.ptr;
-    s.delta_bias = dbias.as<float>();
-    s.delta_softplus = true;
-    s.a = da.as<float>();
-    s.b = dxdbl.as<uint8_t>() + R * es;
-    s.c = dxdbl.as<uint8_t>() + (R + N) * es;
-    s.row_stride_bc = R + 2 * N;
-    s.d = dd.as<float>();
-    s.z = dxz.as<uint8_t>() + E * es;
-    s.row_stride_z = 2 * E;
-    s.h = dh.as<float>();
-    s.y = dy.ptr;
-    return s;
-  };
-  // Median time of the scan; the workspace (chunked path only) is sized for these arguments.
-  auto time_scan = [&](mk::SelectiveScanArgs s, std::string* impl) {
-    const size_t ws_bytes = mk::selective_scan_workspace_bytes(s);
-    DeviceBuffer ws(ws_bytes);
-    s.workspace = ws_bytes > 0 ? ws.ptr : nullptr;
-    if (impl) *impl = mk::selective_scan_describe(s);
-    return median_us([&] { mk::selective_scan(s); });
-  };
+  mk::CausalConvArgs ca;
+  ca.batch = B;
+  ca.length = L;
+  ca.channels = E;
+  ca.kernel = K;
+  ca.dtype = t;
+  ca.x = dxz.ptr;
+  ca.row_stride_x = 2 * E;
+  ca.weight = dw.ptr;
+  ca.bias = dcb.ptr;
+  ca.state_in = dcs_in.as<float>();
+  ca.state_out = dcs_out.as<float>();
+  ca.out = dconv.ptr;
 
-  const double act_bytes = static_cast<double>(E) * es;  // one step of one [B, L, E] tensor
-  std::printf("bench: 1536 channels, 16 states, bf16, softplus + delta bias, conv kernel 4\n");
-  struct Shape {
-    int64_t B, L;
-  };
-  for (const Shape sh : {Shape{1, 8192}, Shape{1, 65536}, Shape{256, 64}}) {
-    std::string impl;
-    const double us = time_scan(scan_args(sh.B, sh.L), &impl);
-    const double rows = static_cast<double>(sh.B * sh.L);
-    const double bytes = rows * (4 * act_bytes + 2 * N * es);  // u, delta, z, y; B, C
-    std::printf("bench scan B=%lld L=%lld E=%lld N=%lld bf16: %.1f us  (%.0f GB/s, %.2f G state "
-                "updates/s; %s)\n",
-                (long long)sh.B, (long long)sh.L, (long long)E, (long long)N, us,
-                bytes / us * 1e-3, rows * E * N / us * 1e-3, impl.c_str());
-  }
-  {
-    mk::CausalConvArgs ca;
-    ca.batch = 1;
-    ca.length = 8192;
-    ca.channels = E;
-    ca.kernel = K;
-    ca.dtype = t;
-    ca.x = dxz.ptr;
-    ca.row_stride_x = 2 * E;
-    ca.weight = dw.ptr;
-    ca.bias = dcb.ptr;
-    ca.state_in = dcs_in.as<float>();
-    ca.state_out = dcs_out.as<float>();
-    ca.out = dconv.ptr;
-    const double us = median_us([&] { mk::causal_conv_silu(ca); });
-    std::printf("bench conv B=1 L=8192 E=%lld K=%lld bf16: %.1f us  (%.0f GB/s)\n", (long long)E,
-                (long long)K, us, 2 * 8192 * act_bytes / us * 1e-3);
-  }
-  // Informational: the chunked three-pass path, and the scan without the in-kernel softplus.
-  for (const Shape sh : {Shape{1, 8192}, Shape{1, 65536}}) {
-    setenv("HVLM_MAMBA_SCAN", "chunked", 1);
-    std::string impl;
-    const double us = time_scan(scan_args(sh.B, sh.L), &impl);
-    unsetenv("HVLM_MAMBA_SCAN");
-    std::printf("bench scan(chunked) B=%lld L=%lld E=%lld N=%lld bf16: %.1f us  (%s)\n",
-                (long long)sh.B, (long long)sh.L, (long long)E, (long long)N, us, impl.c_str());
-  }
-  {
-    mk::SelectiveScanArgs s = scan_args(1, 8192);
-    s.delta = dds.ptr;
-    s.delta_bias = nullptr;
-    s.delta_softplus = false;
-    const double us = time_scan(s, nullptr);
-    std::printf("bench scan(no softplus) B=1 L=8192 E=%lld N=%lld bf16: %.1f us\n", (long long)E,
-                (long long)N, us);
-  }
+  mk::SelectiveScanArgs s;
+  s.batch = B;
+  s.length = L;
+  s.channels = E;
+  s.state_size = N;
+  s.dtype = t;
+  s.u = du.ptr;
+  s.delta = ddp.ptr;
+  s.delta_bias = dbias.as<float>();
+  s.delta_softplus = true;
+  s.a = da.as<float>();
+  s.b = dxdbl.as<uint8_t>() + R * es;
+  s.c = dxdbl.as<uint8_t>() + (R + N) * es;
+  s.row_stride_bc = R + 2 * N;
+  s.d = dd.as<float>();
+  s.z = dxz.as<uint8_t>() + E * es;
+  s.row_stride_z = 2 * E;
+  s.h = dh.as<float>();
+  s.y = dy.ptr;
+  const size_t ws_bytes = mk::selective_scan_workspace_bytes(s);
+  DeviceBuffer ws(ws_bytes);
+  s.workspace = ws.ptr;
+  const int64_t chunks = ws_bytes / (B * E * (N + 1) * sizeof(float));
+
+  mk::SelectiveScanArgs s_plain = s;  // delta already softplus'ed
+  s_plain.delta = dds.ptr;
+  s_plain.delta_bias = nullptr;
+  s_plain.delta_softplus = false;
+
+  const double conv_us = median_us([&] { mk::causal_conv_silu(ca); });
+  const double scan_us = median_us([&] { mk::selective_scan(s); });
+  const double plain_us = median_us([&] { mk::selective_scan(s_plain); });
+  const double act = static_cast<double>(B * L * E) * es;  // bytes of one [B, L, E] activation
+  const double conv_bytes = 2 * act;                        // x in, u out
+  const double scan_bytes = 4 * act + B * L * 2 * N * es;   // u, delta, z in, y out; B, C
+  std::printf("bench: batch %lld, length %lld, channels %lld, state %lld, kernel %lld, bf16\n",
+              (long long)B, (long long)L, (long long)E, (long long)N, (long long)K);
+  std::printf("  scan chunks: %lld (workspace %.2f MB)\n", (long long)std::max<int64_t>(chunks, 1),
+              ws_bytes / 1e6);
+  std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "causal_conv_silu", conv_us,
+              conv_bytes / conv_us * 1e-3);
+  std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "selective_scan (softplus+bias)", scan_us,
+              scan_bytes / scan_us * 1e-3);
+  std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "selective_scan (delta ready)", plain_us,
+              scan_bytes / plain_us * 1e-3);
+  const double updates = static_cast<double>(B * L * E * N);
+  std::printf("  scan: %.2f G state updates/s (exp unit floor ~48 us per pass at 16/clk/SM)\n",
+              updates / scan_us * 1e-3);
   return 0;
 }
 
@@ -803,7 +705,7 @@ int main(int argc, char** argv) {
   try {
     if (do_bench) return bench(rng);
     const std::vector<Case> cases = {
-        // batch, length, channels, state, kernel, softplus, bias[, bc_offset, all modes]
+        // batch, length, channels, state, kernel, softplus, bias
         {1, 1, 1, 1, 4, false, false},
         {1, 3, 5, 4, 4, true, true},
         {2, 17, 33, 16, 1, true, false},
@@ -816,27 +718,6 @@ int main(int argc, char** argv) {
         {2, 777, 130, 2, 4, false, false},
         {1, 8192, 96, 16, 4, true, true},    // few channels: many chunks
         {1, 8192, 1536, 16, 4, true, true},  // the layer's shape
-        // The tiled scan (tiles of 512 steps at N <= 16 in 2-byte dtypes, 256 in float32 or at
-        // N <= 32, 128 at N <= 64): lengths around the tile and lane boundaries, channel
-        // counts that leave partial blocks, several batch entries, all modes.
-        {1, 1, 24, 16, 4, true, true, 8, true},
-        {1, 63, 24, 16, 4, true, true, 8, true},
-        {1, 64, 100, 5, 4, true, true, 8, true},
-        {1, 65, 100, 16, 4, true, true, 8, true},
-        {3, 127, 24, 64, 4, true, true, 8, true},
-        {1, 128, 100, 32, 4, false, true, 8, true},
-        {3, 129, 24, 2, 4, true, false, 8, true},
-        {3, 2047, 24, 1, 4, true, true, 8, true},
-        {1, 2048, 100, 64, 4, true, true, 8, true},
-        {3, 2049, 100, 16, 4, false, true, 8, true},
-        {3, 2049, 24, 5, 4, true, true, 8, true},
-        {1, 5000, 24, 5, 4, true, false, 8, true},
-        {3, 5000, 100, 16, 4, true, true, 48, true},
-        {1, 3000, 100, 32, 4, true, true, 8, true},
-        {2, 1000, 24, 4, 4, true, true, 3, true},   // B/C 2-byte aligned only (2-byte dtypes)
-        {1, 1000, 26, 16, 4, true, true, 8, true},  // 26 channels: 4-byte but not 8-byte rows
-        {64, 64, 1536, 16, 4, true, true, 48, true},  // the server's short-sequence batches
-        {1, 8192, 1536, 16, 4, true, true, 48, true}, // the layer's shape, the layer's layout
     };
     for (DType t : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
       std::printf("%s\n", dtype_name(t));
@@ -845,9 +726,8 @@ int main(int argc, char** argv) {
     check_rejects();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "exception: %s\n", e.what());
-    std::printf("FAILED: exception: %s\n", e.what());
     return 3;
   }
-  std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "ALL PASSED", g_failures);
+  std::printf("%s: %d failure(s)\n", g_failures ? "FAIL" : "PASS", g_failures);
   return g_failures ? 1 : 0;
 }
