@@ -59,11 +59,12 @@ namespace {
 
 kernels::cuda::HeadStrides head_strides(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
 
-// t itself when the fused Performer core can read it in place (16-byte aligned data, strides in
-// whole 16-byte units), else a contiguous copy.
+// t itself when our attention kernels can read it in place with 16-byte loads (last dim
+// contiguous, 16-byte aligned data, other strides in whole 16-byte units), else a contiguous copy.
 at::Tensor vector_aligned(const at::Tensor& t) {
+  const int64_t per_vector = 16 / static_cast<int64_t>(t.element_size());
   bool ok = t.stride(-1) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-  for (int64_t d = 0; d + 1 < t.dim(); ++d) ok = ok && t.stride(d) % 8 == 0;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) ok = ok && t.stride(d) % per_vector == 0;
   return ok ? t : t.clone(at::MemoryFormat::Contiguous);
 }
 
@@ -227,21 +228,13 @@ at::Tensor local_global_attention(const at::Tensor& q, const at::Tensor& k, cons
   args.half_window = half_window;
   args.out = out.data_ptr();
   args.out_strides = {n * heads * hd, hd, heads * hd};
-  // Operands are read in place when the kernels can address them (head_dim contiguous,
-  // 16-byte aligned rows); otherwise from a contiguous copy.
-  const int64_t per_vector = 16 / static_cast<int64_t>(q.element_size());
-  auto readable = [&](const at::Tensor& t) {
-    const bool ok = t.stride(3) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 &&
-                    t.stride(0) % per_vector == 0 && t.stride(1) % per_vector == 0 && t.stride(2) % per_vector == 0;
-    return ok ? t : t.clone(at::MemoryFormat::Contiguous);
-  };
-  const auto qr = readable(q), kr = readable(k), vr = readable(v);
+  const auto qr = vector_aligned(q), kr = vector_aligned(k), vr = vector_aligned(v);
   args.q = qr.data_ptr();
-  args.q_strides = {qr.stride(0), qr.stride(1), qr.stride(2)};
+  args.q_strides = head_strides(qr);
   args.k = kr.data_ptr();
-  args.k_strides = {kr.stride(0), kr.stride(1), kr.stride(2)};
+  args.k_strides = head_strides(kr);
   args.v = vr.data_ptr();
-  args.v_strides = {vr.stride(0), vr.stride(1), vr.stride(2)};
+  args.v_strides = head_strides(vr);
   args.globals.count = static_cast<int32_t>(global_positions.size());
   for (size_t i = 0; i < global_positions.size(); ++i) {
     args.globals.positions[i] = static_cast<int32_t>(global_positions[i]);
