@@ -181,11 +181,18 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
   const int64_t update_micros = micros_since(start);
   start = Clock::now();
   // One copy for the whole batch, into pinned memory on a GPU (a direct DMA); waits for the
-  // device. Beside it, which batch rows came out finite (reduced on the device).
+  // device. Beside it, which batch rows came out finite, output and next state alike (reduced on
+  // the device): a segment that overflowed fails alone, and its session keeps a finite state.
   at::Tensor y = at::empty(out.y.sizes(), out.y.options().device(at::kCPU).pinned_memory(out.y.is_cuda()));
   at::Tensor finite;
   library_call("copying the output: ", [&] {
-    finite = at::isfinite(out.y).flatten(1).all(1).to(at::kCPU);
+    auto rows_finite = [](const at::Tensor& t) { return at::isfinite(t).flatten(1).all(1); };
+    at::Tensor all = rows_finite(out.y);
+    for (const auto& entry : next_banks) all = all.logical_and(rows_finite(entry.second.tokens));
+    for (size_t i : stack.mamba_blocks) {
+      all = all.logical_and(rows_finite(out.states[i].conv_state)).logical_and(rows_finite(out.states[i].ssm_state));
+    }
+    finite = all.to(at::kCPU);
     return y.copy_(out.y);
   });
   const bool* row_finite = finite.data_ptr<bool>();
@@ -209,7 +216,7 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
       result.output = single ? y : y.narrow(0, row, rows[j]);
       if (!std::all_of(row_finite + row, row_finite + row + rows[j], [](bool f) { return f; })) {
         fail(ErrorCode::kInternal, "stack '", stack.name, "' produced non-finite values (the ",
-             c10::toString(stack.dtype), " range overflowed); the session is unchanged");
+             dtype_name(stack.dtype), " range overflowed) in its output or memory; the session is unchanged");
       }
       result.sequence = segment.lease->sequence();
       result.stack = &stack;

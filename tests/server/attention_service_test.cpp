@@ -314,6 +314,26 @@ TEST_F(AttentionServiceTest, BadFeaturesAreInvalidArgumentAndChangeNothing) {
   EXPECT_EQ(get(id).segments_seen(), 1u);
 }
 
+TEST_F(AttentionServiceTest, ASegmentThatOverflowsTheStackFailsAloneAndChangesNothing) {
+  // Finite inputs near float32's maximum: sums inside the stack (normalisation, the memory
+  // bank's pooling) overflow. The segment is INTERNAL, the session keeps its state and goes on.
+  const std::string id = open_session(*ts_.stub, "all");
+  ASSERT_TRUE(stream_segments(*ts_.stub, id, {at::randn({1, 5, 32})}, 0, nullptr).ok());
+  const std::string before = export_state(id);
+  const at::Tensor huge = at::full({1, 5, 32}, 3.0e38f) * (at::randint(0, 2, {1, 5, 32}) * 2 - 1);
+  std::vector<at::Tensor> out;
+  const grpc::Status st = stream_segments(*ts_.stub, id, {huge}, 1, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INTERNAL) << st.error_message();
+  EXPECT_NE(st.error_message().find("non-finite"), std::string::npos) << st.error_message();
+  EXPECT_TRUE(out.empty());
+  expect_unchanged(id, before);
+  // The session goes on from where it was, with finite outputs.
+  ASSERT_TRUE(stream_segments(*ts_.stub, id, {at::randn({1, 5, 32})}, 1, &out).ok());
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_TRUE(at::isfinite(out.front()).all().item<bool>());
+  EXPECT_EQ(get(id).segments_seen(), 2u);
+}
+
 TEST_F(AttentionServiceTest, OrderingErrorsAreFailedPreconditionAndChangeNothing) {
   const std::string id = open_session(*ts_.stub, "all");
   ASSERT_TRUE(stream_segments(*ts_.stub, id, {at::randn({1, 5, 32}), at::randn({1, 5, 32})}, 0, nullptr).ok());
