@@ -142,7 +142,8 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
 
   // Every request was checked on the host (decode rejects non-finite values, prepare() values
   // that overflow the stack's dtype, import non-finite states), so the library's value checks,
-  // each a wait for the device, are skipped; a stack that itself overflows is caught on y below.
+  // each a wait for the device, are skipped; a stack that itself overflows is caught below, on
+  // the output and the next state.
   const FiniteValuesChecked checked;
   auto start = Clock::now();
   StackOutput out = run_stack(stack, x, memories, states);
