@@ -25,6 +25,7 @@
 #include "attention/cuda/window_attention.h"
 
 #include "attention/cuda/element.cuh"
+#include "attention/cuda/mma.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -60,48 +61,10 @@ struct Operands {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Tensor-core helpers (sm_80+ PTX; we build for sm_90)
+// Tensor-core window kernel (mma, ldmatrix and pack2: attention/cuda/mma.cuh)
 // ---------------------------------------------------------------------------------------------
 
-// d += a * b for one m16n8k16 tile; A row-major 16x16, B "col" 16x8, float32 accumulators.
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-// Four 8x8 16-bit matrices from shared memory, transposed: lane l gives the address of row
-// (l % 8) of matrix (l / 8); register i receives matrix i.
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* shared_row) {
-  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared_row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-
-// Two floats as one 32-bit register of two 16-bit values, `lo` in the low half.
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  } else {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  }
-}
-
+// Two adjacent 16-bit elements as one register (4-byte aligned p).
 template <typename T>
 __device__ __forceinline__ uint32_t load32(const T* p) {
   return *reinterpret_cast<const uint32_t*>(p);
@@ -266,7 +229,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) window_mma_kernel(Operands<T> 
 #pragma unroll
     for (int nd = 0; nd < HD / 8; nd += 2) {
       uint32_t b[4];
-      ldmatrix_x4_trans(b, v_row + 8 * nd);
+      ldsm_x4_trans(b[0], b[1], b[2], b[3], static_cast<uint32_t>(__cvta_generic_to_shared(v_row + 8 * nd)));
       mma_16816<T>(o[nd], pa, b[0], b[1]);
       mma_16816<T>(o[nd + 1], pa, b[2], b[3]);
     }
@@ -318,6 +281,35 @@ __host__ __device__ constexpr int fma_chunk_rows() {
   return rows >= 256 ? 256 : (rows >= 128 ? 128 : (rows >= 64 ? 64 : 32));
 }
 
+// Copies K and V rows [first, first + rows) of one group into shared rows padded to
+// fma_row_stride (one extra 32-bit word, so that 32 threads reading 32 rows hit 32 banks), the
+// CTA's kThreads threads sharing the work: 16-byte loads (rows are HD * sizeof(T) >= 16 bytes,
+// 16-byte aligned), stored as 32-bit words (padded rows are only 4-byte aligned), unrolled so
+// that several loads are in flight. The caller synchronises before and after.
+template <typename T, int HD, int kThreads>
+__device__ __forceinline__ void stage_padded_rows(const T* k, int64_t k_token, const T* v, int64_t v_token, int first,
+                                                  int rows, T* k_s, T* v_s) {
+  constexpr int kVectorsPerRow = HD * static_cast<int>(sizeof(T)) / 16;
+  constexpr int kRowWords = fma_row_stride<T, HD>() * static_cast<int>(sizeof(T)) / 4;
+  uint32_t* k_words = reinterpret_cast<uint32_t*>(k_s);
+  uint32_t* v_words = reinterpret_cast<uint32_t*>(v_s);
+#pragma unroll 4
+  for (int idx = threadIdx.x; idx < rows * kVectorsPerRow; idx += kThreads) {
+    const int row = idx / kVectorsPerRow, vec = idx % kVectorsPerRow;
+    const uint4 kk = reinterpret_cast<const uint4*>(k + (first + row) * k_token)[vec];
+    const uint4 vv = reinterpret_cast<const uint4*>(v + (first + row) * v_token)[vec];
+    const int at = row * kRowWords + vec * 4;
+    k_words[at] = kk.x;
+    k_words[at + 1] = kk.y;
+    k_words[at + 2] = kk.z;
+    k_words[at + 3] = kk.w;
+    v_words[at] = vv.x;
+    v_words[at + 1] = vv.y;
+    v_words[at + 2] = vv.z;
+    v_words[at + 3] = vv.w;
+  }
+}
+
 // One CTA: kFmaQueries consecutive queries of one group, one per thread. The keys and values
 // of their windows are staged through shared memory in chunks (rows padded by one word, so 32
 // threads reading 32 rows hit 32 banks); each thread keeps its pre-scaled query and output in
@@ -362,28 +354,7 @@ __global__ void __launch_bounds__(kFmaQueries) window_fma_kernel(Operands<T> ops
   for (int chunk_begin = cta_begin; chunk_begin < cta_end; chunk_begin += kChunk) {
     const int rows = min(kChunk, cta_end - chunk_begin);
     __syncthreads();  // the previous chunk is no longer read
-    // 16-byte loads (rows are HD * sizeof(T) >= 16 bytes, 16-byte aligned), stored as 32-bit
-    // words into the padded rows; unrolled so that several loads are in flight.
-    constexpr int kVectorsPerRow = HD * static_cast<int>(sizeof(T)) / 16;
-    constexpr int kRowWords = kStride * static_cast<int>(sizeof(T)) / 4;
-    uint32_t* k_words = reinterpret_cast<uint32_t*>(k_s);
-    uint32_t* v_words = reinterpret_cast<uint32_t*>(v_s);
-#pragma unroll 4
-    for (int idx = threadIdx.x; idx < rows * kVectorsPerRow; idx += kFmaQueries) {
-      const int row = idx / kVectorsPerRow, vec = idx % kVectorsPerRow;
-      const int key = chunk_begin + row;
-      const uint4 kk = reinterpret_cast<const uint4*>(k + key * k_token)[vec];
-      const uint4 vv = reinterpret_cast<const uint4*>(v + key * v_token)[vec];
-      const int at = row * kRowWords + vec * 4;
-      k_words[at] = kk.x;
-      k_words[at + 1] = kk.y;
-      k_words[at + 2] = kk.z;
-      k_words[at + 3] = kk.w;
-      v_words[at] = vv.x;
-      v_words[at + 1] = vv.y;
-      v_words[at + 2] = vv.z;
-      v_words[at + 3] = vv.w;
-    }
+    stage_padded_rows<T, HD, kFmaQueries>(k, k_token, v, v_token, chunk_begin, rows, k_s, v_s);
     __syncthreads();
     // The warp walks the union of its queries' windows within this chunk, kKeyBlock keys at a
     // time; each thread keeps the keys of its own window. Blocks of keys (flash-attention
@@ -489,8 +460,6 @@ __global__ void __launch_bounds__(kGlobalThreads) global_rows_partial(Operands<T
                                                                       GlobalKeys globals, float* workspace) {
   constexpr int kLaneDims = (HD + 31) / 32;
   constexpr int kStride = fma_row_stride<T, HD>();  // HD + one 32-bit word
-  constexpr int kRowWords = kStride * static_cast<int>(sizeof(T)) / 4;
-  constexpr int kVectorsPerRow = HD * static_cast<int>(sizeof(T)) / 16;
   __shared__ float q_s[kMaxGlobalKeys][HD];
   __shared__ float p_s[kMaxGlobalKeys][kGlobalTile];
   extern __shared__ __align__(16) unsigned char tile_raw[];  // global_tile_bytes<T, HD>()
@@ -523,25 +492,10 @@ __global__ void __launch_bounds__(kGlobalThreads) global_rows_partial(Operands<T
     for (int c = 0; c < kLaneDims; ++c) o[i][c] = 0.0f;
   }
 
-  uint32_t* k_words = reinterpret_cast<uint32_t*>(k_s);
-  uint32_t* v_words = reinterpret_cast<uint32_t*>(v_s);
   for (int tile = begin; tile < end; tile += kGlobalTile) {
     const int tile_keys = min(kGlobalTile, end - tile);
     __syncthreads();  // q_s is written / the previous tile is no longer read
-    for (int idx = threadIdx.x; idx < tile_keys * kVectorsPerRow; idx += kGlobalThreads) {
-      const int row = idx / kVectorsPerRow, vec = idx % kVectorsPerRow;
-      const uint4 kk = reinterpret_cast<const uint4*>(k + (tile + row) * k_token)[vec];
-      const uint4 vv = reinterpret_cast<const uint4*>(v + (tile + row) * v_token)[vec];
-      const int at = row * kRowWords + vec * 4;
-      k_words[at] = kk.x;
-      k_words[at + 1] = kk.y;
-      k_words[at + 2] = kk.z;
-      k_words[at + 3] = kk.w;
-      v_words[at] = vv.x;
-      v_words[at + 1] = vv.y;
-      v_words[at + 2] = vv.z;
-      v_words[at + 3] = vv.w;
-    }
+    stage_padded_rows<T, HD, kGlobalThreads>(k, k_token, v, v_token, tile, tile_keys, k_s, v_s);
     __syncthreads();
     float dot[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     if (key_slot < tile_keys) {
