@@ -55,7 +55,7 @@ namespace {
 constexpr double kCosineEps = 1e-8;
 constexpr double kNoPair = -std::numeric_limits<double>::infinity();
 
-void check_update_inputs(const MemoryBank& bank, const at::Tensor& segment, bool check_counts) {
+void check_update_inputs(const MemoryBank& bank, const at::Tensor& segment) {
   const auto& tokens = bank.tokens;
   TORCH_CHECK(tokens.defined(),
               "bank.tokens must be a [B, M, D] tensor, got an undefined tensor "
@@ -89,7 +89,7 @@ void check_update_inputs(const MemoryBank& bank, const at::Tensor& segment, bool
   TORCH_CHECK(segment.device() == tokens.device(), "segment device must match the bank's (",
               tokens.device(), "), got ", segment.device());
 
-  TORCH_CHECK(!check_counts || m == 0 || at::logical_and(at::gt(counts, 0), at::isfinite(counts)).all().item<bool>(),
+  TORCH_CHECK(values_already_checked() || m == 0 || at::logical_and(at::gt(counts, 0), at::isfinite(counts)).all().item<bool>(),
               "bank.counts must be positive and finite (each bank token stands for segment "
               "tokens)");
 }
@@ -278,9 +278,9 @@ MemoryBank merge_update(const MemoryBank& bank, const at::Tensor& segment, int64
 }  // namespace
 
 MemoryBank update_memory_bank(const MemoryBank& bank, const at::Tensor& segment,
-                              const MemoryBankOptions& options, bool check_counts) {
+                              const MemoryBankOptions& options) {
   check_memory_bank_options(options);
-  check_update_inputs(bank, segment, check_counts);
+  check_update_inputs(bank, segment);
   switch (options.policy) {
     case MemoryPolicy::kFifo:
       return fifo_update(bank, segment, options.capacity, options.tokens_per_segment);

@@ -72,10 +72,9 @@ MemoryBank empty_memory_bank(int64_t batch, int64_t dim, const at::TensorOptions
 /// each merged token is rounded to float32 when stored; other dtypes and devices are converted
 /// to float32 CPU for the merge and the result converted back. Each merge updates only the two
 /// similarities it changes, so an update costs O((M + T) D + merges * (D + log(M + T))).
-/// `check_counts` false skips checking that bank.counts are positive and finite: the one check
-/// that reads values, so on a GPU it waits for the device. For callers whose banks only ever come
-/// from this function or from an already checked import.
+/// The checks of bank.counts and of the values of bank.tokens and segment are skipped inside a
+/// FiniteValuesChecked scope (attention/tensor_checks.h).
 MemoryBank update_memory_bank(const MemoryBank& bank, const at::Tensor& segment,
-                              const MemoryBankOptions& options, bool check_counts = true);
+                              const MemoryBankOptions& options);
 
 }  // namespace hvlm

@@ -24,8 +24,10 @@ thread_local int finite_values_checked = 0;  // open FiniteValuesChecked scopes 
 FiniteValuesChecked::FiniteValuesChecked() { ++finite_values_checked; }
 FiniteValuesChecked::~FiniteValuesChecked() { --finite_values_checked; }
 
+bool values_already_checked() { return finite_values_checked > 0; }
+
 void check_finite(const at::Tensor& x, const char* name) {
-  if (x.numel() == 0 || finite_values_checked > 0) return;
+  if (x.numel() == 0 || values_already_checked()) return;
   TORCH_CHECK(at::isfinite(x).all().item<bool>(), name,
               " contains non-finite values (NaN or Inf); inputs must be finite");
 }

@@ -20,11 +20,12 @@ void check_tokens(const at::Tensor& x, int64_t dim, const char* name, at::Scalar
 // Every value of x is finite (skipped while a FiniteValuesChecked scope is alive on this thread).
 void check_finite(const at::Tensor& x, const char* name);
 
-// While alive, check_finite on this thread skips its value check. That check is the only one
-// that reads tensor values, so on a GPU each one is a pass over the tensor plus a wait for the
+// While alive, the library's checks of tensor values on this thread are skipped: check_finite,
+// and the memory bank's check that its counts are positive and finite. They are the only checks
+// that read tensor values, so on a GPU each one is a pass over the tensor plus a wait for the
 // device, which stops the host from issuing work ahead of it. For callers whose inputs are
 // already checked: a stack's blocks once the stack has checked its inputs, or a server that
-// checked its requests on the host. Scopes nest.
+// checked its requests (and imported states) on the host. Scopes nest.
 class FiniteValuesChecked {
  public:
   FiniteValuesChecked();
@@ -32,5 +33,8 @@ class FiniteValuesChecked {
   FiniteValuesChecked(const FiniteValuesChecked&) = delete;
   FiniteValuesChecked& operator=(const FiniteValuesChecked&) = delete;
 };
+
+// Whether a FiniteValuesChecked scope is alive on this thread.
+bool values_already_checked();
 
 }  // namespace hvlm

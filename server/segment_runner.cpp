@@ -156,10 +156,10 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
   std::map<size_t, MemoryBank> next_banks;
   for (const auto& entry : banks) {
     const size_t i = entry.first;
-    // The session's banks come from these updates or from an import that checked their counts,
-    // so the value check (a wait for the device) is left out.
+    // Inside the FiniteValuesChecked scope above: the banks come from these updates or from an
+    // import that checked their counts, so their value checks (waits for the device) are skipped.
     next_banks[i] = library_call("memory bank of block " + std::to_string(i) + ": ", [&] {
-      return update_memory_bank(entry.second, out.memory_inputs[i], stack.memory.at(i), /*check_counts=*/false);
+      return update_memory_bank(entry.second, out.memory_inputs[i], stack.memory.at(i));
     });
   }
   // Each session keeps its own copy of its rows, so that one session's state never pins the

@@ -3,6 +3,7 @@
 // against a naive oracle over successive segments, other dtypes, untouched inputs, and the
 // options and inputs it rejects.
 #include "attention/memory_bank.h"
+#include "attention/tensor_checks.h"
 
 #include "tests/cpp/test_util.h"
 
@@ -357,6 +358,26 @@ TEST(MemoryBank, RejectsSegmentsThatDoNotFitTheBank) {
     EXPECT_TRUE(ThrowsWith([&] { update_memory_bank(bad_bank, testing::randn({2, 5, 4}), any); },
                            {"bank.tokens contains non-finite values"}));
   }
+}
+
+TEST(MemoryBank, ValueChecksAreSkippedOnlyInsideAFiniteValuesCheckedScope) {
+  auto segment = testing::randn({2, 5, 4});
+  auto bank = update_memory_bank(empty_memory_bank(2, 4, at::kFloat), testing::randn({2, 3, 4}), fifo(8, 4));
+  const MemoryBank zero_counts{bank.tokens, at::zeros({2, 3})};
+  auto nan_segment = segment.clone();
+  nan_segment[0][0][0] = NAN;
+  EXPECT_TRUE(ThrowsWith([&] { update_memory_bank(zero_counts, segment, fifo(8, 4)); }, {"bank.counts must be positive"}));
+  EXPECT_TRUE(ThrowsWith([&] { update_memory_bank(bank, nan_segment, fifo(8, 4)); },
+                         {"segment contains non-finite values"}));
+  {
+    const FiniteValuesChecked checked;  // the caller vouches for the values
+    EXPECT_NO_THROW(update_memory_bank(zero_counts, segment, fifo(8, 4)));
+    EXPECT_NO_THROW(update_memory_bank(bank, nan_segment, fifo(8, 4)));
+    // Shapes are still checked.
+    EXPECT_TRUE(ThrowsWith([&] { update_memory_bank({bank.tokens, at::ones({2, 4})}, segment, fifo(8, 4)); },
+                           {"bank.counts must be [B, M] = [2, 3]"}));
+  }
+  EXPECT_TRUE(ThrowsWith([&] { update_memory_bank(zero_counts, segment, fifo(8, 4)); }, {"bank.counts must be positive"}));
 }
 
 TEST(MemoryBank, RejectsMalformedBanks) {
