@@ -127,10 +127,12 @@ at::Tensor performer_attention(const at::Tensor& q, const at::Tensor& k, const a
 at::Tensor mamba_conv(const at::Tensor& xz, const at::Tensor& conv_weight, const at::Tensor& conv_bias,
                       at::Tensor& conv_state) {
   TORCH_CHECK(xz.is_cuda() && xz.dim() == 3 && xz.is_contiguous(), "mamba_conv: xz must be a contiguous [B, L, 2E] CUDA tensor");
-  const int64_t batch = xz.size(0), length = xz.size(1), channels = xz.size(2) / 2, kernel = conv_weight.size(-1);
+  const int64_t batch = xz.size(0), length = xz.size(1), channels = xz.size(2) / 2, kernel = conv_weight.size(0);
+  TORCH_CHECK(conv_weight.dim() == 2 && conv_weight.size(1) == channels && conv_weight.is_contiguous() &&
+                  conv_bias.numel() == channels && conv_bias.is_contiguous() &&
+                  conv_weight.scalar_type() == xz.scalar_type() && conv_bias.scalar_type() == xz.scalar_type(),
+              "mamba_conv: conv_weight must be a contiguous [K, E] and conv_bias a contiguous [E] of xz's dtype");
   const c10::cuda::CUDAGuard device_guard(xz.device());
-  const auto weight = conv_weight.reshape({channels, kernel}).t().contiguous();  // [K, E]
-  const auto bias = conv_bias.contiguous();
   const auto state_in = conv_state.contiguous();
   auto state_out = at::empty_like(state_in);
   auto u = at::empty({batch, length, channels}, xz.options());
@@ -142,8 +144,8 @@ at::Tensor mamba_conv(const at::Tensor& xz, const at::Tensor& conv_weight, const
   args.dtype = element_type(xz, "mamba_conv");
   args.x = xz.data_ptr();
   args.row_stride_x = 2 * channels;
-  args.weight = weight.data_ptr();
-  args.bias = bias.data_ptr();
+  args.weight = conv_weight.data_ptr();
+  args.bias = conv_bias.data_ptr();
   args.state_in = kernel > 1 ? state_in.data_ptr<float>() : nullptr;
   args.state_out = kernel > 1 ? state_out.data_ptr<float>() : nullptr;
   args.out = u.data_ptr();
@@ -154,20 +156,22 @@ at::Tensor mamba_conv(const at::Tensor& xz, const at::Tensor& conv_weight, const
 }
 
 at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Tensor& dt_weight,
-                      const at::Tensor& dt_bias, const at::Tensor& A_log, const at::Tensor& D, const at::Tensor& xz,
+                      const at::Tensor& dt_bias, const at::Tensor& a, const at::Tensor& d, const at::Tensor& xz,
                       at::Tensor& ssm_state) {
   TORCH_CHECK(u.is_cuda() && u.is_contiguous() && x_dbl.is_contiguous() && xz.is_contiguous(),
               "mamba_scan: u, x_dbl and xz must be contiguous CUDA tensors");
   TORCH_CHECK(ssm_state.scalar_type() == at::kFloat && ssm_state.is_contiguous(),
               "mamba_scan: ssm_state must be contiguous float32");
   const int64_t batch = u.size(0), length = u.size(1), channels = u.size(2);
-  const int64_t rank = dt_weight.size(1), state_size = A_log.size(1);
+  const int64_t rank = dt_weight.size(1), state_size = a.size(1);
+  auto float_vector = [](const at::Tensor& t, int64_t numel) {
+    return t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == numel;
+  };
+  TORCH_CHECK(float_vector(dt_bias, channels) && float_vector(a, channels * state_size) && float_vector(d, channels),
+              "mamba_scan: dt_bias [E], a [E, N] and d [E] must be contiguous float32");
   const c10::cuda::CUDAGuard device_guard(u.device());
   // delta before its bias and softplus (both applied in the kernel, in float32).
   const auto delta = at::matmul(x_dbl.narrow(-1, 0, rank), dt_weight.t()).contiguous();
-  const auto bias = dt_bias.to(at::kFloat).contiguous();
-  const auto a = (-at::exp(A_log.to(at::kFloat))).contiguous();
-  const auto d = D.to(at::kFloat).contiguous();
   auto y = at::empty_like(u);
   kernels::cuda::SelectiveScanArgs args;
   args.batch = batch;
@@ -177,7 +181,7 @@ at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Te
   args.dtype = element_type(u, "mamba_scan");
   args.u = u.data_ptr();
   args.delta = delta.data_ptr();
-  args.delta_bias = bias.data_ptr<float>();
+  args.delta_bias = dt_bias.data_ptr<float>();
   args.delta_softplus = true;
   args.a = a.data_ptr<float>();
   const int64_t element = static_cast<int64_t>(x_dbl.element_size());

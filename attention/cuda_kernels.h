@@ -39,18 +39,20 @@ at::Tensor performer_attention(const at::Tensor& q, const at::Tensor& k, const a
                                const at::Tensor& projection);
 
 /// The conv and scan stages of one MambaLayer pass on CUDA (the twins of MambaLayerImpl's
-/// conv_stage and scan_stage; see attention/cuda/mamba_kernels.h for the math).
-/// xz [B, L, 2E] (x | z) in the layer's dtype; conv_weight [E, 1, K] and conv_bias [E] are the
-/// conv1d parameters; conv_state [B, E, K-1] float32 is replaced by the state after the pass.
-/// Returns u = silu(conv(x)) [B, L, E].
+/// conv_stage and scan_stage; see attention/cuda/mamba_kernels.h for the math). The constant
+/// operands come in the kernels' layout (MambaLayerImpl prepares them once per weight version).
+/// xz [B, L, 2E] (x | z) in the layer's dtype; conv_weight [K, E] (the conv1d weight
+/// transposed) and conv_bias [E], contiguous, in xz's dtype; conv_state [B, E, K-1] float32 is
+/// replaced by the state after the pass. Returns u = silu(conv(x)) [B, L, E].
 at::Tensor mamba_conv(const at::Tensor& xz, const at::Tensor& conv_weight, const at::Tensor& conv_bias,
                       at::Tensor& conv_state);
-/// u [B, L, E]; x_dbl [B, L, R + 2N] (dt | B | C); dt_weight [E, R] and dt_bias [E] (dt_proj,
-/// applied here: delta = softplus(dt x_dbl[..., :R]^T + bias) inside the kernel); A_log [E, N];
-/// D [E]; xz as above (z = its second half); ssm_state [B, E, N] float32, updated in place.
+/// u [B, L, E]; x_dbl [B, L, R + 2N] (dt | B | C); dt_weight [E, R] (dt_proj.weight); dt_bias
+/// [E] float32 (dt_proj.bias: delta = softplus(x_dbl[..., :R] dt_weight^T + dt_bias), the bias
+/// and softplus applied inside the kernel); a [E, N] float32 (= -exp(A_log)); d [E] float32;
+/// xz as above (z = its second half); ssm_state [B, E, N] float32, updated in place.
 /// Returns y [B, L, E] (before out_proj).
 at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Tensor& dt_weight,
-                      const at::Tensor& dt_bias, const at::Tensor& A_log, const at::Tensor& D, const at::Tensor& xz,
+                      const at::Tensor& dt_bias, const at::Tensor& a, const at::Tensor& d, const at::Tensor& xz,
                       at::Tensor& ssm_state);
 
 }  // namespace hvlm::cuda

@@ -11,6 +11,8 @@
 #include <torch/nn/init.h>
 
 #include <cmath>
+#include <mutex>
+#include <vector>
 
 namespace hvlm {
 namespace {
@@ -20,6 +22,29 @@ namespace {
 constexpr int64_t kChunkTokens = 2048;
 
 }  // namespace
+
+struct MambaLayerImpl::KernelConstants {
+  at::Tensor conv_weight;  // [d_conv, E], contiguous, the conv weight's dtype
+  at::Tensor conv_bias;    // [E], contiguous
+  at::Tensor dt_bias;      // [E] float32
+  at::Tensor a;            // [E, N] float32: -exp(A_log)
+  at::Tensor d;            // [E] float32
+};
+
+struct MambaLayerImpl::ConstantsCache {
+  // What the constants were derived from, per source parameter: its storage (held, so that no
+  // other tensor can take its address meanwhile), that storage's address and the parameter's
+  // version counter (bumped by every in-place write).
+  struct Source {
+    c10::Storage storage;
+    const void* data = nullptr;
+    int64_t version = 0;
+    bool operator==(const Source& o) const { return data == o.data && version == o.version; }
+  };
+  std::mutex mu;
+  std::vector<Source> sources;
+  std::shared_ptr<const KernelConstants> constants;
+};
 
 MambaLayerImpl::MambaLayerImpl(const MambaLayerOptions& options_) : options(options_) {
   reset();
@@ -59,6 +84,7 @@ void MambaLayerImpl::reset() {
       "out_proj", torch::nn::Linear(torch::nn::LinearOptions(e, o.dim()).bias(false)));
   A_log = register_parameter("A_log", at::empty({e, n}));
   D = register_parameter("D", at::empty({e}));
+  constants_cache_ = std::make_shared<ConstantsCache>();  // a clone derives its own
   reset_parameters();
 }
 
@@ -110,6 +136,27 @@ void MambaLayerImpl::check_state(const MambaState& state, int64_t batch) const {
   check_finite(state.ssm_state, "ssm_state");
 }
 
+std::shared_ptr<const MambaLayerImpl::KernelConstants> MambaLayerImpl::kernel_constants() {
+  std::vector<ConstantsCache::Source> sources;
+  for (const at::Tensor* t : {&conv1d->weight, &conv1d->bias, &dt_proj->bias, &A_log, &D}) {
+    // (An inference tensor has no version counter; parameters are not created as such.)
+    sources.push_back({t->storage(), t->data_ptr(), t->is_inference() ? 0 : t->_version()});
+  }
+  ConstantsCache& cache = *constants_cache_;
+  std::lock_guard<std::mutex> lock(cache.mu);
+  if (cache.constants && cache.sources == sources) return cache.constants;
+  at::NoGradGuard no_grad;
+  auto constants = std::make_shared<KernelConstants>();
+  constants->conv_weight = conv1d->weight.reshape({inner_dim_, options.d_conv()}).t().contiguous();
+  constants->conv_bias = conv1d->bias.contiguous();
+  constants->dt_bias = dt_proj->bias.to(at::kFloat).contiguous();
+  constants->a = (-at::exp(A_log.to(at::kFloat))).contiguous();
+  constants->d = D.to(at::kFloat).contiguous();
+  cache.sources = std::move(sources);
+  cache.constants = constants;
+  return constants;
+}
+
 at::Tensor MambaLayerImpl::forward(const at::Tensor& x) {
   return forward_stream(x, MambaState{}).first;
 }
@@ -133,8 +180,9 @@ std::pair<at::Tensor, MambaState> MambaLayerImpl::forward_stream(const at::Tenso
     TORCH_CHECK(state.conv_state.device() == x.device() && state.ssm_state.device() == x.device(),
                 "mamba state must be on x's device (", x.device(), "), got ", state.conv_state.device(), " and ",
                 state.ssm_state.device());
-    next = {state.conv_state.clone(at::MemoryFormat::Contiguous),
-            state.ssm_state.clone(at::MemoryFormat::Contiguous)};
+    // The conv only reads its state (it writes the next one to a new tensor); the scan updates
+    // h in place, so that gets a copy.
+    next = {state.conv_state.contiguous(), state.ssm_state.clone(at::MemoryFormat::Contiguous)};
   } else {
     next = initial_state(batch);
   }
@@ -150,15 +198,15 @@ std::pair<at::Tensor, MambaState> MambaLayerImpl::forward_stream(const at::Tenso
   return {at::dropout(y, options.dropout(), is_training()), next};
 }
 
-at::Tensor MambaLayerImpl::run_chunk(const at::Tensor& x, at::Tensor& conv_state,
-                                     at::Tensor& ssm_state) {
+at::Tensor MambaLayerImpl::run_chunk(const at::Tensor& x, at::Tensor& conv_state, at::Tensor& ssm_state) {
   auto xz = in_proj->forward(x).contiguous();  // [B, L, 2E]: x | z
 #if HVLM_WITH_CUDA
   if (x.is_cuda()) {
-    auto u = cuda::mamba_conv(xz, conv1d->weight, conv1d->bias, conv_state);
+    const auto constants = kernel_constants();
+    auto u = cuda::mamba_conv(xz, constants->conv_weight, constants->conv_bias, conv_state);
     auto x_dbl = x_proj->forward(u).contiguous();  // [B, L, R + 2N]: dt | B | C
-    return out_proj->forward(
-        cuda::mamba_scan(u, x_dbl, dt_proj->weight, dt_proj->bias, A_log, D, xz, ssm_state));
+    return out_proj->forward(cuda::mamba_scan(u, x_dbl, dt_proj->weight, constants->dt_bias, constants->a,
+                                              constants->d, xz, ssm_state));
   }
 #endif
   auto u = conv_stage(xz, conv_state);
@@ -171,7 +219,7 @@ at::Tensor MambaLayerImpl::conv_stage(const at::Tensor& xz, at::Tensor& conv_sta
   const int64_t batch = xz.size(0), length = xz.size(1), e = inner_dim_;
   auto u = at::empty({batch, length, e}, xz.options());
   auto conv_next = at::empty_like(conv_state);
-  auto conv_weight = conv1d->weight.view({e, options.d_conv()}).t().contiguous();
+  const auto constants = kernel_constants();
   kernels::CausalConvArgs conv;
   conv.batch = batch;
   conv.length = length;
@@ -179,8 +227,8 @@ at::Tensor MambaLayerImpl::conv_stage(const at::Tensor& xz, at::Tensor& conv_sta
   conv.kernel = options.d_conv();
   conv.x = xz.data_ptr<float>();
   conv.row_stride_x = 2 * e;
-  conv.weight = conv_weight.data_ptr<float>();
-  conv.bias = conv1d->bias.data_ptr<float>();
+  conv.weight = constants->conv_weight.data_ptr<float>();
+  conv.bias = constants->conv_bias.data_ptr<float>();
   conv.state_in = conv_state.data_ptr<float>();
   conv.state_out = conv_next.data_ptr<float>();
   conv.out = u.data_ptr<float>();
@@ -196,8 +244,7 @@ at::Tensor MambaLayerImpl::scan_stage(const at::Tensor& u, const at::Tensor& x_d
                                       at::Tensor& ssm_state) {
   const int64_t batch = u.size(0), length = u.size(1);
   const int64_t e = inner_dim_, n = options.state_size(), r = dt_rank_;
-  auto a = (-at::exp(A_log)).contiguous();
-  auto d = D.contiguous();
+  const auto constants = kernel_constants();
   auto y = at::empty({batch, length, e}, u.options());
   kernels::SelectiveScanArgs scan;
   scan.batch = batch;
@@ -206,11 +253,11 @@ at::Tensor MambaLayerImpl::scan_stage(const at::Tensor& u, const at::Tensor& x_d
   scan.state_size = n;
   scan.u = u.data_ptr<float>();
   scan.delta = delta.data_ptr<float>();
-  scan.a = a.data_ptr<float>();
+  scan.a = constants->a.data_ptr<float>();
   scan.b = x_dbl.data_ptr<float>() + r;
   scan.c = x_dbl.data_ptr<float>() + r + n;
   scan.row_stride_bc = r + 2 * n;
-  scan.d = d.data_ptr<float>();
+  scan.d = constants->d.data_ptr<float>();
   scan.z = xz.data_ptr<float>() + e;
   scan.row_stride_z = 2 * e;
   scan.h = ssm_state.data_ptr<float>();

@@ -17,6 +17,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -102,8 +103,17 @@ class MambaLayerImpl : public torch::nn::Cloneable<MambaLayerImpl> {
   at::Tensor D;      // [E]
 
  private:
+  // The parameters in the layouts the conv and scan kernels take (defined in the .cpp).
+  struct KernelConstants;
+  struct ConstantsCache;
+  // The current parameters' KernelConstants: derived on first use and again only after a
+  // parameter changed (in place, or replaced by to()), instead of on every forward.
+  std::shared_ptr<const KernelConstants> kernel_constants();
+
   // One chunk of time; updates `conv_state` and `ssm_state` in place.
   at::Tensor run_chunk(const at::Tensor& x, at::Tensor& conv_state, at::Tensor& ssm_state);
+
+  std::shared_ptr<ConstantsCache> constants_cache_;
 
   int64_t inner_dim_ = 0;
   int64_t dt_rank_ = 0;

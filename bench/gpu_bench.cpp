@@ -18,6 +18,7 @@
 #include "attention/mamba_layer.h"
 #include "attention/performer_attention.h"
 #include "attention/strided_attention.h"
+#include "attention/tensor_checks.h"
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -31,6 +32,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -194,6 +196,12 @@ int main(int argc, char** argv) {
     core("local_global core", 4 * nn * (kWindow + 1 + kGlobals) * d, [&](int i) { local_global->attention_core(q[i], k[i], v[i]); });
     core("strided core", 4 * nn * (nn / kStride) * d, [&](int i) { strided->attention_core(q[i], k[i], v[i]); });
     core("performer core", 8 * nn * kFeatures * d, [&](int i) { performer->attention_core(q[i], k[i], v[i]); });
+    // Modules run as in hvlm-server, whose requests' values are checked on the host: inside a
+    // FiniteValuesChecked scope (each module's own check of x's values is a device pass plus a
+    // wait for the device; the Mamba layer's is reported beside it). The stack checks once.
+    const double mamba_checked_ms = time_ms([&] { mamba->forward(x[next()]); });
+    std::optional<hvlm::FiniteValuesChecked> checked;
+    checked.emplace();
     const double dense_module = time_ms([&] { dense->forward(x[next()]); });
     rows.push_back({"dense module", n, dense_module, nn * proj_flops_per_token + dense_core_flops, io + proj_weight_bytes, 0});
     module("local_global module", 4 * nn * (kWindow + 1 + kGlobals) * d, 0, [&](int i) { local_global->forward(x[i]); }, dense_module);
@@ -204,6 +212,28 @@ int main(int argc, char** argv) {
     const double mamba_flops = nn * (2 * d * 2 * e + 2 * e * (r + 2 * ns) + 2 * r * e + 2 * e * d + 2 * e * kConv + 6 * e * ns);
     const double mamba_weights = (d * 2 * e + e * (r + 2 * ns) + r * e + e * d) * elem;
     rows.push_back({"mamba layer", n, time_ms([&] { mamba->forward(x[next()]); }), mamba_flops, io + mamba_weights, dense_module});
+    {
+      // Where the Mamba layer's time goes: its four projections alone, and the host's time to
+      // issue the layer (when that is the larger, the layer is bound by issuing, not the device).
+      const auto u = at::randn({1, n, static_cast<int64_t>(e)}, cuda);
+      const auto x_dbl = mamba->x_proj->forward(u);
+      const double in_ms = time_ms([&] { mamba->in_proj->forward(x[next()]); });
+      const double x_ms = time_ms([&] { mamba->x_proj->forward(u); });
+      const double dt_ms = time_ms([&] { at::matmul(x_dbl.narrow(-1, 0, static_cast<int64_t>(r)), mamba->dt_proj->weight.t()); });
+      const double out_ms = time_ms([&] { mamba->out_proj->forward(u); });
+      std::vector<double> host_ms;
+      const double layer_ms = time_ms([&] {
+        const auto t0 = std::chrono::steady_clock::now();
+        mamba->forward(x[next()]);
+        host_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      });
+      std::sort(host_ms.begin(), host_ms.end());
+      std::printf("mamba layer n=%lld: %.3f ms (host issue %.3f ms; %.3f ms with its own check of x's values): "
+                  "in_proj %.3f, x_proj %.3f, dt_proj %.3f, out_proj %.3f ms; conv, scan and the rest %.3f ms\n",
+                  static_cast<long long>(n), layer_ms, host_ms[host_ms.size() / 2], mamba_checked_ms, in_ms, x_ms, dt_ms,
+                  out_ms, layer_ms - in_ms - x_ms - dt_ms - out_ms);
+    }
+    checked.reset();
     // The stack: five pre-norm blocks, each with an MLP of hidden 4 * dim.
     const double mlp_flops = 4 * 5 * 2 * nn * d * 4 * d, mlp_bytes = 5 * 8 * d * d * elem;
     double stack_flops = mlp_flops + mamba_flops + 4 * nn * proj_flops_per_token;

@@ -9,9 +9,18 @@ namespace hvlm {
 SegmentBatcher::SegmentBatcher(Options options, SessionStore& sessions, WorkerPool& completions,
                                ServiceMetrics& metrics)
     : options_(options), sessions_(sessions), completions_(completions), metrics_(metrics) {
+  finisher_ = std::thread([this] {
+    if (options_.thread_init) options_.thread_init();
+    finish_loop();
+  });
   thread_ = std::thread([this] {
     if (options_.thread_init) options_.thread_init();
     loop();
+    {
+      std::lock_guard<std::mutex> lock(finish_mu_);
+      launching_done_ = true;
+    }
+    finish_cv_.notify_all();
   });
 }
 
@@ -41,6 +50,7 @@ void SegmentBatcher::shutdown() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  if (finisher_.joinable()) finisher_.join();
 }
 
 void SegmentBatcher::loop() {
@@ -48,6 +58,12 @@ void SegmentBatcher::loop() {
       std::chrono::duration<double>(options_.max_queue_delay_seconds));
   const size_t max_batch = static_cast<size_t>(std::max<int64_t>(1, options_.max_batch_size));
   for (;;) {
+    {
+      // At most kMaxInFlight batches issued and not yet finished: the next one forms only when
+      // the device is about to need it, so it takes in everything that arrived meanwhile.
+      std::unique_lock<std::mutex> lock(finish_mu_);
+      finish_cv_.wait(lock, [this] { return in_flight_ < kMaxInFlight; });
+    }
     std::vector<Job> batch;
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -96,23 +112,30 @@ void SegmentBatcher::run(std::vector<Job>& batch) {
   std::vector<PreparedSegment> segments;
   segments.reserve(batch.size());
   for (Job& job : batch) segments.push_back(std::move(job.segment));
-  StageTimings shared;
-  std::vector<SegmentOutcome> outcomes;
   const std::string stack = segments.front().lease->stack().name;
   try {
-    outcomes = run_segment_batch(sessions_, segments, &shared);
-    metrics_.batch_done(stack, static_cast<int64_t>(segments.size()));
+    Launched launched{launch_segment_batch(segments), std::move(batch), start, stack};
+    {
+      std::lock_guard<std::mutex> lock(finish_mu_);
+      ++in_flight_;
+      launched_.push_back(std::move(launched));
+    }
+    finish_cv_.notify_all();
+    return;
   } catch (const c10::OutOfMemoryError&) {
     // Too big together: every segment gets RESOURCE_EXHAUSTED (retrying them one by one
     // would only repeat the allocation failure under the same pressure).
     const std::exception_ptr error = std::current_exception();
-    outcomes.assign(segments.size(), SegmentOutcome{});
+    std::vector<SegmentOutcome> outcomes(segments.size());
     for (auto& o : outcomes) o.error = error;
+    segments.clear();  // releases the leases before anyone is told
+    complete(batch, outcomes, StageTimings{}, start);
   } catch (...) {
     // One segment may have made the whole pass fail: run each alone (the leases are still
     // held), so that only the culprit gets the error.
     const std::exception_ptr error = std::current_exception();
-    outcomes.assign(segments.size(), SegmentOutcome{});
+    std::vector<SegmentOutcome> outcomes(segments.size());
+    StageTimings shared;
     if (segments.size() == 1) {
       outcomes.front().error = error;
     } else {
@@ -127,12 +150,40 @@ void SegmentBatcher::run(std::vector<Job>& batch) {
         }
       }
     }
+    segments.clear();  // releases the leases of a failed batch before anyone is told
+    complete(batch, outcomes, shared, start);
   }
-  segments.clear();  // releases the leases of a failed batch before anyone is told
-  for (size_t j = 0; j < batch.size(); ++j) {
+}
+
+void SegmentBatcher::finish_loop() {
+  for (;;) {
+    Launched launched;
+    {
+      std::unique_lock<std::mutex> lock(finish_mu_);
+      finish_cv_.wait(lock, [this] { return launching_done_ || !launched_.empty(); });
+      if (launched_.empty()) return;  // the batcher stopped and everything is finished
+      launched = std::move(launched_.front());
+      launched_.pop_front();
+    }
+    StageTimings shared;
+    std::vector<SegmentOutcome> outcomes = finish_segment_batch(sessions_, *launched.batch, &shared);
+    metrics_.batch_done(launched.stack, static_cast<int64_t>(outcomes.size()));
+    launched.batch.reset();  // releases what is left of the leases before anyone is told
+    complete(launched.jobs, outcomes, shared, launched.start);
+    {
+      std::lock_guard<std::mutex> lock(finish_mu_);
+      --in_flight_;
+    }
+    finish_cv_.notify_all();
+  }
+}
+
+void SegmentBatcher::complete(std::vector<Job>& jobs, std::vector<SegmentOutcome>& outcomes,
+                              const StageTimings& shared, Clock::time_point start) {
+  for (size_t j = 0; j < jobs.size(); ++j) {
     StageTimings t = shared;
-    t.queue_micros = std::chrono::duration_cast<std::chrono::microseconds>(start - batch[j].submitted).count();
-    auto complete = [done = std::move(batch[j].done), outcome = std::move(outcomes[j]), t]() mutable {
+    t.queue_micros = std::chrono::duration_cast<std::chrono::microseconds>(start - jobs[j].submitted).count();
+    auto complete = [done = std::move(jobs[j].done), outcome = std::move(outcomes[j]), t]() mutable {
       done(std::move(outcome), t);
     };
     // The pool takes copies; when it refuses (full or stopping), complete here.

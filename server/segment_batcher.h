@@ -3,11 +3,15 @@
 // run together: one thread takes the oldest waiting segment, waits up to max_queue_delay for
 // up to max_batch_size - 1 more of its key (not at all when that many are already waiting),
 // and runs them through run_segment_batch; segments of other keys wait for the next round.
-// Each segment's completion runs on the WorkerPool (encoding its response), or on the batcher
-// thread when the pool refuses it.
+// A second thread, the finisher, waits for each batch's device work and commits its sessions
+// (finish_segment_batch) while the batcher thread issues the next batch, at most kMaxInFlight
+// batches issued and unfinished. Each segment's completion runs on the WorkerPool (encoding its
+// response), or on the finishing thread when the pool refuses it.
 //
-// Why one thread: one device executes one forward at a time anyway; while it runs, new
-// segments queue up, so batches grow with the load without any extra waiting.
+// Why one issuing thread: one device executes one forward at a time anyway; while it runs, new
+// segments queue up, so batches grow with the load without any extra waiting. Why a finisher:
+// on a GPU the wait for a batch's output and the commits are host time during which the device
+// would otherwise sit idle.
 // Thread-safety: submit() from any thread; shutdown() runs what is queued, then joins.
 #pragma once
 
@@ -21,7 +25,9 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -69,8 +75,21 @@ class SegmentBatcher {
     StillWanted still_wanted;
     Clock::time_point submitted;
   };
+  // A batch issued to the device, waiting for the finisher.
+  struct Launched {
+    std::shared_ptr<LaunchedBatch> batch;
+    std::vector<Job> jobs;  // their segments are in `batch`
+    Clock::time_point start;
+    std::string stack;
+  };
+  static constexpr int kMaxInFlight = 2;
+
   void loop();
   void run(std::vector<Job>& batch);
+  void finish_loop();
+  // Hands each job its outcome and the batch's timings, on the pool.
+  void complete(std::vector<Job>& jobs, std::vector<SegmentOutcome>& outcomes, const StageTimings& shared,
+                Clock::time_point start);
 
   const Options options_;
   SessionStore& sessions_;
@@ -80,6 +99,12 @@ class SegmentBatcher {
   std::condition_variable cv_;
   std::deque<Job> queue_;  // guarded by mu_
   bool stopping_ = false;  // guarded by mu_
+  std::mutex finish_mu_;
+  std::condition_variable finish_cv_;
+  std::deque<Launched> launched_;  // guarded by finish_mu_
+  int in_flight_ = 0;              // issued, not yet finished; guarded by finish_mu_
+  bool launching_done_ = false;    // the batcher thread ended; guarded by finish_mu_
+  std::thread finisher_;
   std::thread thread_;
 };
 

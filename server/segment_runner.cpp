@@ -7,10 +7,15 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+#if HVLM_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <optional>
 #include <string>
 
 namespace hvlm {
@@ -22,22 +27,39 @@ int64_t micros_since(Clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count();
 }
 
-// Checks x against the stack and moves it to the stack's device and dtype. A value finite in
-// the wire dtype may overflow the stack's (3e38 in bfloat16, 7e4 in float16): that is the
-// caller's input error, caught here rather than inside a (possibly batched) forward pass. The
-// check converts on x's own device (the CPU for requests), so it never waits for the GPU,
-// whose stream may be busy with another batch.
+// Checks x against the stack and converts it to the stack's dtype where it is (on the host for
+// requests; it moves to the stack's device with its batch, see to_stack_device). A value finite
+// in the wire dtype may overflow the stack's (3e38 in bfloat16, 7e4 in float16): that is the
+// caller's input error, caught here rather than inside a (possibly batched) forward pass.
 at::Tensor prepare(const HostedStack& stack, const at::Tensor& x, const char* what) {
   if (x.dim() != 3 || x.size(2) != stack.dim()) {
     fail(ErrorCode::kInvalidArgument, what, " must be [T, ", stack.dim(), "] or [B, T, ",
          stack.dim(), "] for stack '", stack.name, "', got last dimension ",
          x.dim() > 0 ? x.size(-1) : 0);
   }
-  if (stack.dtype != x.scalar_type() && x.numel() > 0 && !at::isfinite(x.to(stack.dtype)).all().item<bool>()) {
+  at::Tensor converted = x.to(stack.dtype);
+  if (stack.dtype != x.scalar_type() && converted.numel() > 0 && !at::isfinite(converted).all().item<bool>()) {
     fail(ErrorCode::kInvalidArgument, what, " has values outside the range of the stack's ",
          c10::toString(stack.dtype), " (they overflow to infinity)");
   }
-  return x.to(stack.device, stack.dtype, /*non_blocking=*/true);
+  return converted;
+}
+
+// The inputs of `parts` (prepared, in the stack's dtype) concatenated along the batch, on the
+// stack's device. Host inputs bound for a GPU are gathered into pinned memory and go over in
+// one asynchronous copy: a copy from pageable memory would first wait for all the work queued
+// on the device's stream (the previous batch's), holding up the thread that issues it.
+at::Tensor to_stack_device(const HostedStack& stack, const std::vector<at::Tensor>& parts) {
+  const bool from_host = std::all_of(parts.begin(), parts.end(), [](const at::Tensor& p) { return p.is_cpu(); });
+  if (stack.device.is_cpu() || !from_host) {
+    return (parts.size() == 1 ? parts.front() : at::cat(parts, 0)).to(stack.device);
+  }
+  int64_t rows = 0;
+  for (const auto& p : parts) rows += p.size(0);
+  at::Tensor staged = at::empty({rows, parts.front().size(1), parts.front().size(2)},
+                                parts.front().options().pinned_memory(true));
+  at::cat_out(staged, parts, 0);
+  return staged.to(stack.device, /*non_blocking=*/true);
 }
 
 // Runs a library call. Its failures are INTERNAL (inputs were checked before), named by
@@ -64,7 +86,7 @@ StackOutput run_stack(const HostedStack& stack, const at::Tensor& x,
 at::Tensor forward_stateless(const HostedStack& stack, const at::Tensor& features,
                              const std::map<size_t, at::Tensor>& memories, StageTimings* timings) {
   c10::InferenceMode guard;
-  const at::Tensor x = prepare(stack, features, "features");
+  const at::Tensor x = to_stack_device(stack, {prepare(stack, features, "features")});
   std::vector<at::Tensor> block_memories;
   if (!memories.empty()) {
     block_memories.resize(stack.module->num_blocks());
@@ -104,12 +126,29 @@ std::vector<int64_t> batch_key(const PreparedSegment& segment) {
   return key;
 }
 
-std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vector<PreparedSegment>& segments,
-                                              StageTimings* timings) {
+// A batch between launch_segment_batch and finish_segment_batch.
+struct LaunchedBatch {
+  std::vector<PreparedSegment> segments;  // their leases are held until the end
+  const HostedStack* stack = nullptr;
+  std::vector<int64_t> rows;              // batch rows of each segment
+  // Per bank (cross_memory block) and per mamba block: each segment's own copy of its rows.
+  std::map<size_t, int64_t> bank_lengths;
+  std::map<size_t, std::vector<at::Tensor>> bank_tokens, bank_counts, conv_states, ssm_states;
+  at::Tensor y;       // [rows, T, D] on the host (pinned on a GPU): complete once the device is
+  at::Tensor finite;  // [rows] bool on the host: that row's output and next state are finite
+#if HVLM_WITH_CUDA
+  std::optional<at::cuda::CUDAEvent> copied;  // the device got past the copies of y and finite
+#endif
+  int64_t forward_micros = 0;
+  int64_t update_micros = 0;
+};
+
+std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>& segments) {
   c10::InferenceMode guard;
-  std::vector<SegmentOutcome> outcomes(segments.size());
-  if (segments.empty()) return outcomes;
+  TORCH_CHECK(!segments.empty(), "launch_segment_batch: no segments");
+  auto batch = std::make_shared<LaunchedBatch>();
   const HostedStack& stack = segments.front().lease->stack();
+  batch->stack = &stack;
   const bool single = segments.size() == 1;
   // Concatenates one per-session tensor along the batch (no copy for a batch of one).
   auto gather = [&](const std::function<at::Tensor(const PreparedSegment&)>& get) {
@@ -119,8 +158,7 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
     for (const auto& s : segments) parts.push_back(get(s));
     return at::cat(parts, 0);
   };
-  std::vector<int64_t> rows;  // batch rows of each segment
-  for (const auto& s : segments) rows.push_back(s.x.size(0));
+  for (const auto& s : segments) batch->rows.push_back(s.x.size(0));
 
   const size_t n = stack.module->num_blocks();
   const SessionState& first = segments.front().lease->state();
@@ -138,7 +176,9 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
     states[i] = {gather([block](const PreparedSegment& s) { return s.lease->state().states.at(block).conv_state; }),
                  gather([block](const PreparedSegment& s) { return s.lease->state().states.at(block).ssm_state; })};
   }
-  const at::Tensor x = gather([](const PreparedSegment& s) { return s.x; });
+  std::vector<at::Tensor> inputs;
+  for (const auto& s : segments) inputs.push_back(s.x);
+  const at::Tensor x = to_stack_device(stack, inputs);
 
   // Every request was checked on the host (decode rejects non-finite values, prepare() values
   // that overflow the stack's dtype, import non-finite states), so the library's value checks,
@@ -147,11 +187,10 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
   const FiniteValuesChecked checked;
   auto start = Clock::now();
   StackOutput out = run_stack(stack, x, memories, states);
-  const int64_t forward_micros = micros_since(start);
+  batch->forward_micros = micros_since(start);
 
   // The memory updates and each session's copies of its banks and states are queued behind the
-  // forward pass on the device, so on a GPU the CPU issues them while the device computes; the
-  // copy of y then waits for all of it.
+  // forward pass on the device, so on a GPU the CPU issues them while the device computes.
   start = Clock::now();
   std::map<size_t, MemoryBank> next_banks;
   for (const auto& entry : banks) {
@@ -165,27 +204,28 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
   // Each session keeps its own copy of its rows, so that one session's state never pins the
   // whole batch's memory (all sessions' copies of one tensor are one multi-tensor copy).
   auto split = [&](const at::Tensor& t) {
-    return single ? std::vector<at::Tensor>{t} : split_batch_copies(t, rows);
+    return single ? std::vector<at::Tensor>{t} : split_batch_copies(t, batch->rows);
   };
-  std::map<size_t, std::vector<at::Tensor>> bank_tokens, bank_counts, conv_states, ssm_states;
   library_call("splitting the batch: ", [&] {
     for (const auto& [i, bank] : next_banks) {
-      bank_tokens[i] = split(bank.tokens);
-      bank_counts[i] = split(bank.counts);
+      batch->bank_lengths[i] = bank.tokens.size(1);
+      batch->bank_tokens[i] = split(bank.tokens);
+      batch->bank_counts[i] = split(bank.counts);
     }
     for (size_t i : stack.mamba_blocks) {
-      conv_states[i] = split(out.states[i].conv_state);
-      ssm_states[i] = split(out.states[i].ssm_state);
+      batch->conv_states[i] = split(out.states[i].conv_state);
+      batch->ssm_states[i] = split(out.states[i].ssm_state);
     }
     return 0;
   });
-  const int64_t update_micros = micros_since(start);
+  batch->update_micros = micros_since(start);
   start = Clock::now();
-  // One copy for the whole batch, into pinned memory on a GPU (a direct DMA); waits for the
-  // device. Beside it, which batch rows came out finite, output and next state alike (reduced on
-  // the device): a segment that overflowed fails alone, and its session keeps a finite state.
-  at::Tensor y = at::empty(out.y.sizes(), out.y.options().device(at::kCPU).pinned_memory(out.y.is_cuda()));
-  at::Tensor finite;
+  // One copy of y for the whole batch, into pinned memory on a GPU (a direct DMA), and beside
+  // it which batch rows came out finite, output and next state alike (reduced on the device): a
+  // segment that overflowed fails alone, and its session keeps a finite state. On a GPU both
+  // copies are queued and finish_segment_batch waits for them.
+  const bool on_gpu = out.y.is_cuda();
+  batch->y = at::empty(out.y.sizes(), out.y.options().device(at::kCPU).pinned_memory(on_gpu));
   library_call("copying the output: ", [&] {
     auto rows_finite = [](const at::Tensor& t) { return at::isfinite(t).flatten(1).all(1); };
     at::Tensor all = rows_finite(out.y);
@@ -193,29 +233,60 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
     for (size_t i : stack.mamba_blocks) {
       all = all.logical_and(rows_finite(out.states[i].conv_state)).logical_and(rows_finite(out.states[i].ssm_state));
     }
-    finite = all.to(at::kCPU);
-    return y.copy_(out.y);
+    batch->finite = at::empty(all.sizes(), all.options().device(at::kCPU).pinned_memory(on_gpu));
+    batch->finite.copy_(all, /*non_blocking=*/on_gpu);
+    batch->y.copy_(out.y, /*non_blocking=*/on_gpu);
+#if HVLM_WITH_CUDA
+    if (on_gpu) {
+      batch->copied.emplace();
+      batch->copied->record(at::cuda::getCurrentCUDAStream(out.y.device().index()));
+    }
+#endif
+    return 0;
   });
-  const bool* row_finite = finite.data_ptr<bool>();
-  if (timings) timings->compute_micros = forward_micros + micros_since(start);
+  batch->forward_micros += micros_since(start);
+  batch->segments = std::move(segments);
+  return batch;
+}
+
+std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, LaunchedBatch& batch,
+                                                 StageTimings* timings) {
+  c10::InferenceMode guard;
+  std::vector<PreparedSegment>& segments = batch.segments;
+  std::vector<SegmentOutcome> outcomes(segments.size());
+  const HostedStack& stack = *batch.stack;
+  auto start = Clock::now();
+  std::exception_ptr device_error;
+  try {
+#if HVLM_WITH_CUDA
+    if (batch.copied) library_call("waiting for the device: ", [&] { batch.copied->synchronize(); return 0; });
+#endif
+  } catch (...) {
+    device_error = std::current_exception();
+  }
+  if (timings) timings->compute_micros = batch.forward_micros + micros_since(start);
 
   start = Clock::now();
+  const bool single = segments.size() == 1;
+  const bool* row_finite = batch.finite.data_ptr<bool>();
   // From here on each segment succeeds or fails alone: a failure (its memory budget, its
   // session closed meanwhile) must not touch the segments already committed.
   int64_t row = 0;
   for (size_t j = 0; j < segments.size(); ++j) {
     PreparedSegment& segment = segments[j];
+    const int64_t rows = batch.rows[j];
     try {
+      if (device_error) std::rethrow_exception(device_error);
       SessionState next;
       next.batch = segment.lease->state().batch;
       SegmentResult& result = outcomes[j].result;
-      for (const auto& [i, bank] : next_banks) {
-        next.banks[i] = {bank_tokens[i][j], bank_counts[i][j]};
-        result.bank_lengths.push_back(bank.tokens.size(1));
+      for (const auto& [i, length] : batch.bank_lengths) {
+        next.banks[i] = {batch.bank_tokens[i][j], batch.bank_counts[i][j]};
+        result.bank_lengths.push_back(length);
       }
-      for (size_t i : stack.mamba_blocks) next.states[i] = {conv_states[i][j], ssm_states[i][j]};
-      result.output = single ? y : y.narrow(0, row, rows[j]);
-      if (!std::all_of(row_finite + row, row_finite + row + rows[j], [](bool f) { return f; })) {
+      for (size_t i : stack.mamba_blocks) next.states[i] = {batch.conv_states[i][j], batch.ssm_states[i][j]};
+      result.output = single ? batch.y : batch.y.narrow(0, row, rows);
+      if (!std::all_of(row_finite + row, row_finite + row + rows, [](bool f) { return f; })) {
         fail(ErrorCode::kInternal, "stack '", stack.name, "' produced non-finite values (the ",
              dtype_name(stack.dtype), " range overflowed) in its output or memory; the session is unchanged");
       }
@@ -225,10 +296,16 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
     } catch (...) {
       outcomes[j].error = std::current_exception();
     }
-    row += rows[j];
+    row += rows;
   }
-  if (timings) timings->memory_update_micros = update_micros + micros_since(start);
+  if (timings) timings->memory_update_micros = batch.update_micros + micros_since(start);
   return outcomes;
+}
+
+std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vector<PreparedSegment>& segments,
+                                              StageTimings* timings) {
+  if (segments.empty()) return {};
+  return finish_segment_batch(sessions, *launch_segment_batch(segments), timings);
 }
 
 SegmentResult run_segment(SessionStore& sessions, const std::string& session_id,

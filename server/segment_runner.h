@@ -35,8 +35,9 @@ struct SegmentResult {
   std::vector<int64_t> bank_lengths;
 };
 
-// A session's next segment with its lease taken: the features checked and on the stack's
-// device and dtype, ready to run alone or batched with other sessions' segments.
+// A session's next segment with its lease taken: the features checked and in the stack's
+// dtype, ready to run alone or batched with other sessions' segments. They stay where they came
+// from (the host, for requests) until their batch goes to the stack's device in one copy.
 struct PreparedSegment {
   std::unique_ptr<SessionStore::Lease> lease;
   at::Tensor x;  // [B, T, D]
@@ -61,11 +62,24 @@ struct SegmentOutcome {
 // Runs segments of one batch_key as one forward pass: inputs, memory banks and mamba states
 // concatenated along the batch, each bank updated by its policy, then each session's slice
 // committed. Outputs come back on the CPU. A failure of the forward pass or the bank update
-// throws, every session unchanged and every lease still held (so the caller may retry the
-// segments one by one); after that, a failure of one segment (memory budget, closed meanwhile)
-// is that segment's outcome alone. `timings` receives compute_micros and memory_update_micros.
+// throws, every session unchanged and every lease still held in `segments` (so the caller may
+// retry the segments one by one); after that, a failure of one segment (memory budget, closed
+// meanwhile) is that segment's outcome alone. `timings` receives compute_micros and
+// memory_update_micros. The same as finish_segment_batch(launch_segment_batch(segments)).
 std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vector<PreparedSegment>& segments,
                                               StageTimings* timings);
+
+// run_segment_batch in two halves, so that one thread can issue the next batch while another
+// waits for this one: launch issues the forward pass, the bank updates and the copies back (on
+// a GPU they run on after it returns) and takes the segments, leases and all; it throws as
+// run_segment_batch does, `segments` then untouched. finish waits for the device and commits
+// each segment, with run_segment_batch's outcomes; the leases go when the batch is destroyed.
+// A session's lease keeps its next segment out of any batch until this one committed, so
+// batches in flight together never share a session.
+struct LaunchedBatch;
+std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>& segments);
+std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, LaunchedBatch& batch,
+                                                 StageTimings* timings);
 
 // Runs `x` as the next segment of session `session_id` and commits the session's next state
 // (prepare_segment + run_segment_batch of one). On any error the session is unchanged.

@@ -556,8 +556,172 @@ __global__ void __launch_bounds__(256) scan_carry_kernel(const ScanPtrs<T> p, co
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Selective scan in one pass, lanes over states (long sequences)
+// ---------------------------------------------------------------------------------------------
+//
+// Where the chunked scan would need several chunks (a long sequence and few channels x batch
+// rows to spread over the GPU), it pays every exp twice. This kernel pays it once: lane (q, s)
+// of a warp keeps state s of channel c0 + q and walks the whole sequence, W = 8 or 16 lanes a
+// channel (the padded state count), so a warp holds 32 / W channels and the recurrence of
+// each (channel, state) is one FFMA a step. Time goes in groups of W steps:
+//  - each lane computes dt = softplus(delta + bias) and dt * u of one step of the group (its
+//    index s) and passes them to the channel's lanes through shared memory (one softplus per
+//    (t, c), not per state);
+//  - B_t and C_t, the same for every channel, are staged once per block, transposed to
+//    [state][step] in float, so a lane reads 4 steps of its state with one 16-byte load
+//    (the next group is fetched into registers while this one computes; one barrier a group);
+//  - the W x W products C_t[s] h_t[s] of a group are summed over states by a butterfly whose
+//    every exchange halves the values a lane keeps (W - 1 shuffles), ending with step s's
+//    y on lane s, which gates it and stores it.
+// Per (t, c, s): one EX2 and four float ops, plus about three instructions of shared memory,
+// butterfly and per-step overhead. A batch-1 sequence of 1536 channels is only 768 warps, so
+// the GPU's 528 schedulers get one or two each; the work in a group has enough independent
+// exps (the W decays) to overlap, and the chain through h is one FFMA a step.
+#ifndef HVLM_SCAN_LANES
+#define HVLM_SCAN_LANES 1  // 0: always the chunked scan (for comparisons)
+#endif
+constexpr int kLaneWarps = 4;  // warps per block, sharing its B/C tiles
+
+// v[k] is this lane's term of step k; W consecutive lanes (W-aligned) hold W steps x W terms.
+// Returns to lane s of the W the sum over the W lanes of step s's terms. v is clobbered.
+template <int W>
+__device__ __forceinline__ float sum_over_lanes(float (&v)[W], int s) {
+#pragma unroll
+  for (int half = W / 2; half >= 1; half /= 2) {
+    // The lower lane of a pair keeps steps [0, half) of the current range, the upper one
+    // [half, 2 half); each sends the partner the half it keeps.
+    const bool upper = (s & half) != 0;
+#pragma unroll
+    for (int i = 0; i < half; ++i) {
+      const float mine = upper ? v[i + half] : v[i];
+      const float theirs = upper ? v[i] : v[i + half];
+      v[i] = mine + __shfl_xor_sync(0xffffffffu, theirs, half);
+    }
+  }
+  return v[0];
+}
+
+// Grid: x = blocks of kLaneWarps * 32 / W channels, y = batch (grid-stride).
+template <typename T, int W>
+__global__ void __launch_bounds__(kLaneWarps * 32) scan_lanes_kernel(const ScanPtrs<T> p) {
+  constexpr int kThreads = kLaneWarps * 32;
+  constexpr int kPerWarp = 32 / W;                // channels per warp
+  constexpr int kPitch = W + 4;                   // floats per staged row: no bank conflicts
+  constexpr int kTileElems = W * 2 * W;           // B and C values of one group
+  constexpr int kPerThread = (kTileElems + kThreads - 1) / kThreads;
+  static_assert(W == 8 || W == 16, "8 or 16 lanes a channel");
+  // tiles[buffer][B or C][state][step of the group]
+  __shared__ __align__(16) float tiles[2][2][W][kPitch];
+  // Per warp: (dt, dt * u) of step s of channel q, at lane q * W + s.
+  __shared__ __align__(16) float2 exch[kLaneWarps][32];
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int q = lane / W, s = lane % W;
+  const int n = p.state_size;
+  const int64_t channels = p.channels, length = p.length;
+  const int64_t c_raw = (static_cast<int64_t>(blockIdx.x) * kLaneWarps + warp) * kPerWarp + q;
+  // Lanes past the last channel mirror it (valid loads, same barriers) and store nothing.
+  const bool active = c_raw < channels;
+  const int64_t c = active ? c_raw : channels - 1;
+  const bool real_state = s < n;  // padded states run with A = B = C = h = 0 and stay 0
+  const float a2 = real_state ? p.a[c * n + s] * kLog2e : 0.0f;
+  const float dt_bias = p.delta_bias != nullptr ? p.delta_bias[c] : 0.0f;
+  const float d_skip = p.d[c];
+  const bool do_softplus = p.delta_softplus;
+  const int64_t num_groups = (length + W - 1) / W;
+
+  for (int64_t bi = blockIdx.y; bi < p.batch; bi += gridDim.y) {
+    const int64_t row0 = bi * length;
+    float h = real_state ? p.h[(bi * channels + c) * n + s] : 0.0f;
+
+    float stage[kPerThread];
+    auto fetch = [&](int64_t group) {  // the group's B and C into registers (the whole block)
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const int e = threadIdx.x + i * kThreads;
+        const int k = e / (2 * W), col = e % (2 * W), state = col % W;
+        const int64_t t = group * W + k;
+        float v = 0.0f;
+        if (e < kTileElems && t < length && state < n) {
+          v = load((col < W ? p.b : p.c) + (row0 + t) * p.row_stride_bc + state);
+        }
+        stage[i] = v;
+      }
+    };
+    auto commit = [&](int buffer) {  // ... and transposed into shared memory
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const int e = threadIdx.x + i * kThreads;
+        const int k = e / (2 * W), col = e % (2 * W);
+        if (e < kTileElems) tiles[buffer][col / W][col % W][k] = stage[i];
+      }
+    };
+    // u, delta, z of this lane's step of a group (rows past the end re-read the last row,
+    // never used).
+    const T* pu = p.u + row0 * channels + c;
+    const T* pd = p.delta + row0 * channels + c;
+    const T* pz = p.z + row0 * p.row_stride_z + c;
+    T* py = p.y + row0 * channels + c;
+    auto load_step = [&](int64_t group, float& u, float& d, float& z) {
+      const int64_t t = min(group * W + s, length - 1);
+      u = load(pu + t * channels);
+      d = load(pd + t * channels);
+      z = load(pz + t * p.row_stride_z);
+    };
+
+    float u_v, d_v, z_v;
+    fetch(0);
+    commit(0);
+    load_step(0, u_v, d_v, z_v);
+    __syncthreads();
+    for (int64_t g = 0; g < num_groups; ++g) {
+      const int buffer = static_cast<int>(g & 1);
+      const bool more = g + 1 < num_groups;
+      float nu = 0.0f, nd = 0.0f, nz = 0.0f;
+      if (more) {
+        fetch(g + 1);
+        load_step(g + 1, nu, nd, nz);
+      }
+      const int64_t t = g * W + s;  // this lane's step
+      float dt = d_v + dt_bias;
+      const float dt_sp = softplus(dt);
+      dt = do_softplus ? dt_sp : dt;
+      dt = t < length ? dt : 0.0f;  // past the end: decay 1, no input, h unchanged
+      exch[warp][lane] = make_float2(dt, dt * u_v);
+      __syncwarp();
+      const float4* ex = reinterpret_cast<const float4*>(&exch[warp][q * W]);
+      const float4* tb = reinterpret_cast<const float4*>(&tiles[buffer][0][s][0]);
+      const float4* tc = reinterpret_cast<const float4*>(&tiles[buffer][1][s][0]);
+      float part[W];
+#pragma unroll
+      for (int k4 = 0; k4 < W / 4; ++k4) {
+        const float4 e0 = ex[2 * k4], e1 = ex[2 * k4 + 1];  // (dt, du) of steps 4 k4 .. + 3
+        const float4 bv = tb[k4], cv = tc[k4];
+        h = fmaf(exp2_approx(e0.x * a2), h, e0.y * bv.x);
+        part[4 * k4 + 0] = cv.x * h;
+        h = fmaf(exp2_approx(e0.z * a2), h, e0.w * bv.y);
+        part[4 * k4 + 1] = cv.y * h;
+        h = fmaf(exp2_approx(e1.x * a2), h, e1.y * bv.z);
+        part[4 * k4 + 2] = cv.z * h;
+        h = fmaf(exp2_approx(e1.z * a2), h, e1.w * bv.w);
+        part[4 * k4 + 3] = cv.w * h;
+      }
+      const float y_sum = sum_over_lanes<W>(part, s);  // C_t . h_t of this lane's step
+      if (active && t < length) py[t * channels] = from_float<T>((y_sum + d_skip * u_v) * silu(z_v));
+      if (more) commit(buffer ^ 1);  // read by nobody since the last barrier
+      __syncthreads();               // also orders this group's exch reads before the next writes
+      u_v = nu;
+      d_v = nd;
+      z_v = nz;
+    }
+    if (active && real_state) p.h[(bi * channels + c) * n + s] = h;
+  }
+}
+
 // How a scan is split into chunks, and the workspace that needs.
 struct ScanPlan {
+  bool lanes = false;  // one pass of scan_lanes_kernel instead of the chunks
   int num_chunks = 1;
   int64_t chunk_steps = 0;
   size_t workspace_bytes = 0;
@@ -610,6 +774,10 @@ ScanPlan make_plan(const SelectiveScanArgs& a) {
   chunks = std::min<int64_t>(chunks, kMaxGridYZ);
   plan.chunk_steps = (a.length + chunks - 1) / chunks;
   plan.num_chunks = static_cast<int>((a.length + plan.chunk_steps - 1) / plan.chunk_steps);
+  if (HVLM_SCAN_LANES && (NS == 8 || NS == 16) && plan.num_chunks > 1) {
+    plan.lanes = true;  // one pass, every exp once, no workspace
+    return plan;
+  }
   if (plan.num_chunks > 1) {
     const size_t per_chunk = static_cast<size_t>(a.batch) * static_cast<size_t>(a.channels);
     const size_t h_bytes = plan.num_chunks * per_chunk * a.state_size * sizeof(float);
@@ -736,6 +904,15 @@ void selective_scan(const SelectiveScanArgs& a) {
     const unsigned channel_blocks =
         static_cast<unsigned>((a.channels + kScanThreads - 1) / kScanThreads);
     const unsigned batch_grid = static_cast<unsigned>(std::min<int64_t>(a.batch, kMaxGridYZ));
+    if constexpr (NS == 8 || NS == 16) {
+      if (plan.lanes) {
+        const int64_t per_block = kLaneWarps * (32 / NS);
+        const dim3 grid(static_cast<unsigned>((a.channels + per_block - 1) / per_block), batch_grid);
+        scan_lanes_kernel<T, NS><<<grid, kLaneWarps * 32, 0, stream>>>(p);
+        check_launch("scan_lanes_kernel");
+        return;
+      }
+    }
     if (plan.num_chunks > 1) {
       const dim3 grid1(channel_blocks, plan.num_chunks - 1, batch_grid);
       scan_chunk_kernel<T, NS, false>

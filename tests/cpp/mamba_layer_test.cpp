@@ -213,6 +213,39 @@ TEST(MambaLayer, ForwardIsForwardStreamFromTheZeroState) {
   EXPECT_TRUE(at::equal(m->forward(x), m->forward_stream(x, zero).first));
 }
 
+TEST(MambaLayer, ForwardFollowsParametersChangedAfterAForward) {
+  // The conv and scan take their constants (the transposed conv weight, A = -exp(A_log), ...)
+  // from a cache keyed by the parameters: a change in place or a replaced parameter must show.
+  auto m = make_layer(MambaLayerOptions(8).state_size(4), 52);
+  const auto x = testing::randn({2, 9, 8});
+  {
+    c10::InferenceMode guard;
+    m->forward(x);
+  }
+  {
+    at::NoGradGuard no_grad;
+    m->A_log.add_(0.3);
+    m->D.mul_(-1.0);
+    m->conv1d->weight.add_(0.1);
+    m->conv1d->bias.add_(0.1);
+    m->dt_proj->bias.add_(0.5);
+  }
+  expect_matches_reference(m, x);
+  {
+    at::NoGradGuard no_grad;
+    m->A_log.set_data(m->A_log.detach() * 0.5);  // new storage, as to() gives
+  }
+  expect_matches_reference(m, x);
+  // A clone derives its own constants: changing it leaves the original as it was.
+  MambaLayer copy(std::dynamic_pointer_cast<MambaLayerImpl>(m->clone()));
+  {
+    at::NoGradGuard no_grad;
+    copy->D.add_(1.0);
+  }
+  expect_matches_reference(copy, x);
+  expect_matches_reference(m, x);
+}
+
 TEST(MambaLayer, InitialStateIsZerosOfTheDocumentedShapes) {
   MambaLayer m(MambaLayerOptions(8).state_size(5).expand_factor(1.5).d_conv(3));
   auto s = m->initial_state(4);

@@ -14,7 +14,8 @@
 //        attention/cuda/mamba_kernels.cu
 //   ./check [--seed N]      correctness; exit code 0 only if every case passes
 //   ./check --bench         times conv and scan at batch 1, length 8192, 1536 channels,
-//                           16 states, bf16 (median of 50 after warm-up)
+//                           16 states, bf16 (median of 50 after warm-up); --lengths 8192,65536
+//                           for other lengths
 #include "../../attention/cuda/mamba_kernels.h"
 
 #include <cuda_bf16.h>
@@ -593,8 +594,8 @@ double median_us(F f, int warmup = 10, int reps = 50) {
   return times[times.size() / 2];
 }
 
-int bench(Rng& rng) {
-  const int64_t B = 1, L = 8192, E = 1536, N = 16, R = 48, K = 4;
+int bench(Rng& rng, int64_t L) {
+  const int64_t B = 1, E = 1536, N = 16, R = 48, K = 4;
   const DType t = DType::kBFloat16;
   const size_t es = 2;
   HostTensor xz = uniform(t, B * L * 2 * E, rng, -2.0f, 2.0f);
@@ -666,8 +667,11 @@ int bench(Rng& rng) {
   const double scan_bytes = 4 * act + B * L * 2 * N * es;   // u, delta, z in, y out; B, C
   std::printf("bench: batch %lld, length %lld, channels %lld, state %lld, kernel %lld, bf16\n",
               (long long)B, (long long)L, (long long)E, (long long)N, (long long)K);
-  std::printf("  scan chunks: %lld (workspace %.2f MB)\n", (long long)std::max<int64_t>(chunks, 1),
-              ws_bytes / 1e6);
+  if (ws_bytes == 0) {
+    std::printf("  scan: one pass (no workspace)\n");
+  } else {
+    std::printf("  scan chunks: %lld (workspace %.2f MB)\n", (long long)std::max<int64_t>(chunks, 1), ws_bytes / 1e6);
+  }
   std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "causal_conv_silu", conv_us,
               conv_bytes / conv_us * 1e-3);
   std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "selective_scan (softplus+bias)", scan_us,
@@ -684,6 +688,7 @@ int bench(Rng& rng) {
 
 int main(int argc, char** argv) {
   bool do_bench = false;
+  std::vector<int64_t> bench_lengths = {8192};
   uint64_t seed = static_cast<uint64_t>(
       std::chrono::high_resolution_clock::now().time_since_epoch().count());
   for (int i = 1; i < argc; ++i) {
@@ -692,8 +697,14 @@ int main(int argc, char** argv) {
       do_bench = true;
     } else if (arg == "--seed" && i + 1 < argc) {
       seed = std::strtoull(argv[++i], nullptr, 10);
+    } else if (arg == "--lengths" && i + 1 < argc) {
+      bench_lengths.clear();
+      for (char* p = argv[++i]; *p != '\0';) {
+        bench_lengths.push_back(std::strtoll(p, &p, 10));
+        if (*p == ',') ++p;
+      }
     } else {
-      std::fprintf(stderr, "usage: %s [--bench] [--seed N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--bench [--lengths N,N]] [--seed N]\n", argv[0]);
       return 2;
     }
   }
@@ -703,7 +714,12 @@ int main(int argc, char** argv) {
   std::printf("device: %s (%d SMs), seed %llu\n", prop.name, prop.multiProcessorCount,
               (unsigned long long)seed);
   try {
-    if (do_bench) return bench(rng);
+    if (do_bench) {
+      for (const int64_t length : bench_lengths) {
+        if (length < 1 || bench(rng, length) != 0) return 1;
+      }
+      return 0;
+    }
     const std::vector<Case> cases = {
         // batch, length, channels, state, kernel, softplus, bias
         {1, 1, 1, 1, 4, false, false},
@@ -717,6 +733,8 @@ int main(int argc, char** argv) {
         {1, 1000, 7, 64, 6, true, true},     // generic conv, 64 states
         {2, 777, 130, 2, 4, false, false},
         {1, 8192, 96, 16, 4, true, true},    // few channels: many chunks
+        {2, 333, 45, 12, 4, true, false},    // 12 states padded to 16, odd channels, partial group
+        {1, 130, 3, 5, 4, false, true},      // 5 states padded to 8, one partial block
         {1, 8192, 1536, 16, 4, true, true},  // the layer's shape
     };
     for (DType t : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
