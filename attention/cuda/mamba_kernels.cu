@@ -314,6 +314,17 @@ __host__ __device__ constexpr int scan_min_blocks() {
   return NS <= 16 ? HVLM_SCAN_WARPS_PER_SM * 32 / kScanThreads : 1;
 }
 
+// Threads a channel in the chunked scan: with 2, a lane pair shares a channel, each keeping
+// half of its states (half the registers, so twice the warps to hide latency with), and the
+// y partial sums meet through one shuffle.
+#ifndef HVLM_SCAN_SPLIT
+#define HVLM_SCAN_SPLIT 1
+#endif
+template <int NS>
+__host__ __device__ constexpr int scan_split() { return NS >= 8 ? HVLM_SCAN_SPLIT : 1; }
+template <int NS>
+__host__ __device__ constexpr int scan_block_channels() { return kScanThreads / scan_split<NS>(); }
+
 // Passes 1 (kFinal false) and 3 (kFinal true); see the file comment.
 // Grid: x = channel blocks, y = chunk, z = batch (grid-stride). NS: compile-time state count
 // >= state_size; states past state_size run with A = B = C = h = 0 and so stay 0.
@@ -325,11 +336,17 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
   constexpr int kCols = kFinal ? 2 * NS : NS;  // staged floats per step: B (and C)
   constexpr int kTileElems = kTile * kCols;
   constexpr int kPerThread = (kTileElems + kScanThreads - 1) / kScanThreads;
+  constexpr int kSplit = scan_split<NS>();
+  constexpr int NSP = NS / kSplit;  // states of this thread: s0 .. s0 + NSP - 1
+  static_assert(kSplit == 1 || kSplit == 2, "one or two threads a channel");
   __shared__ __align__(16) float tiles[2][kTileElems];
 
   const int n = p.state_size;
   const int64_t channels = p.channels, length = p.length, stride_z = p.row_stride_z;
-  const int64_t c_raw = static_cast<int64_t>(blockIdx.x) * kScanThreads + threadIdx.x;
+  const int64_t c_raw =
+      static_cast<int64_t>(blockIdx.x) * scan_block_channels<NS>() + threadIdx.x / kSplit;
+  const int part = static_cast<int>(threadIdx.x % kSplit);
+  const int s0 = part * NSP;
   // Threads past the last channel mirror the last channel (valid loads, same barriers) and
   // store nothing.
   const bool active = c_raw < channels;
@@ -340,9 +357,9 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
   const int num_tiles = static_cast<int>((steps + kTile - 1) / kTile);
 
   // A in base 2, so that exp(dt * A) is one ex2.
-  float a2[NS];
+  float a2[NSP];
 #pragma unroll
-  for (int s = 0; s < NS; ++s) a2[s] = s < n ? p.a[c * n + s] * kLog2e : 0.0f;
+  for (int j = 0; j < NSP; ++j) a2[j] = s0 + j < n ? p.a[c * n + s0 + j] * kLog2e : 0.0f;
   const float dt_bias = p.delta_bias != nullptr ? p.delta_bias[c] : 0.0f;
   const float d_skip = kFinal ? p.d[c] : 0.0f;
   const bool do_softplus = p.delta_softplus;
@@ -377,18 +394,18 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
       }
     };
 
-    float h[NS];
+    float h[NSP];
     if (kFinal && num_chunks == 1) {
       const float* hin = p.h + (bi * channels + c) * n;
 #pragma unroll
-      for (int s = 0; s < NS; ++s) h[s] = s < n ? hin[s] : 0.0f;
+      for (int j = 0; j < NSP; ++j) h[j] = s0 + j < n ? hin[s0 + j] : 0.0f;
     } else if (kFinal) {
       const float* hin = p.ws_h + ((static_cast<int64_t>(chunk) * p.batch + bi) * n) * channels + c;
 #pragma unroll
-      for (int s = 0; s < NS; ++s) h[s] = s < n ? hin[s * channels] : 0.0f;
+      for (int j = 0; j < NSP; ++j) h[j] = s0 + j < n ? hin[(s0 + j) * channels] : 0.0f;
     } else {
 #pragma unroll
-      for (int s = 0; s < NS; ++s) h[s] = 0.0f;
+      for (int j = 0; j < NSP; ++j) h[j] = 0.0f;
     }
     float dt_sum = 0.0f;
 
@@ -428,23 +445,25 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
       const float dt_sp = softplus(dt);
       dt = do_softplus ? dt_sp : dt;
       const float du = dt * u_v;
-      float bv[NS];
-      load_smem_row<NS>(row, bv);
+      float bv[NSP];
+      load_smem_row<NSP>(row + s0, bv);
       if constexpr (kFinal) {
-        float cv[NS];
-        load_smem_row<NS>(row + NS, cv);
+        float cv[NSP];
+        load_smem_row<NSP>(row + NS + s0, cv);
         // Four partial sums of C . h: shorter dependency chains than one.
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-        for (int s = 0; s < NS; ++s) {
-          h[s] = fmaf(exp2_approx(dt * a2[s]), h[s], du * bv[s]);
-          acc[s & 3] = fmaf(cv[s], h[s], acc[s & 3]);
+        for (int j = 0; j < NSP; ++j) {
+          h[j] = fmaf(exp2_approx(dt * a2[j]), h[j], du * bv[j]);
+          acc[j & 3] = fmaf(cv[j], h[j], acc[j & 3]);
         }
-        const float y = ((acc[0] + acc[1]) + (acc[2] + acc[3]) + d_skip * u_v) * silu(z_v);
-        if (active) yp[r * channels] = from_float<T>(y);
+        float ch = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        if constexpr (kSplit == 2) ch += __shfl_xor_sync(0xffffffffu, ch, 1);  // the pair's half
+        const float y = (ch + d_skip * u_v) * silu(z_v);
+        if (active && part == 0) yp[r * channels] = from_float<T>(y);
       } else {
 #pragma unroll
-        for (int s = 0; s < NS; ++s) h[s] = fmaf(exp2_approx(dt * a2[s]), h[s], du * bv[s]);
+        for (int j = 0; j < NSP; ++j) h[j] = fmaf(exp2_approx(dt * a2[j]), h[j], du * bv[j]);
         dt_sum += dt;
       }
     };
@@ -497,8 +516,8 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
         if (chunk == num_chunks - 1) {
           float* hout = p.h + (bi * channels + c) * n;
 #pragma unroll
-          for (int s = 0; s < NS; ++s) {
-            if (s < n) hout[s] = h[s];
+          for (int j = 0; j < NSP; ++j) {
+            if (s0 + j < n) hout[s0 + j] = h[j];
           }
         }
       } else {
@@ -506,10 +525,10 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
         const int64_t slot = static_cast<int64_t>(chunk + 1) * p.batch + bi;
         float* hout = p.ws_h + slot * n * channels + c;
 #pragma unroll
-        for (int s = 0; s < NS; ++s) {
-          if (s < n) hout[s * channels] = h[s];
+        for (int j = 0; j < NSP; ++j) {
+          if (s0 + j < n) hout[(s0 + j) * channels] = h[j];
         }
-        p.ws_s[slot * channels + c] = dt_sum;
+        if (part == 0) p.ws_s[slot * channels + c] = dt_sum;
       }
     }
   }
@@ -585,21 +604,23 @@ constexpr int kLaneWarps = 4;  // warps per block, sharing its B/C tiles
 
 // v[k] is this lane's term of step k; W consecutive lanes (W-aligned) hold W steps x W terms.
 // Returns to lane s of the W the sum over the W lanes of step s's terms. v is clobbered.
-template <int W>
+// One level per call, so that every register index is a compile-time constant.
+template <int W, int HALF = W / 2>
 __device__ __forceinline__ float sum_over_lanes(float (&v)[W], int s) {
+  // The lower lane of a pair keeps steps [0, HALF) of the current range, the upper one
+  // [HALF, 2 HALF); each sends the partner the half it keeps.
+  const bool upper = (s & HALF) != 0;
 #pragma unroll
-  for (int half = W / 2; half >= 1; half /= 2) {
-    // The lower lane of a pair keeps steps [0, half) of the current range, the upper one
-    // [half, 2 half); each sends the partner the half it keeps.
-    const bool upper = (s & half) != 0;
-#pragma unroll
-    for (int i = 0; i < half; ++i) {
-      const float mine = upper ? v[i + half] : v[i];
-      const float theirs = upper ? v[i] : v[i + half];
-      v[i] = mine + __shfl_xor_sync(0xffffffffu, theirs, half);
-    }
+  for (int i = 0; i < HALF; ++i) {
+    const float mine = upper ? v[i + HALF] : v[i];
+    const float theirs = upper ? v[i] : v[i + HALF];
+    v[i] = mine + __shfl_xor_sync(0xffffffffu, theirs, HALF);
   }
-  return v[0];
+  if constexpr (HALF > 1) {
+    return sum_over_lanes<W, HALF / 2>(v, s);
+  } else {
+    return v[0];
+  }
 }
 
 // Grid: x = blocks of kLaneWarps * 32 / W channels, y = batch (grid-stride).
@@ -767,7 +788,7 @@ ScanPlan make_plan(const SelectiveScanArgs& a) {
                  &per_sm, scan_chunk_kernel<T, NS, true>, kScanThreads, 0),
              "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
   const int64_t slots = static_cast<int64_t>(std::max(sms, 1)) * std::max(per_sm, 1);
-  const int64_t units = ((a.channels + kScanThreads - 1) / kScanThreads) *
+  const int64_t units = ((a.channels + scan_block_channels<NS>() - 1) / scan_block_channels<NS>()) *
                         std::min<int64_t>(a.batch, kMaxGridYZ);
   int64_t chunks = std::max<int64_t>(1, slots / units);
   chunks = std::min(chunks, (a.length + kMinChunkSteps - 1) / kMinChunkSteps);
@@ -901,8 +922,8 @@ void selective_scan(const SelectiveScanArgs& a) {
     p.state_size = static_cast<int>(a.state_size);
     p.delta_softplus = a.delta_softplus;
 
-    const unsigned channel_blocks =
-        static_cast<unsigned>((a.channels + kScanThreads - 1) / kScanThreads);
+    const unsigned channel_blocks = static_cast<unsigned>(
+        (a.channels + scan_block_channels<NS>() - 1) / scan_block_channels<NS>());
     const unsigned batch_grid = static_cast<unsigned>(std::min<int64_t>(a.batch, kMaxGridYZ));
     if constexpr (NS == 8 || NS == 16) {
       if (plan.lanes) {

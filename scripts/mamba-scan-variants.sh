@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# On a CUDA host: builds tests/cuda/mamba_kernels_check.cu with each tuning variant of the
+# selective scan (the -D knobs of attention/cuda/mamba_kernels.cu), checks each against the
+# float64 reference and times it at batch 1, 1536 channels, 16 states, bf16. Logs go to $OUT.
+#   scripts/mamba-scan-variants.sh ["NAME:-DKNOB=V -DKNOB=V" ...]
+set -uo pipefail
+out=${OUT:-/tmp/hvlm-scan}
+mkdir -p "$out" build-cuda
+if [[ $# -eq 0 ]]; then
+  set -- "chunked:-DHVLM_SCAN_LANES=0" "lanes:-DHVLM_SCAN_LANES=1" \
+    "split2-w24:-DHVLM_SCAN_LANES=0 -DHVLM_SCAN_SPLIT=2 -DHVLM_SCAN_WARPS_PER_SM=24" \
+    "split2-w24-g2:-DHVLM_SCAN_LANES=0 -DHVLM_SCAN_SPLIT=2 -DHVLM_SCAN_WARPS_PER_SM=24 -DHVLM_SCAN_GROUP=2" \
+    "split2-w32-g2:-DHVLM_SCAN_LANES=0 -DHVLM_SCAN_SPLIT=2 -DHVLM_SCAN_WARPS_PER_SM=32 -DHVLM_SCAN_GROUP=2" \
+    "split2-w16:-DHVLM_SCAN_LANES=0 -DHVLM_SCAN_SPLIT=2 -DHVLM_SCAN_WARPS_PER_SM=16"
+fi
+for variant in "$@"; do
+  name=${variant%%:*} flags=${variant#*:}
+  # shellcheck disable=SC2086
+  nvcc -std=c++17 -O3 -arch=sm_90 -I. $flags -Xptxas -v -o "build-cuda/scan-$name" \
+    tests/cuda/mamba_kernels_check.cu attention/cuda/mamba_kernels.cu > "$out/scan-$name-build.log" 2>&1 &
+done
+wait
+for variant in "$@"; do
+  name=${variant%%:*}
+  if [[ ! -x build-cuda/scan-$name ]]; then echo "$name: build FAILED"; tail -5 "$out/scan-$name-build.log"; continue; fi
+  check=$("./build-cuda/scan-$name" > "$out/scan-$name-check.log" 2>&1 && echo pass || echo FAIL)
+  "./build-cuda/scan-$name" --bench --lengths 8192,65536 > "$out/scan-$name-bench.log" 2>&1
+  times=$(grep "softplus+bias" "$out/scan-$name-bench.log" | awk '{printf "%s us  ", $(NF-3)}')
+  echo "$name: check $check; scan at 8192, 65536: $times"
+done
