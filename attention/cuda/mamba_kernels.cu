@@ -623,19 +623,27 @@ __device__ __forceinline__ float sum_over_lanes(float (&v)[W], int s) {
   }
 }
 
+// Steps a lane group stages at once: kLaneSub sub-groups of W steps, so that each prefetch
+// (issued a stage ahead) has kLaneSub sub-groups of math to hide its latency behind.
+#ifndef HVLM_SCAN_LANES_SUB
+#define HVLM_SCAN_LANES_SUB 4
+#endif
+constexpr int kLaneSub = HVLM_SCAN_LANES_SUB;
+
 // Grid: x = blocks of kLaneWarps * 32 / W channels, y = batch (grid-stride).
 template <typename T, int W>
 __global__ void __launch_bounds__(kLaneWarps * 32) scan_lanes_kernel(const ScanPtrs<T> p) {
   constexpr int kThreads = kLaneWarps * 32;
   constexpr int kPerWarp = 32 / W;                // channels per warp
-  constexpr int kPitch = W + 4;                   // floats per staged row: no bank conflicts
-  constexpr int kTileElems = W * 2 * W;           // B and C values of one group
+  constexpr int kStage = W * kLaneSub;            // steps per stage
+  constexpr int kPitch = kStage + 4;              // floats per staged row: no bank conflicts
+  constexpr int kTileElems = kStage * 2 * W;      // B and C values of one stage
   constexpr int kPerThread = (kTileElems + kThreads - 1) / kThreads;
   static_assert(W == 8 || W == 16, "8 or 16 lanes a channel");
-  // tiles[buffer][B or C][state][step of the group]
+  // tiles[buffer][B or C][state][step of the stage]
   __shared__ __align__(16) float tiles[2][2][W][kPitch];
-  // Per warp: (dt, dt * u) of step s of channel q, at lane q * W + s.
-  __shared__ __align__(16) float2 exch[kLaneWarps][32];
+  // Per warp and sub-group: (dt, dt * u) of step s of channel q, at lane q * W + s.
+  __shared__ __align__(16) float2 exch[kLaneWarps][kLaneSub][32];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int q = lane / W, s = lane % W;
@@ -650,19 +658,19 @@ __global__ void __launch_bounds__(kLaneWarps * 32) scan_lanes_kernel(const ScanP
   const float dt_bias = p.delta_bias != nullptr ? p.delta_bias[c] : 0.0f;
   const float d_skip = p.d[c];
   const bool do_softplus = p.delta_softplus;
-  const int64_t num_groups = (length + W - 1) / W;
+  const int64_t num_stages = (length + kStage - 1) / kStage;
 
   for (int64_t bi = blockIdx.y; bi < p.batch; bi += gridDim.y) {
     const int64_t row0 = bi * length;
     float h = real_state ? p.h[(bi * channels + c) * n + s] : 0.0f;
 
     float stage[kPerThread];
-    auto fetch = [&](int64_t group) {  // the group's B and C into registers (the whole block)
+    auto fetch = [&](int64_t st) {  // the stage's B and C into registers (the whole block)
 #pragma unroll
       for (int i = 0; i < kPerThread; ++i) {
         const int e = threadIdx.x + i * kThreads;
         const int k = e / (2 * W), col = e % (2 * W), state = col % W;
-        const int64_t t = group * W + k;
+        const int64_t t = st * kStage + k;
         float v = 0.0f;
         if (e < kTileElems && t < length && state < n) {
           v = load((col < W ? p.b : p.c) + (row0 + t) * p.row_stride_bc + state);
@@ -678,63 +686,79 @@ __global__ void __launch_bounds__(kLaneWarps * 32) scan_lanes_kernel(const ScanP
         if (e < kTileElems) tiles[buffer][col / W][col % W][k] = stage[i];
       }
     };
-    // u, delta, z of this lane's step of a group (rows past the end re-read the last row,
-    // never used).
+    // u, delta, z of this lane's step of each sub-group (rows past the end re-read the last
+    // row, never used).
     const T* pu = p.u + row0 * channels + c;
     const T* pd = p.delta + row0 * channels + c;
     const T* pz = p.z + row0 * p.row_stride_z + c;
     T* py = p.y + row0 * channels + c;
-    auto load_step = [&](int64_t group, float& u, float& d, float& z) {
-      const int64_t t = min(group * W + s, length - 1);
-      u = load(pu + t * channels);
-      d = load(pd + t * channels);
-      z = load(pz + t * p.row_stride_z);
+    auto load_steps = [&](int64_t st, float (&u)[kLaneSub], float (&d)[kLaneSub], float (&z)[kLaneSub]) {
+#pragma unroll
+      for (int j = 0; j < kLaneSub; ++j) {
+        const int64_t t = min(st * kStage + j * W + s, length - 1);
+        u[j] = load(pu + t * channels);
+        d[j] = load(pd + t * channels);
+        z[j] = load(pz + t * p.row_stride_z);
+      }
     };
 
-    float u_v, d_v, z_v;
+    float u_v[kLaneSub], d_v[kLaneSub], z_v[kLaneSub];
     fetch(0);
     commit(0);
-    load_step(0, u_v, d_v, z_v);
+    load_steps(0, u_v, d_v, z_v);
     __syncthreads();
-    for (int64_t g = 0; g < num_groups; ++g) {
-      const int buffer = static_cast<int>(g & 1);
-      const bool more = g + 1 < num_groups;
-      float nu = 0.0f, nd = 0.0f, nz = 0.0f;
+    for (int64_t st = 0; st < num_stages; ++st) {
+      const int buffer = static_cast<int>(st & 1);
+      const bool more = st + 1 < num_stages;
+      float nu[kLaneSub] = {}, nd[kLaneSub] = {}, nz[kLaneSub] = {};
       if (more) {
-        fetch(g + 1);
-        load_step(g + 1, nu, nd, nz);
+        fetch(st + 1);
+        load_steps(st + 1, nu, nd, nz);
       }
-      const int64_t t = g * W + s;  // this lane's step
-      float dt = d_v + dt_bias;
-      const float dt_sp = softplus(dt);
-      dt = do_softplus ? dt_sp : dt;
-      dt = t < length ? dt : 0.0f;  // past the end: decay 1, no input, h unchanged
-      exch[warp][lane] = make_float2(dt, dt * u_v);
-      __syncwarp();
-      const float4* ex = reinterpret_cast<const float4*>(&exch[warp][q * W]);
-      const float4* tb = reinterpret_cast<const float4*>(&tiles[buffer][0][s][0]);
-      const float4* tc = reinterpret_cast<const float4*>(&tiles[buffer][1][s][0]);
-      float part[W];
+      // This lane's step of each sub-group: its dt and dt * u, for the channel's lanes.
 #pragma unroll
-      for (int k4 = 0; k4 < W / 4; ++k4) {
-        const float4 e0 = ex[2 * k4], e1 = ex[2 * k4 + 1];  // (dt, du) of steps 4 k4 .. + 3
-        const float4 bv = tb[k4], cv = tc[k4];
-        h = fmaf(exp2_approx(e0.x * a2), h, e0.y * bv.x);
-        part[4 * k4 + 0] = cv.x * h;
-        h = fmaf(exp2_approx(e0.z * a2), h, e0.w * bv.y);
-        part[4 * k4 + 1] = cv.y * h;
-        h = fmaf(exp2_approx(e1.x * a2), h, e1.y * bv.z);
-        part[4 * k4 + 2] = cv.z * h;
-        h = fmaf(exp2_approx(e1.z * a2), h, e1.w * bv.w);
-        part[4 * k4 + 3] = cv.w * h;
+      for (int j = 0; j < kLaneSub; ++j) {
+        const int64_t t = st * kStage + j * W + s;
+        float dt = d_v[j] + dt_bias;
+        const float dt_sp = softplus(dt);
+        dt = do_softplus ? dt_sp : dt;
+        dt = t < length ? dt : 0.0f;  // past the end: decay 1, no input, h unchanged
+        exch[warp][j][lane] = make_float2(dt, dt * u_v[j]);
       }
-      const float y_sum = sum_over_lanes<W>(part, s);  // C_t . h_t of this lane's step
-      if (active && t < length) py[t * channels] = from_float<T>((y_sum + d_skip * u_v) * silu(z_v));
+      __syncwarp();
+#pragma unroll
+      for (int j = 0; j < kLaneSub; ++j) {
+        const float4* ex = reinterpret_cast<const float4*>(&exch[warp][j][q * W]);
+        const float4* tb = reinterpret_cast<const float4*>(&tiles[buffer][0][s][j * W]);
+        const float4* tc = reinterpret_cast<const float4*>(&tiles[buffer][1][s][j * W]);
+        float part[W];
+#pragma unroll
+        for (int k4 = 0; k4 < W / 4; ++k4) {
+          const float4 e0 = ex[2 * k4], e1 = ex[2 * k4 + 1];  // (dt, du) of steps 4 k4 .. + 3
+          const float4 bv = tb[k4], cv = tc[k4];
+          h = fmaf(exp2_approx(e0.x * a2), h, e0.y * bv.x);
+          part[4 * k4 + 0] = cv.x * h;
+          h = fmaf(exp2_approx(e0.z * a2), h, e0.w * bv.y);
+          part[4 * k4 + 1] = cv.y * h;
+          h = fmaf(exp2_approx(e1.x * a2), h, e1.y * bv.z);
+          part[4 * k4 + 2] = cv.z * h;
+          h = fmaf(exp2_approx(e1.z * a2), h, e1.w * bv.w);
+          part[4 * k4 + 3] = cv.w * h;
+        }
+        const float y_sum = sum_over_lanes<W>(part, s);  // C_t . h_t of this lane's step
+        const int64_t t = st * kStage + j * W + s;
+        if (active && t < length) {
+          py[t * channels] = from_float<T>((y_sum + d_skip * u_v[j]) * silu(z_v[j]));
+        }
+      }
       if (more) commit(buffer ^ 1);  // read by nobody since the last barrier
-      __syncthreads();               // also orders this group's exch reads before the next writes
-      u_v = nu;
-      d_v = nd;
-      z_v = nz;
+      __syncthreads();               // also orders this stage's exch reads before the next writes
+#pragma unroll
+      for (int j = 0; j < kLaneSub; ++j) {
+        u_v[j] = nu[j];
+        d_v[j] = nd[j];
+        z_v[j] = nz[j];
+      }
     }
     if (active && real_state) p.h[(bi * channels + c) * n + s] = h;
   }
