@@ -23,9 +23,6 @@ if has kernels; then
     nvcc -std=c++17 -O3 -arch=sm_90 -I. -o "build-cuda/${name}_check" "$check" "attention/cuda/${name}.cu" \
       > "$out/${name}-build.log" 2>&1 &
   done
-  # For comparison: the Mamba scan with the chunked three-pass algorithm only.
-  nvcc -std=c++17 -O3 -arch=sm_90 -I. -DHVLM_SCAN_LANES=0 -o build-cuda/mamba_kernels_chunked_check \
-    tests/cuda/mamba_kernels_check.cu attention/cuda/mamba_kernels.cu > "$out/mamba_kernels_chunked-build.log" 2>&1 &
 fi
 if has build; then
   start=$(date +%s)
@@ -48,11 +45,6 @@ if has kernels; then
     "./build-cuda/${name}_check" --bench "${bench_args[@]}" > "$out/${name}-bench.log" 2>&1 || echo "${name}_check --bench failed"
     grep -E "bench|scan|conv" "$out/${name}-bench.log" | tail -12 || true
   done
-  if [[ -x build-cuda/mamba_kernels_chunked_check ]]; then
-    echo "mamba scan, chunked three-pass only (HVLM_SCAN_LANES=0):"
-    ./build-cuda/mamba_kernels_chunked_check --bench --lengths 8192,65536 > "$out/mamba_kernels_chunked-bench.log" 2>&1 || true
-    grep -E "selective_scan" "$out/mamba_kernels_chunked-bench.log" || true
-  fi
 fi
 if has test; then
   # The C++ suites (the Python and end-to-end suites need Debian's python3 packages).

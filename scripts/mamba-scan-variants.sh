@@ -7,11 +7,8 @@ set -uo pipefail
 out=${OUT:-/tmp/hvlm-scan}
 mkdir -p "$out" build-cuda
 if [[ $# -eq 0 ]]; then
-  set -- "chunked:-DHVLM_SCAN_LANES=0" "lanes:-DHVLM_SCAN_LANES=1" \
-    "split2-w24:-DHVLM_SCAN_LANES=0 -DHVLM_SCAN_SPLIT=2 -DHVLM_SCAN_WARPS_PER_SM=24" \
-    "split2-w24-g2:-DHVLM_SCAN_LANES=0 -DHVLM_SCAN_SPLIT=2 -DHVLM_SCAN_WARPS_PER_SM=24 -DHVLM_SCAN_GROUP=2" \
-    "split2-w32-g2:-DHVLM_SCAN_LANES=0 -DHVLM_SCAN_SPLIT=2 -DHVLM_SCAN_WARPS_PER_SM=32 -DHVLM_SCAN_GROUP=2" \
-    "split2-w16:-DHVLM_SCAN_LANES=0 -DHVLM_SCAN_SPLIT=2 -DHVLM_SCAN_WARPS_PER_SM=16"
+  set -- "default:" "group2:-DHVLM_SCAN_GROUP=2" "threads128:-DHVLM_SCAN_THREADS=128" \
+    "warps12:-DHVLM_SCAN_WARPS_PER_SM=12"
 fi
 for variant in "$@"; do
   name=${variant%%:*} flags=${variant#*:}

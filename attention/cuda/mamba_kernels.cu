@@ -314,17 +314,6 @@ __host__ __device__ constexpr int scan_min_blocks() {
   return NS <= 16 ? HVLM_SCAN_WARPS_PER_SM * 32 / kScanThreads : 1;
 }
 
-// Threads a channel in the chunked scan: with 2, a lane pair shares a channel, each keeping
-// half of its states (half the registers, so twice the warps to hide latency with), and the
-// y partial sums meet through one shuffle.
-#ifndef HVLM_SCAN_SPLIT
-#define HVLM_SCAN_SPLIT 1
-#endif
-template <int NS>
-__host__ __device__ constexpr int scan_split() { return NS >= 8 ? HVLM_SCAN_SPLIT : 1; }
-template <int NS>
-__host__ __device__ constexpr int scan_block_channels() { return kScanThreads / scan_split<NS>(); }
-
 // Passes 1 (kFinal false) and 3 (kFinal true); see the file comment.
 // Grid: x = channel blocks, y = chunk, z = batch (grid-stride). NS: compile-time state count
 // >= state_size; states past state_size run with A = B = C = h = 0 and so stay 0.
@@ -336,17 +325,11 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
   constexpr int kCols = kFinal ? 2 * NS : NS;  // staged floats per step: B (and C)
   constexpr int kTileElems = kTile * kCols;
   constexpr int kPerThread = (kTileElems + kScanThreads - 1) / kScanThreads;
-  constexpr int kSplit = scan_split<NS>();
-  constexpr int NSP = NS / kSplit;  // states of this thread: s0 .. s0 + NSP - 1
-  static_assert(kSplit == 1 || kSplit == 2, "one or two threads a channel");
   __shared__ __align__(16) float tiles[2][kTileElems];
 
   const int n = p.state_size;
   const int64_t channels = p.channels, length = p.length, stride_z = p.row_stride_z;
-  const int64_t c_raw =
-      static_cast<int64_t>(blockIdx.x) * scan_block_channels<NS>() + threadIdx.x / kSplit;
-  const int part = static_cast<int>(threadIdx.x % kSplit);
-  const int s0 = part * NSP;
+  const int64_t c_raw = static_cast<int64_t>(blockIdx.x) * kScanThreads + threadIdx.x;
   // Threads past the last channel mirror the last channel (valid loads, same barriers) and
   // store nothing.
   const bool active = c_raw < channels;
@@ -357,9 +340,9 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
   const int num_tiles = static_cast<int>((steps + kTile - 1) / kTile);
 
   // A in base 2, so that exp(dt * A) is one ex2.
-  float a2[NSP];
+  float a2[NS];
 #pragma unroll
-  for (int j = 0; j < NSP; ++j) a2[j] = s0 + j < n ? p.a[c * n + s0 + j] * kLog2e : 0.0f;
+  for (int s = 0; s < NS; ++s) a2[s] = s < n ? p.a[c * n + s] * kLog2e : 0.0f;
   const float dt_bias = p.delta_bias != nullptr ? p.delta_bias[c] : 0.0f;
   const float d_skip = kFinal ? p.d[c] : 0.0f;
   const bool do_softplus = p.delta_softplus;
@@ -394,18 +377,18 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
       }
     };
 
-    float h[NSP];
+    float h[NS];
     if (kFinal && num_chunks == 1) {
       const float* hin = p.h + (bi * channels + c) * n;
 #pragma unroll
-      for (int j = 0; j < NSP; ++j) h[j] = s0 + j < n ? hin[s0 + j] : 0.0f;
+      for (int s = 0; s < NS; ++s) h[s] = s < n ? hin[s] : 0.0f;
     } else if (kFinal) {
       const float* hin = p.ws_h + ((static_cast<int64_t>(chunk) * p.batch + bi) * n) * channels + c;
 #pragma unroll
-      for (int j = 0; j < NSP; ++j) h[j] = s0 + j < n ? hin[(s0 + j) * channels] : 0.0f;
+      for (int s = 0; s < NS; ++s) h[s] = s < n ? hin[s * channels] : 0.0f;
     } else {
 #pragma unroll
-      for (int j = 0; j < NSP; ++j) h[j] = 0.0f;
+      for (int s = 0; s < NS; ++s) h[s] = 0.0f;
     }
     float dt_sum = 0.0f;
 
@@ -445,25 +428,23 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
       const float dt_sp = softplus(dt);
       dt = do_softplus ? dt_sp : dt;
       const float du = dt * u_v;
-      float bv[NSP];
-      load_smem_row<NSP>(row + s0, bv);
+      float bv[NS];
+      load_smem_row<NS>(row, bv);
       if constexpr (kFinal) {
-        float cv[NSP];
-        load_smem_row<NSP>(row + NS + s0, cv);
+        float cv[NS];
+        load_smem_row<NS>(row + NS, cv);
         // Four partial sums of C . h: shorter dependency chains than one.
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-        for (int j = 0; j < NSP; ++j) {
-          h[j] = fmaf(exp2_approx(dt * a2[j]), h[j], du * bv[j]);
-          acc[j & 3] = fmaf(cv[j], h[j], acc[j & 3]);
+        for (int s = 0; s < NS; ++s) {
+          h[s] = fmaf(exp2_approx(dt * a2[s]), h[s], du * bv[s]);
+          acc[s & 3] = fmaf(cv[s], h[s], acc[s & 3]);
         }
-        float ch = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-        if constexpr (kSplit == 2) ch += __shfl_xor_sync(0xffffffffu, ch, 1);  // the pair's half
-        const float y = (ch + d_skip * u_v) * silu(z_v);
-        if (active && part == 0) yp[r * channels] = from_float<T>(y);
+        const float y = ((acc[0] + acc[1]) + (acc[2] + acc[3]) + d_skip * u_v) * silu(z_v);
+        if (active) yp[r * channels] = from_float<T>(y);
       } else {
 #pragma unroll
-        for (int j = 0; j < NSP; ++j) h[j] = fmaf(exp2_approx(dt * a2[j]), h[j], du * bv[j]);
+        for (int s = 0; s < NS; ++s) h[s] = fmaf(exp2_approx(dt * a2[s]), h[s], du * bv[s]);
         dt_sum += dt;
       }
     };
@@ -516,8 +497,8 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
         if (chunk == num_chunks - 1) {
           float* hout = p.h + (bi * channels + c) * n;
 #pragma unroll
-          for (int j = 0; j < NSP; ++j) {
-            if (s0 + j < n) hout[s0 + j] = h[j];
+          for (int s = 0; s < NS; ++s) {
+            if (s < n) hout[s] = h[s];
           }
         }
       } else {
@@ -525,10 +506,10 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
         const int64_t slot = static_cast<int64_t>(chunk + 1) * p.batch + bi;
         float* hout = p.ws_h + slot * n * channels + c;
 #pragma unroll
-        for (int j = 0; j < NSP; ++j) {
-          if (s0 + j < n) hout[(s0 + j) * channels] = h[j];
+        for (int s = 0; s < NS; ++s) {
+          if (s < n) hout[s * channels] = h[s];
         }
-        if (part == 0) p.ws_s[slot * channels + c] = dt_sum;
+        p.ws_s[slot * channels + c] = dt_sum;
       }
     }
   }
@@ -575,198 +556,8 @@ __global__ void __launch_bounds__(256) scan_carry_kernel(const ScanPtrs<T> p, co
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Selective scan in one pass, lanes over states (long sequences)
-// ---------------------------------------------------------------------------------------------
-//
-// Where the chunked scan would need several chunks (a long sequence and few channels x batch
-// rows to spread over the GPU), it pays every exp twice. This kernel pays it once: lane (q, s)
-// of a warp keeps state s of channel c0 + q and walks the whole sequence, W = 8 or 16 lanes a
-// channel (the padded state count), so a warp holds 32 / W channels and the recurrence of
-// each (channel, state) is one FFMA a step. Time goes in groups of W steps:
-//  - each lane computes dt = softplus(delta + bias) and dt * u of one step of the group (its
-//    index s) and passes them to the channel's lanes through shared memory (one softplus per
-//    (t, c), not per state);
-//  - B_t and C_t, the same for every channel, are staged once per block, transposed to
-//    [state][step] in float, so a lane reads 4 steps of its state with one 16-byte load
-//    (the next group is fetched into registers while this one computes; one barrier a group);
-//  - the W x W products C_t[s] h_t[s] of a group are summed over states by a butterfly whose
-//    every exchange halves the values a lane keeps (W - 1 shuffles), ending with step s's
-//    y on lane s, which gates it and stores it.
-// Per (t, c, s): one EX2 and four float ops, plus about three instructions of shared memory,
-// butterfly and per-step overhead. A batch-1 sequence of 1536 channels is only 768 warps, so
-// the GPU's 528 schedulers get one or two each; the work in a group has enough independent
-// exps (the W decays) to overlap, and the chain through h is one FFMA a step.
-#ifndef HVLM_SCAN_LANES
-#define HVLM_SCAN_LANES 1  // 0: always the chunked scan (for comparisons)
-#endif
-constexpr int kLaneWarps = 4;  // warps per block, sharing its B/C tiles
-
-// v[k] is this lane's term of step k; W consecutive lanes (W-aligned) hold W steps x W terms.
-// Returns to lane s of the W the sum over the W lanes of step s's terms. v is clobbered.
-// One level per call, so that every register index is a compile-time constant.
-template <int W, int HALF = W / 2>
-__device__ __forceinline__ float sum_over_lanes(float (&v)[W], int s) {
-  // The lower lane of a pair keeps steps [0, HALF) of the current range, the upper one
-  // [HALF, 2 HALF); each sends the partner the half it keeps.
-  const bool upper = (s & HALF) != 0;
-#pragma unroll
-  for (int i = 0; i < HALF; ++i) {
-    const float mine = upper ? v[i + HALF] : v[i];
-    const float theirs = upper ? v[i] : v[i + HALF];
-    v[i] = mine + __shfl_xor_sync(0xffffffffu, theirs, HALF);
-  }
-  if constexpr (HALF > 1) {
-    return sum_over_lanes<W, HALF / 2>(v, s);
-  } else {
-    return v[0];
-  }
-}
-
-// Steps a lane group stages at once: kLaneSub sub-groups of W steps, so that each prefetch
-// (issued a stage ahead) has kLaneSub sub-groups of math to hide its latency behind.
-#ifndef HVLM_SCAN_LANES_SUB
-#define HVLM_SCAN_LANES_SUB 4
-#endif
-constexpr int kLaneSub = HVLM_SCAN_LANES_SUB;
-
-// Grid: x = blocks of kLaneWarps * 32 / W channels, y = batch (grid-stride).
-template <typename T, int W>
-__global__ void __launch_bounds__(kLaneWarps * 32) scan_lanes_kernel(const ScanPtrs<T> p) {
-  constexpr int kThreads = kLaneWarps * 32;
-  constexpr int kPerWarp = 32 / W;                // channels per warp
-  constexpr int kStage = W * kLaneSub;            // steps per stage
-  constexpr int kPitch = kStage + 4;              // floats per staged row: no bank conflicts
-  constexpr int kTileElems = kStage * 2 * W;      // B and C values of one stage
-  constexpr int kPerThread = (kTileElems + kThreads - 1) / kThreads;
-  static_assert(W == 8 || W == 16, "8 or 16 lanes a channel");
-  // tiles[buffer][B or C][state][step of the stage]
-  __shared__ __align__(16) float tiles[2][2][W][kPitch];
-  // Per warp and sub-group: (dt, dt * u) of step s of channel q, at lane q * W + s.
-  __shared__ __align__(16) float2 exch[kLaneWarps][kLaneSub][32];
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int q = lane / W, s = lane % W;
-  const int n = p.state_size;
-  const int64_t channels = p.channels, length = p.length;
-  const int64_t c_raw = (static_cast<int64_t>(blockIdx.x) * kLaneWarps + warp) * kPerWarp + q;
-  // Lanes past the last channel mirror it (valid loads, same barriers) and store nothing.
-  const bool active = c_raw < channels;
-  const int64_t c = active ? c_raw : channels - 1;
-  const bool real_state = s < n;  // padded states run with A = B = C = h = 0 and stay 0
-  const float a2 = real_state ? p.a[c * n + s] * kLog2e : 0.0f;
-  const float dt_bias = p.delta_bias != nullptr ? p.delta_bias[c] : 0.0f;
-  const float d_skip = p.d[c];
-  const bool do_softplus = p.delta_softplus;
-  const int64_t num_stages = (length + kStage - 1) / kStage;
-
-  for (int64_t bi = blockIdx.y; bi < p.batch; bi += gridDim.y) {
-    const int64_t row0 = bi * length;
-    float h = real_state ? p.h[(bi * channels + c) * n + s] : 0.0f;
-
-    float stage[kPerThread];
-    auto fetch = [&](int64_t st) {  // the stage's B and C into registers (the whole block)
-#pragma unroll
-      for (int i = 0; i < kPerThread; ++i) {
-        const int e = threadIdx.x + i * kThreads;
-        const int k = e / (2 * W), col = e % (2 * W), state = col % W;
-        const int64_t t = st * kStage + k;
-        float v = 0.0f;
-        if (e < kTileElems && t < length && state < n) {
-          v = load((col < W ? p.b : p.c) + (row0 + t) * p.row_stride_bc + state);
-        }
-        stage[i] = v;
-      }
-    };
-    auto commit = [&](int buffer) {  // ... and transposed into shared memory
-#pragma unroll
-      for (int i = 0; i < kPerThread; ++i) {
-        const int e = threadIdx.x + i * kThreads;
-        const int k = e / (2 * W), col = e % (2 * W);
-        if (e < kTileElems) tiles[buffer][col / W][col % W][k] = stage[i];
-      }
-    };
-    // u, delta, z of this lane's step of each sub-group (rows past the end re-read the last
-    // row, never used).
-    const T* pu = p.u + row0 * channels + c;
-    const T* pd = p.delta + row0 * channels + c;
-    const T* pz = p.z + row0 * p.row_stride_z + c;
-    T* py = p.y + row0 * channels + c;
-    auto load_steps = [&](int64_t st, float (&u)[kLaneSub], float (&d)[kLaneSub], float (&z)[kLaneSub]) {
-#pragma unroll
-      for (int j = 0; j < kLaneSub; ++j) {
-        const int64_t t = min(st * kStage + j * W + s, length - 1);
-        u[j] = load(pu + t * channels);
-        d[j] = load(pd + t * channels);
-        z[j] = load(pz + t * p.row_stride_z);
-      }
-    };
-
-    float u_v[kLaneSub], d_v[kLaneSub], z_v[kLaneSub];
-    fetch(0);
-    commit(0);
-    load_steps(0, u_v, d_v, z_v);
-    __syncthreads();
-    for (int64_t st = 0; st < num_stages; ++st) {
-      const int buffer = static_cast<int>(st & 1);
-      const bool more = st + 1 < num_stages;
-      float nu[kLaneSub] = {}, nd[kLaneSub] = {}, nz[kLaneSub] = {};
-      if (more) {
-        fetch(st + 1);
-        load_steps(st + 1, nu, nd, nz);
-      }
-      // This lane's step of each sub-group: its dt and dt * u, for the channel's lanes.
-#pragma unroll
-      for (int j = 0; j < kLaneSub; ++j) {
-        const int64_t t = st * kStage + j * W + s;
-        float dt = d_v[j] + dt_bias;
-        const float dt_sp = softplus(dt);
-        dt = do_softplus ? dt_sp : dt;
-        dt = t < length ? dt : 0.0f;  // past the end: decay 1, no input, h unchanged
-        exch[warp][j][lane] = make_float2(dt, dt * u_v[j]);
-      }
-      __syncwarp();
-#pragma unroll
-      for (int j = 0; j < kLaneSub; ++j) {
-        const float4* ex = reinterpret_cast<const float4*>(&exch[warp][j][q * W]);
-        const float4* tb = reinterpret_cast<const float4*>(&tiles[buffer][0][s][j * W]);
-        const float4* tc = reinterpret_cast<const float4*>(&tiles[buffer][1][s][j * W]);
-        float part[W];
-#pragma unroll
-        for (int k4 = 0; k4 < W / 4; ++k4) {
-          const float4 e0 = ex[2 * k4], e1 = ex[2 * k4 + 1];  // (dt, du) of steps 4 k4 .. + 3
-          const float4 bv = tb[k4], cv = tc[k4];
-          h = fmaf(exp2_approx(e0.x * a2), h, e0.y * bv.x);
-          part[4 * k4 + 0] = cv.x * h;
-          h = fmaf(exp2_approx(e0.z * a2), h, e0.w * bv.y);
-          part[4 * k4 + 1] = cv.y * h;
-          h = fmaf(exp2_approx(e1.x * a2), h, e1.y * bv.z);
-          part[4 * k4 + 2] = cv.z * h;
-          h = fmaf(exp2_approx(e1.z * a2), h, e1.w * bv.w);
-          part[4 * k4 + 3] = cv.w * h;
-        }
-        const float y_sum = sum_over_lanes<W>(part, s);  // C_t . h_t of this lane's step
-        const int64_t t = st * kStage + j * W + s;
-        if (active && t < length) {
-          py[t * channels] = from_float<T>((y_sum + d_skip * u_v[j]) * silu(z_v[j]));
-        }
-      }
-      if (more) commit(buffer ^ 1);  // read by nobody since the last barrier
-      __syncthreads();               // also orders this stage's exch reads before the next writes
-#pragma unroll
-      for (int j = 0; j < kLaneSub; ++j) {
-        u_v[j] = nu[j];
-        d_v[j] = nd[j];
-        z_v[j] = nz[j];
-      }
-    }
-    if (active && real_state) p.h[(bi * channels + c) * n + s] = h;
-  }
-}
-
 // How a scan is split into chunks, and the workspace that needs.
 struct ScanPlan {
-  bool lanes = false;  // one pass of scan_lanes_kernel instead of the chunks
   int num_chunks = 1;
   int64_t chunk_steps = 0;
   size_t workspace_bytes = 0;
@@ -812,17 +603,13 @@ ScanPlan make_plan(const SelectiveScanArgs& a) {
                  &per_sm, scan_chunk_kernel<T, NS, true>, kScanThreads, 0),
              "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
   const int64_t slots = static_cast<int64_t>(std::max(sms, 1)) * std::max(per_sm, 1);
-  const int64_t units = ((a.channels + scan_block_channels<NS>() - 1) / scan_block_channels<NS>()) *
+  const int64_t units = ((a.channels + kScanThreads - 1) / kScanThreads) *
                         std::min<int64_t>(a.batch, kMaxGridYZ);
   int64_t chunks = std::max<int64_t>(1, slots / units);
   chunks = std::min(chunks, (a.length + kMinChunkSteps - 1) / kMinChunkSteps);
   chunks = std::min<int64_t>(chunks, kMaxGridYZ);
   plan.chunk_steps = (a.length + chunks - 1) / chunks;
   plan.num_chunks = static_cast<int>((a.length + plan.chunk_steps - 1) / plan.chunk_steps);
-  if (HVLM_SCAN_LANES && (NS == 8 || NS == 16) && plan.num_chunks > 1) {
-    plan.lanes = true;  // one pass, every exp once, no workspace
-    return plan;
-  }
   if (plan.num_chunks > 1) {
     const size_t per_chunk = static_cast<size_t>(a.batch) * static_cast<size_t>(a.channels);
     const size_t h_bytes = plan.num_chunks * per_chunk * a.state_size * sizeof(float);
@@ -946,18 +733,9 @@ void selective_scan(const SelectiveScanArgs& a) {
     p.state_size = static_cast<int>(a.state_size);
     p.delta_softplus = a.delta_softplus;
 
-    const unsigned channel_blocks = static_cast<unsigned>(
-        (a.channels + scan_block_channels<NS>() - 1) / scan_block_channels<NS>());
+    const unsigned channel_blocks =
+        static_cast<unsigned>((a.channels + kScanThreads - 1) / kScanThreads);
     const unsigned batch_grid = static_cast<unsigned>(std::min<int64_t>(a.batch, kMaxGridYZ));
-    if constexpr (NS == 8 || NS == 16) {
-      if (plan.lanes) {
-        const int64_t per_block = kLaneWarps * (32 / NS);
-        const dim3 grid(static_cast<unsigned>((a.channels + per_block - 1) / per_block), batch_grid);
-        scan_lanes_kernel<T, NS><<<grid, kLaneWarps * 32, 0, stream>>>(p);
-        check_launch("scan_lanes_kernel");
-        return;
-      }
-    }
     if (plan.num_chunks > 1) {
       const dim3 grid1(channel_blocks, plan.num_chunks - 1, batch_grid);
       scan_chunk_kernel<T, NS, false>
