@@ -106,6 +106,10 @@ def main():
     ap.add_argument("--duration", type=float, default=0,
                     help="seconds of load per session count (default: 60 segments in all)")
     ap.add_argument("--skip-in-process", action="store_true")
+    ap.add_argument("--channels", type=int, default=0,
+                    help="connections the load client spreads its sessions over (0: its default, 64 sessions each)")
+    ap.add_argument("--wire-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                    help="dtype of the features and outputs on the wire")
     ap.add_argument("--warmup", type=int, default=2,
                     help="unmeasured segments per session first (the memory banks fill during the first "
                          "capacity / tokens_per_segment segments; 20 covers the default stacks)")
@@ -131,8 +135,12 @@ def main():
                     before = stage_totals(metrics_address)
                     run = run_json([os.path.join(args.build, "client", "hvlm-client"), "load", "--server", address,
                                     "--stack", args.stack, "--sessions", str(n), "--segment", str(args.segment),
-                                    "--warmup", str(args.warmup), *amount, "--json", out], out)
+                                    "--warmup", str(args.warmup), "--dtype", args.wire_dtype,
+                                    *(["--channels", str(min(args.channels, n))] if args.channels > 0 else []),
+                                    *amount, "--json", out], out)
                     run["batching"] = batching
+                    run["wire_dtype"] = args.wire_dtype
+                    run["channels"] = args.channels
                     # Server-side means over the run (warm-up included): where a segment's time goes.
                     run["server_stage_means"] = stage_means(before, stage_totals(metrics_address))
                     results["runs"].append(run)
