@@ -78,6 +78,24 @@ def stage_means(before, after):
     return means
 
 
+def cpu_times():
+    """(busy, total) jiffies of the whole host, from /proc/stat (None where it cannot be read)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(before, after):
+    """Host cores busy on average between two cpu_times() (server and load client together)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(os.cpu_count() * (after[0] - before[0]) / (after[1] - before[1]), 2)
+
+
 def config_with_batching(config, enabled, tmp):
     """A copy of `config` (paths resolved against its folder) with batching.enabled set."""
     with open(config) as f:
@@ -133,11 +151,14 @@ def main():
                     amount = (["--duration", str(args.duration)] if args.duration > 0 else
                               ["--segments-per-session", str(max(3, 60 // n))])
                     before = stage_totals(metrics_address)
+                    cpu_before = cpu_times()
                     run = run_json([os.path.join(args.build, "client", "hvlm-client"), "load", "--server", address,
                                     "--stack", args.stack, "--sessions", str(n), "--segment", str(args.segment),
                                     "--warmup", str(args.warmup), "--dtype", args.wire_dtype,
                                     *(["--channels", str(min(args.channels, n))] if args.channels > 0 else []),
                                     *amount, "--json", out], out)
+                    # (Warm-up included; the load client and the server share the host.)
+                    run["host_busy_cores"] = busy_cores(cpu_before, cpu_times())
                     run["batching"] = batching
                     run["wire_dtype"] = args.wire_dtype
                     run["channels"] = args.channels
@@ -148,6 +169,9 @@ def main():
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=60)
 
+    for r in results["runs"]:
+        print(f"host cores busy, batching {r['batching']}, {r['sessions']} sessions: {r.get('host_busy_cores')} "
+              f"of {os.cpu_count()}")
     print("| batching | sessions | segments | segments/s | p50 ms | p90 ms | p99 ms | server compute p50 ms | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results["runs"]:
