@@ -8,6 +8,9 @@
 // batches issued and unfinished. Each segment's completion runs on the WorkerPool (encoding its
 // response), or on the finishing thread when the pool refuses it.
 //
+// Both threads run at a raised priority (nice -10) where the process may (root or
+// CAP_SYS_NICE), so request threads or a co-located load client do not stretch every pass.
+//
 // Why one issuing thread: one device executes one forward at a time anyway; while it runs, new
 // segments queue up, so batches grow with the load without any extra waiting. Why a finisher:
 // on a GPU the wait for a batch's output and the commits are host time during which the device
