@@ -22,7 +22,11 @@
 //   step's exp(dt * A) (K items x N states per thread) in registers until its prefix is known,
 //   which at N = 16 leaves one block of 8 warps per SM, plus either a transpose through shared
 //   memory (the reference kernel's layout is [B, E, L]) or a cross-block look-back with its
-//   latency and workspace traffic. The chunked form runs at high occupancy with no inter-block
+//   latency and workspace traffic. (Measured, and reverted: a one-pass kernel with lanes over
+//   states, 16 lanes per channel walking the whole sequence, ran 3-5x slower at batch 1: only
+//   768 warps, stalled on loads, with more per-step overhead than the exp it saves; and
+//   splitting a channel's states over a lane pair here was 25-45% slower. docs/benchmarks.md.)
+//   The chunked form runs at high occupancy with no inter-block
 //   waits, is simple to verify, and its pass-1 overhead vanishes where it is not needed: the
 //   chunk count is sized so pass 3 fills the GPU in one wave, so a short sequence or a large
 //   batch runs as a single chunk (pass 3 only, no workspace).
