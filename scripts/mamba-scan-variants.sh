@@ -7,8 +7,8 @@ set -uo pipefail
 out=${OUT:-/tmp/hvlm-scan}
 mkdir -p "$out" build-cuda
 if [[ $# -eq 0 ]]; then
-  set -- "default:" "group2:-DHVLM_SCAN_GROUP=2" "threads128:-DHVLM_SCAN_THREADS=128" \
-    "warps12:-DHVLM_SCAN_WARPS_PER_SM=12"
+  set -- "default:" "registers:-DHVLM_SCAN_ASYNC=0" "fast-gate:-DHVLM_SCAN_FAST_GATE=1" \
+    "group8:-DHVLM_SCAN_GROUP=8" "fast-gate-group8:-DHVLM_SCAN_FAST_GATE=1 -DHVLM_SCAN_GROUP=8"
 fi
 for variant in "$@"; do
   name=${variant%%:*} flags=${variant#*:}

@@ -90,6 +90,19 @@ __device__ __forceinline__ float silu(float x) {
   return __fdividef(x, 1.0f + exp2_approx(-kLog2e * x));
 }
 
+// x * sigmoid(x) with one special-function operation (tanh.approx, max relative error ~2^-11)
+// instead of two: sigmoid(x) = (1 + tanh(x / 2)) / 2. Used for 2-byte outputs only, whose own
+// rounding (2^-8 for bfloat16) is coarser (HVLM_SCAN_FAST_GATE).
+__device__ __forceinline__ float silu_tanh(float x) {
+  const float half = 0.5f * x;
+  float t;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(half));
+  return fmaf(half, t, half);
+}
+#ifndef HVLM_SCAN_FAST_GATE
+#define HVLM_SCAN_FAST_GATE 0
+#endif
+
 // log1p(e) for 0 <= e < 2^126, to about 1 ulp: the algorithm of CUDA's log1pf (reduce 1 + e to
 // 2^k (1 + f) with f in [-1/4, 1/2), then a polynomial in f) without its branches for negative,
 // infinite and NaN inputs, which softplus never passes. Branch-free, so the scheduler can
@@ -297,6 +310,31 @@ __device__ __forceinline__ void load_smem_row(const float* src, float (&dst)[NS]
   }
 }
 
+// cp.async: 16 bytes from global to shared memory without passing through registers, and
+// waiting for this thread's earlier copies (all groups but the newest N).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// The chunked scan's u, delta (and z) may be staged a tile ahead in shared memory by cp.async
+// (kAsync) instead of loaded a group ahead into registers: the loads then have a whole tile of
+// math to arrive in, and the registers they held are free. For 2-byte dtypes and state sizes
+// <= 16 (the tiles of 32 steps x 256 channels x 3 streams take 96 KB, two buffers), when the
+// channel count and every row start allow 16-byte copies.
+#ifndef HVLM_SCAN_ASYNC
+#define HVLM_SCAN_ASYNC 1
+#endif
+template <typename T, int NS, bool kFinal>
+__host__ __device__ constexpr size_t scan_stream_smem_bytes() {
+  return 2 * (kFinal ? 3 : 2) * static_cast<size_t>(scan_tile_steps<NS>()) * kScanThreads * sizeof(T);
+}
+
 // Steps per straight-line group: the body of a group has no branch or barrier, so the
 // compiler can overlap one step's softplus and loads with the previous step's exps; the next
 // group's u/delta/z are loaded before the current group is computed.
@@ -321,7 +359,7 @@ __host__ __device__ constexpr int scan_min_blocks() {
 // Passes 1 (kFinal false) and 3 (kFinal true); see the file comment.
 // Grid: x = channel blocks, y = chunk, z = batch (grid-stride). NS: compile-time state count
 // >= state_size; states past state_size run with A = B = C = h = 0 and so stay 0.
-template <typename T, int NS, bool kFinal>
+template <typename T, int NS, bool kFinal, bool kAsync>
 __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
     scan_chunk_kernel(const ScanPtrs<T> p, const int64_t chunk_steps, const int num_chunks) {
   constexpr int kTile = scan_tile_steps<NS>();
@@ -397,6 +435,42 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
     float dt_sum = 0.0f;
 
     // Pointers to the rows of the next group to load, and of the group to store.
+    // kAsync: streams[buffer][u, delta, z][step of the tile][channel of the block].
+    constexpr int kStreams = kFinal ? 3 : 2;
+    extern __shared__ __align__(16) unsigned char stream_smem[];
+    T* const streams = reinterpret_cast<T*>(stream_smem);
+    auto stream_row = [&](int buf, int which, int tt) {
+      return streams + ((buf * kStreams + which) * kTile + tt) * kScanThreads;
+    };
+    // Copies the tile's rows of u, delta (and z) for the block's channels into buffer `buf`:
+    // one cp.async group per tile. Rows past the chunk and channels past the last are skipped
+    // (their slots are never read by a thread that stores).
+    auto issue_streams = [&](int tile_index, int buf) {
+      if constexpr (kAsync) {
+        constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+        constexpr int kPerRow = kScanThreads / kVec;
+        constexpr int kCopies = kStreams * kTile * kPerRow;
+        static_assert(kCopies % kScanThreads == 0, "whole copies per thread");
+        const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kScanThreads;
+        // A rolled loop: its registers would otherwise compete with the states'.
+#pragma unroll 1
+        for (int e = threadIdx.x; e < kCopies; e += kScanThreads) {
+          const int which = e / (kTile * kPerRow), rem = e % (kTile * kPerRow);
+          const int tt = rem / kPerRow, part = rem % kPerRow;
+          const int64_t step = static_cast<int64_t>(tile_index) * kTile + tt;
+          const int64_t ch = c0 + part * kVec;
+          if (step < steps && ch < channels) {
+            const int64_t row = row0 + step;
+            const T* src = which == 0 ? p.u + row * channels + ch
+                           : which == 1 ? p.delta + row * channels + ch
+                                        : p.z + row * stride_z + ch;
+            cp_async16(stream_row(buf, which, tt) + part * kVec, src);
+          }
+        }
+        cp_async_commit();
+      }
+    };
+
     const T* lu = p.u + row0 * channels + c;
     const T* ld = p.delta + row0 * channels + c;
     const T* lz = kFinal ? p.z + row0 * stride_z + c : nullptr;
@@ -444,7 +518,8 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
           h[s] = fmaf(exp2_approx(dt * a2[s]), h[s], du * bv[s]);
           acc[s & 3] = fmaf(cv[s], h[s], acc[s & 3]);
         }
-        const float y = ((acc[0] + acc[1]) + (acc[2] + acc[3]) + d_skip * u_v) * silu(z_v);
+        const float gate = (HVLM_SCAN_FAST_GATE && sizeof(T) == 2) ? silu_tanh(z_v) : silu(z_v);
+        const float y = ((acc[0] + acc[1]) + (acc[2] + acc[3]) + d_skip * u_v) * gate;
         if (active) yp[r * channels] = from_float<T>(y);
       } else {
 #pragma unroll
@@ -455,21 +530,43 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
 
     fetch(0);
     commit(0);
+    if constexpr (kAsync) {
+      issue_streams(0, 0);
+      cp_async_wait<0>();
+    }
     __syncthreads();
-    if (num_tiles > 1) fetch(1);
+    if (num_tiles > 1) {
+      fetch(1);
+      issue_streams(1, 1);
+    }
     float gu[kGroup], gd[kGroup], gz[kGroup];
-    load_group(0, gu, gd, gz);
+    if constexpr (!kAsync) load_group(0, gu, gd, gz);
     int tile = 0, tt = 0;  // tile of the group, and the group's first row in it
     for (int64_t j0 = 0; j0 < steps; j0 += kGroup) {
       if (tt == kTile) {  // uniform across the block
         tt = 0;
         ++tile;
         commit(tile & 1);
+        if constexpr (kAsync) cp_async_wait<0>();  // this tile's streams, issued a tile ago
         __syncthreads();
-        if (tile + 1 < num_tiles) fetch(tile + 1);
+        if (tile + 1 < num_tiles) {
+          fetch(tile + 1);
+          issue_streams(tile + 1, (tile + 1) & 1);  // into the buffer read last tile
+        }
+      }
+      if constexpr (kAsync) {  // rows past the chunk's end: garbage, never used
+        const T* su = stream_row(tile & 1, 0, tt) + threadIdx.x;
+        const T* sd = stream_row(tile & 1, 1, tt) + threadIdx.x;
+        const T* sz = stream_row(tile & 1, kFinal ? 2 : 1, tt) + threadIdx.x;
+#pragma unroll
+        for (int r = 0; r < kGroup; ++r) {
+          gu[r] = to_float(su[r * kScanThreads]);
+          gd[r] = to_float(sd[r * kScanThreads]);
+          gz[r] = kFinal ? to_float(sz[r * kScanThreads]) : 0.0f;
+        }
       }
       float nu[kGroup] = {}, nd[kGroup] = {}, nz[kGroup] = {};
-      if (j0 + kGroup < steps) {
+      if (!kAsync && j0 + kGroup < steps) {
         lu += kGroup * channels;
         ld += kGroup * channels;
         if (kFinal) lz += kGroup * stride_z;
@@ -592,6 +689,33 @@ void dispatch_scan(DType dtype, int64_t state_size, F&& f) {
   });
 }
 
+// Whether the chunked scan can stage its streams by cp.async (see scan_stream_smem_bytes):
+// 16-byte copies need the channel count, z's row stride and the three base pointers aligned.
+template <typename T, int NS>
+bool scan_async_ok(const SelectiveScanArgs& a) {
+  if constexpr (!HVLM_SCAN_ASYNC || sizeof(T) != 2 || NS > 16) {
+    return false;
+  } else {
+    constexpr int64_t kVec = 16 / sizeof(T);
+    auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+    return a.channels % kVec == 0 && a.row_stride_z % kVec == 0 && aligned(a.u) && aligned(a.delta) &&
+           aligned(a.z);
+  }
+}
+
+// The pass's kernel with its dynamic shared memory allowed (the attribute is per device, so it
+// is set on every call; it costs a microsecond of host time).
+template <typename T, int NS, bool kFinal, bool kAsync>
+auto chunk_kernel(size_t* smem) {
+  auto kernel = scan_chunk_kernel<T, NS, kFinal, kAsync>;
+  *smem = kAsync ? scan_stream_smem_bytes<T, NS, kFinal>() : 0;
+  if (*smem > 0) {
+    check_call(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(*smem)),
+               "cudaFuncSetAttribute");
+  }
+  return kernel;
+}
+
 // Enough chunks that pass 3 fills every resident block slot of the GPU once (one wave: more
 // would leave a partial second wave, fewer idle SMs), but chunks of at least kMinChunkSteps.
 template <typename T, int NS>
@@ -603,8 +727,10 @@ ScanPlan make_plan(const SelectiveScanArgs& a) {
   check_call(cudaGetDevice(&device), "cudaGetDevice");
   check_call(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
              "cudaDeviceGetAttribute");
-  check_call(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                 &per_sm, scan_chunk_kernel<T, NS, true>, kScanThreads, 0),
+  size_t smem = 0;
+  const auto pass3 = scan_async_ok<T, NS>(a) ? chunk_kernel<T, NS, true, true>(&smem)
+                                             : chunk_kernel<T, NS, true, false>(&smem);
+  check_call(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pass3, kScanThreads, smem),
              "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
   const int64_t slots = static_cast<int64_t>(std::max(sms, 1)) * std::max(per_sm, 1);
   const int64_t units = ((a.channels + kScanThreads - 1) / kScanThreads) *
@@ -740,10 +866,12 @@ void selective_scan(const SelectiveScanArgs& a) {
     const unsigned channel_blocks =
         static_cast<unsigned>((a.channels + kScanThreads - 1) / kScanThreads);
     const unsigned batch_grid = static_cast<unsigned>(std::min<int64_t>(a.batch, kMaxGridYZ));
+    const bool async = scan_async_ok<T, NS>(a);
+    size_t smem = 0;
     if (plan.num_chunks > 1) {
       const dim3 grid1(channel_blocks, plan.num_chunks - 1, batch_grid);
-      scan_chunk_kernel<T, NS, false>
-          <<<grid1, kScanThreads, 0, stream>>>(p, plan.chunk_steps, plan.num_chunks);
+      const auto pass1 = async ? chunk_kernel<T, NS, false, true>(&smem) : chunk_kernel<T, NS, false, false>(&smem);
+      pass1<<<grid1, kScanThreads, smem, stream>>>(p, plan.chunk_steps, plan.num_chunks);
       check_launch("scan_chunk_kernel (pass 1)");
       const int64_t carries = a.batch * a.state_size * a.channels;
       const unsigned blocks2 = static_cast<unsigned>(std::min<int64_t>((carries + 255) / 256, 1 << 20));
@@ -751,8 +879,8 @@ void selective_scan(const SelectiveScanArgs& a) {
       check_launch("scan_carry_kernel (pass 2)");
     }
     const dim3 grid3(channel_blocks, plan.num_chunks, batch_grid);
-    scan_chunk_kernel<T, NS, true>
-        <<<grid3, kScanThreads, 0, stream>>>(p, plan.chunk_steps, plan.num_chunks);
+    const auto pass3 = async ? chunk_kernel<T, NS, true, true>(&smem) : chunk_kernel<T, NS, true, false>(&smem);
+    pass3<<<grid3, kScanThreads, smem, stream>>>(p, plan.chunk_steps, plan.num_chunks);
     check_launch("scan_chunk_kernel (pass 3)");
   });
 }

@@ -735,6 +735,7 @@ int main(int argc, char** argv) {
         {1, 8192, 96, 16, 4, true, true},    // few channels: many chunks
         {2, 333, 45, 12, 4, true, false},    // 12 states padded to 16, odd channels, partial group
         {1, 130, 3, 5, 4, false, true},      // 5 states padded to 8, one partial block
+        {1, 500, 264, 16, 4, true, true},    // a second channel block of 8 channels
         {1, 8192, 1536, 16, 4, true, true},  // the layer's shape
     };
     for (DType t : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
