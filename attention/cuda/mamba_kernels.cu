@@ -47,11 +47,14 @@
 // tile's 32 inputs and the kernel - 1 before it are loaded into registers, so every input is
 // read about once (~50 MB of traffic at the shape above).
 //
-// Measured on the H200 (CUDA 13.0, batch 1, length 8192, 1536 channels, 16 states, bf16,
-// median of 50): scan 213 us (44 chunks; the same with or without the in-kernel softplus),
-// conv 25 us (2.0 TB/s). Floors: the scan's two passes need ~105 us of exp unit time; the conv
-// ~12 us of memory time. ncu on an earlier version showed issue slots ~50% busy, mostly
-// waiting on MUFU/shared-memory results with 16 warps per SM (latency, not throughput).
+// Measured on the H200 (CUDA 13.0, batch 1, 1536 channels, 16 states, bf16, median of 50):
+// scan 196 us at length 8192 and 1355 us at 65536 (44 chunks) with u/delta/z staged by
+// cp.async, against 215 / 1506 us loading them into registers a group ahead; conv 25 us
+// (2.0 TB/s) and 142 us. Floors: the scan's two passes need ~105 us of exp unit time at 8192;
+// the conv ~12 us of memory time. ncu (register loads) showed pass 3 issuing in 57% of cycles
+// with 16 warps per SM, stalled mostly on global loads (31% of stall cycles): what the cp.async
+// staging addresses. The one-MUFU gate (HVLM_SCAN_FAST_GATE) measured within noise (1352 vs
+// 1355 us at 65536), so the exact gate stays.
 #include "attention/cuda/mamba_kernels.h"
 
 #include "attention/cuda/element.cuh"
