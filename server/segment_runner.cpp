@@ -1,5 +1,6 @@
 #include "server/segment_runner.h"
 
+#include "server/finite_values.h"
 #include "server/service_error.h"
 
 #include "attention/batch_split.h"
@@ -38,7 +39,7 @@ at::Tensor prepare(const HostedStack& stack, const at::Tensor& x, const char* wh
          x.dim() > 0 ? x.size(-1) : 0);
   }
   at::Tensor converted = x.to(stack.dtype);
-  if (stack.dtype != x.scalar_type() && converted.numel() > 0 && !at::isfinite(converted).all().item<bool>()) {
+  if (stack.dtype != x.scalar_type() && !all_finite(converted)) {
     fail(ErrorCode::kInvalidArgument, what, " has values outside the range of the stack's ",
          c10::toString(stack.dtype), " (they overflow to infinity)");
   }

@@ -1,6 +1,7 @@
 #include "server/session_state.h"
 
 #include "attention/safetensors.h"
+#include "server/finite_values.h"
 #include "server/service_error.h"
 
 #include <ATen/ATen.h>
@@ -53,7 +54,7 @@ at::Tensor take(std::map<std::string, at::Tensor>& tensors, const std::string& n
     fail(ErrorCode::kInvalidArgument, "session state: tensor '", name, "' has dtype ",
          c10::toString(t.scalar_type()), ", expected ", c10::toString(dtype));
   }
-  if (t.numel() > 0 && !at::isfinite(t).all().item<bool>()) {
+  if (!all_finite(t)) {
     fail(ErrorCode::kInvalidArgument, "session state: tensor '", name, "' has non-finite values");
   }
   return t;

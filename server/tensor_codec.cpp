@@ -1,5 +1,6 @@
 #include "server/tensor_codec.h"
 
+#include "server/finite_values.h"
 #include "server/service_error.h"
 
 #include <ATen/ATen.h>
@@ -62,7 +63,7 @@ DecodedTokens decode_tokens(const v1::Tensor& tensor, const std::string& field, 
   }
   out.tokens = at::empty(shape, at::TensorOptions().dtype(type).pinned_memory(pinned));
   if (bytes > 0) std::memcpy(out.tokens.data_ptr(), tensor.raw_data().data(), static_cast<size_t>(bytes));
-  if (bytes > 0 && !at::isfinite(out.tokens).all().item<bool>()) {
+  if (bytes > 0 && !all_finite(out.tokens)) {
     fail(ErrorCode::kInvalidArgument, field, " has non-finite values (NaN or infinity)");
   }
   return out;
