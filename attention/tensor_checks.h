@@ -17,6 +17,13 @@ std::string shape_string(at::IntArrayRef shape);
 void check_tokens(const at::Tensor& x, int64_t dim, const char* name, at::ScalarType dtype,
                   int64_t min_tokens = 1);
 
+// True when no value of `t` is NaN or +-infinity; empty tensors are finite. Contiguous CPU
+// tensors of float32, float64, bfloat16 and float16 are decided from their exponent bits in one
+// pass over the memory (LibTorch's isfinite(t).all() first builds a bool tensor: ~0.2 ms of a
+// core for a 64 x 768 segment with Debian's LibTorch 1.13, against ~0.02 ms); any other tensor
+// (another device or dtype, or strided) goes through at::isfinite.
+bool all_finite(const at::Tensor& t);
+
 // Every value of x is finite (skipped while a FiniteValuesChecked scope is alive on this thread).
 void check_finite(const at::Tensor& x, const char* name);
 

@@ -61,8 +61,7 @@ void load_state(torch::nn::Module& module, const std::map<std::string, at::Tenso
     } else if (value.scalar_type() != target.scalar_type()) {
       report.add("dtype mismatch", name + " expected " + c10::toString(target.scalar_type()) +
                                        ", got " + c10::toString(value.scalar_type()));
-    } else if (value.is_floating_point() && value.numel() > 0 &&
-               !at::isfinite(value).all().item<bool>()) {
+    } else if (value.is_floating_point() && !all_finite(value)) {
       report.add("non-finite values", name);
     }
   }

@@ -203,12 +203,12 @@ void SegmentBatcher::complete(std::vector<Job>& jobs, std::vector<SegmentOutcome
   for (size_t j = 0; j < jobs.size(); ++j) {
     StageTimings t = shared;
     t.queue_micros = std::chrono::duration_cast<std::chrono::microseconds>(start - jobs[j].submitted).count();
-    auto complete = [done = std::move(jobs[j].done), outcome = std::move(outcomes[j]), t]() mutable {
+    auto deliver = [done = std::move(jobs[j].done), outcome = std::move(outcomes[j]), t]() mutable {
       done(std::move(outcome), t);
     };
-    // The pool takes copies; when it refuses (full or stopping), complete here.
-    auto shared_complete = std::make_shared<decltype(complete)>(std::move(complete));
-    if (!completions_.try_submit([shared_complete] { (*shared_complete)(); })) (*shared_complete)();
+    // The pool takes copies; when it refuses (full or stopping), deliver here.
+    auto shared_deliver = std::make_shared<decltype(deliver)>(std::move(deliver));
+    if (!completions_.try_submit([shared_deliver] { (*shared_deliver)(); })) (*shared_deliver)();
   }
 }
 

@@ -1,6 +1,5 @@
 #include "server/segment_runner.h"
 
-#include "server/finite_values.h"
 #include "server/service_error.h"
 
 #include "attention/batch_split.h"

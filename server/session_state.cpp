@@ -1,7 +1,7 @@
 #include "server/session_state.h"
 
 #include "attention/safetensors.h"
-#include "server/finite_values.h"
+#include "attention/tensor_checks.h"
 #include "server/service_error.h"
 
 #include <ATen/ATen.h>

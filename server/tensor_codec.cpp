@@ -1,6 +1,6 @@
 #include "server/tensor_codec.h"
 
-#include "server/finite_values.h"
+#include "attention/tensor_checks.h"
 #include "server/service_error.h"
 
 #include <ATen/ATen.h>

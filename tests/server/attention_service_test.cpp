@@ -14,13 +14,6 @@
 namespace hvlm::testing {
 namespace {
 
-double rel_error(const at::Tensor& got, const at::Tensor& want) {
-  EXPECT_EQ(got.sizes(), want.sizes());
-  if (got.sizes() != want.sizes()) return INFINITY;
-  const double scale = want.abs().max().item<double>();
-  return (got.to(at::kDouble) - want.to(at::kDouble)).abs().max().item<double>() / (scale > 0 ? scale : 1);
-}
-
 class AttentionServiceTest : public ::testing::Test {
  protected:
   AttentionServiceTest()

@@ -6,6 +6,8 @@
 #include <c10/core/InferenceMode.h>
 #include <torch/utils.h>
 
+#include <cmath>
+
 namespace hvlm::testing {
 
 StackSpec all_blocks_spec() {
@@ -125,6 +127,13 @@ grpc::Status stream_segments(v1::AttentionService::Stub& stub, const std::string
   }
   stream->WritesDone();
   return stream->Finish();
+}
+
+double rel_error(const at::Tensor& got, const at::Tensor& want) {
+  EXPECT_EQ(got.sizes(), want.sizes());
+  if (got.sizes() != want.sizes()) return INFINITY;
+  const double scale = want.abs().max().item<double>();
+  return (got.to(at::kDouble) - want.to(at::kDouble)).abs().max().item<double>() / (scale > 0 ? scale : 1);
 }
 
 }  // namespace hvlm::testing

@@ -39,6 +39,10 @@ struct TestServer {
   std::unique_ptr<v1::AttentionService::Stub> stub;
 };
 
+// Largest absolute difference over want's largest magnitude (a shape mismatch fails the test
+// and gives infinity).
+double rel_error(const at::Tensor& got, const at::Tensor& want);
+
 // float32 [.., T, D] <-> wire tensors.
 v1::Tensor to_wire(const at::Tensor& t, v1::DType dtype = v1::FLOAT32);
 at::Tensor from_wire(const v1::Tensor& t);

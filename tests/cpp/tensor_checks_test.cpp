@@ -1,7 +1,7 @@
 // all_finite: every dtype's NaN and infinities found wherever they sit, finite extremes
 // (largest, smallest normal, subnormal, -0) accepted, and the same answer as at::isfinite on
 // strided and random tensors.
-#include "server/finite_values.h"
+#include "attention/tensor_checks.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
