@@ -660,241 +660,8 @@ __global__ void __launch_bounds__(256) scan_carry_kernel(const ScanPtrs<T> p, co
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Time-parallel selective scan (one pass; see the file comment)
-// ---------------------------------------------------------------------------------------------
-
-// A block holds kTpWarps channels, one warp each; a warp walks its channel's whole sequence in
-// tiles of kTpSteps steps, lane l holding the tile's steps l * kTpItems .. + kTpItems - 1.
-constexpr int kTpWarps = 12;
-constexpr int kTpThreads = 32 * kTpWarps;
-constexpr int kTpItems = 16;
-constexpr int kTpSteps = 32 * kTpItems;
-// u, delta and z tiles in shared memory: [lane][item][warp] 2-byte elements, with 8 bytes of
-// padding after each lane's rows, so that the 32 lanes' reads of one item fall in 16 banks
-// (2-way conflicts) instead of one, while every 4-channel row piece stays 8-byte aligned.
-constexpr int kTpLaneElems = kTpItems * kTpWarps + 4;
-constexpr int kTpStreamElems = 32 * kTpLaneElems;
-// B and C of a tile as float32: [B states | C states][lane][item], rows padded from 16 to 20
-// floats so that the 8 lanes of a 16-byte load phase hit distinct banks.
-constexpr int kTpBcRow = kTpItems + 4;
-
-// Dynamic shared memory: u/delta/z (two buffers; y replaces u in place), the raw B/C rows as
-// copied (two buffers) and their float32 transposition (one buffer).
-template <typename T, int NS>
-__host__ __device__ constexpr size_t tp_smem_bytes() {
-  return 2 * 3 * kTpStreamElems * sizeof(T) + 2 * kTpSteps * 2 * NS * sizeof(T) +
-         2 * NS * 32 * kTpBcRow * sizeof(float);
-}
-
-__device__ __forceinline__ void cp_async8(void* smem, const void* gmem) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(dst), "l"(gmem) : "memory");
-}
-
-// The offset of tile row r (0..kTpSteps-1) in a u/delta/z tile, channel 0.
-__device__ __forceinline__ int tp_row(int r) {
-  return (r / kTpItems) * kTpLaneElems + (r % kTpItems) * kTpWarps;
-}
-
-// Two 2-byte elements packed in a 32-bit word, as floats (low half first).
-__device__ __forceinline__ float2 unpack2(__nv_bfloat16, uint32_t w) {
-  return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
-}
-__device__ __forceinline__ float2 unpack2(__half, uint32_t w) {
-  return make_float2(__half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xffffu))),
-                     __half2float(__ushort_as_half(static_cast<unsigned short>(w >> 16))));
-}
-
-// Grid: x = blocks of kTpWarps channels, y = batch (grid-stride). 2-byte T; state_size == NS
-// (8 or 16); the pointers and strides aligned as scan_time_parallel_ok checks.
-template <typename T, int NS>
-__global__ void __launch_bounds__(kTpThreads, 1) scan_time_parallel_kernel(const ScanPtrs<T> p) {
-  static_assert(sizeof(T) == 2 && (NS == 8 || NS == 16), "2-byte elements, 8 or 16 states");
-  constexpr int kRowChunks = kTpWarps / 4;   // 8-byte pieces of a u/delta/z tile row
-  constexpr int kBcChunks = 2 * NS * 2 / 16;  // 16-byte pieces of a B/C row (B then C)
-  extern __shared__ __align__(16) unsigned char tp_smem[];
-  T* const streams = reinterpret_cast<T*>(tp_smem);          // [buf][u | delta | z][tile]
-  T* const raw = streams + 2 * 3 * kTpStreamElems;           // [buf][row][B | C]
-  float* const bc = reinterpret_cast<float*>(raw + 2 * kTpSteps * 2 * NS);  // [2NS][lane][item]
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t channels = p.channels, length = p.length;
-  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTpWarps;
-  const int64_t c = c0 + warp;
-  const bool active = c < channels;  // warp-uniform; idle warps still copy and meet barriers
-  const int num_tiles = static_cast<int>((length + kTpSteps - 1) / kTpSteps);
-
-  float a2[NS];  // A in base 2, so that exp(dt * A) is one ex2
-#pragma unroll
-  for (int s = 0; s < NS; ++s) a2[s] = active ? p.a[c * NS + s] * kLog2e : 0.0f;
-  const float dt_bias = active && p.delta_bias != nullptr ? p.delta_bias[c] : 0.0f;
-  const float d_skip = active ? p.d[c] : 0.0f;
-  const bool do_softplus = p.delta_softplus;
-
-  auto stream_tile = [&](int buf, int which) { return streams + (buf * 3 + which) * kTpStreamElems; };
-  auto tile_rows = [&](int tile) {
-    const int64_t left = length - static_cast<int64_t>(tile) * kTpSteps;
-    return left < kTpSteps ? static_cast<int>(left) : kTpSteps;
-  };
-
-  for (int64_t bi = blockIdx.y; bi < p.batch; bi += gridDim.y) {
-    // Copies a tile's u, delta, z and B/C rows into buffer `buf`: one cp.async group.
-    auto issue = [&](int tile, int buf) {
-      const int rows = tile_rows(tile);
-      const int64_t row0 = bi * length + static_cast<int64_t>(tile) * kTpSteps;
-#pragma unroll 1
-      for (int e = threadIdx.x; e < 3 * kTpSteps * kRowChunks; e += kTpThreads) {
-        const int which = e / (kTpSteps * kRowChunks), rem = e % (kTpSteps * kRowChunks);
-        const int r = rem / kRowChunks, q = rem % kRowChunks;
-        const int64_t ch = c0 + 4 * q;
-        if (r < rows && ch < channels) {
-          const int64_t row = row0 + r;
-          const T* src = which == 0   ? p.u + row * channels + ch
-                         : which == 1 ? p.delta + row * channels + ch
-                                      : p.z + row * p.row_stride_z + ch;
-          cp_async8(stream_tile(buf, which) + tp_row(r) + 4 * q, src);
-        }
-      }
-#pragma unroll 1
-      for (int e = threadIdx.x; e < kTpSteps * kBcChunks; e += kTpThreads) {
-        const int r = e / kBcChunks, q = e % kBcChunks;
-        if (r < rows) {
-          const T* src = (q < kBcChunks / 2 ? p.b : p.c) + (row0 + r) * p.row_stride_bc + (q % (kBcChunks / 2)) * 8;
-          cp_async16(raw + (buf * kTpSteps + r) * 2 * NS + q * 8, src);
-        }
-      }
-      cp_async_commit();
-    };
-    // B/C rows of buffer `buf` -> float32 [matrix, state][lane][item]; rows past the sequence
-    // become 0, so that their steps (dt = 0: decay 1, input 0) leave the state unchanged.
-    auto transpose_bc = [&](int tile, int buf) {
-      const int rows = tile_rows(tile);
-#pragma unroll 1
-      for (int e = threadIdx.x; e < kTpSteps * kBcChunks; e += kTpThreads) {
-        const int r = e / kBcChunks, q = e % kBcChunks;
-        const uint4 v = *reinterpret_cast<const uint4*>(raw + (buf * kTpSteps + r) * 2 * NS + q * 8);
-        const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-        const bool ok = r < rows;
-        float* dst = bc + (q * 8 * 32 + r / kTpItems) * kTpBcRow + r % kTpItems;  // (q * 8) = matrix * NS + state
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const float2 f = unpack2(T{}, words[k]);
-          dst[(2 * k) * 32 * kTpBcRow] = ok ? f.x : 0.0f;
-          dst[(2 * k + 1) * 32 * kTpBcRow] = ok ? f.y : 0.0f;
-        }
-      }
-    };
-    // y of a computed tile (in the u slots of buffer `buf`) -> global, 8 bytes at a time.
-    auto write_y = [&](int tile, int buf) {
-      const int rows = tile_rows(tile);
-      const int64_t row0 = bi * length + static_cast<int64_t>(tile) * kTpSteps;
-      const T* ys = stream_tile(buf, 0);
-#pragma unroll 1
-      for (int e = threadIdx.x; e < kTpSteps * kRowChunks; e += kTpThreads) {
-        const int r = e / kRowChunks, q = e % kRowChunks;
-        const int64_t ch = c0 + 4 * q;
-        if (r < rows && ch < channels) {
-          *reinterpret_cast<uint2*>(p.y + (row0 + r) * channels + ch) =
-              *reinterpret_cast<const uint2*>(ys + tp_row(r) + 4 * q);
-        }
-      }
-    };
-
-    float carry[NS];  // the state before the current tile, the same in every lane
-#pragma unroll
-    for (int s = 0; s < NS; ++s) carry[s] = active ? p.h[(bi * channels + c) * NS + s] : 0.0f;
-
-    // One tile of this warp's channel: lane-local scans from 0 over its kTpItems steps, a warp
-    // scan of the lanes' (decay, state) pairs, then each step's true state into y.
-    auto compute = [&](int tile, int buf) {
-      const int64_t t_lane = static_cast<int64_t>(tile) * kTpSteps + lane * kTpItems;
-      const int base = lane * kTpLaneElems + warp;
-      const T* su = stream_tile(buf, 0) + base;
-      const T* sd = stream_tile(buf, 1) + base;
-      const T* sz = stream_tile(buf, 2) + base;
-      float dtv[kTpItems], duv[kTpItems], yv[kTpItems];
-#pragma unroll
-      for (int i = 0; i < kTpItems; ++i) {
-        const bool valid = t_lane + i < length;
-        const float u = to_float(su[i * kTpWarps]);
-        const float dr = to_float(sd[i * kTpWarps]) + dt_bias;
-        const float sp = softplus(dr);
-        const float dt = valid ? (do_softplus ? sp : dr) : 0.0f;
-        dtv[i] = dt;
-        duv[i] = valid ? dt * u : 0.0f;  // a select: garbage u past the end may be NaN
-        yv[i] = d_skip * u;
-      }
-      const float* bl = bc + lane * kTpBcRow;
-#pragma unroll
-      for (int s = 0; s < NS; ++s) {
-        float bv[kTpItems], cv[kTpItems], pv[kTpItems], hv[kTpItems];
-#pragma unroll
-        for (int q = 0; q < kTpItems / 4; ++q) {
-          const float4 b4 = reinterpret_cast<const float4*>(bl + s * 32 * kTpBcRow)[q];
-          bv[4 * q] = b4.x, bv[4 * q + 1] = b4.y, bv[4 * q + 2] = b4.z, bv[4 * q + 3] = b4.w;
-        }
-        float decay = 1.0f, h = 0.0f;  // the lane's steps from h = 0
-#pragma unroll
-        for (int i = 0; i < kTpItems; ++i) {
-          const float da = exp2_approx(dtv[i] * a2[s]);
-          h = fmaf(da, h, duv[i] * bv[i]);
-          decay *= da;
-          pv[i] = decay;
-          hv[i] = h;
-        }
-        // Inclusive scan over lanes of (decay, h): an earlier segment (P1, h1) then a later
-        // one (P2, h2) compose to (P1 P2, P2 h1 + h2).
-#pragma unroll
-        for (int off = 1; off < 32; off *= 2) {
-          const float po = __shfl_up_sync(0xffffffffu, decay, off);
-          const float ho = __shfl_up_sync(0xffffffffu, h, off);
-          if (lane >= off) {
-            h = fmaf(decay, ho, h);
-            decay *= po;
-          }
-        }
-        const float h_end = fmaf(decay, carry[s], h);  // true state after this lane's steps
-        float h_in = __shfl_up_sync(0xffffffffu, h_end, 1);
-        h_in = lane == 0 ? carry[s] : h_in;
-        carry[s] = __shfl_sync(0xffffffffu, h_end, 31);
-#pragma unroll
-        for (int q = 0; q < kTpItems / 4; ++q) {
-          const float4 c4 = reinterpret_cast<const float4*>(bl + (NS + s) * 32 * kTpBcRow)[q];
-          cv[4 * q] = c4.x, cv[4 * q + 1] = c4.y, cv[4 * q + 2] = c4.z, cv[4 * q + 3] = c4.w;
-        }
-#pragma unroll
-        for (int i = 0; i < kTpItems; ++i) yv[i] = fmaf(cv[i], fmaf(pv[i], h_in, hv[i]), yv[i]);
-      }
-      T* sy = stream_tile(buf, 0) + base;  // y over u, which this warp alone read
-#pragma unroll
-      for (int i = 0; i < kTpItems; ++i) sy[i * kTpWarps] = from_float<T>(yv[i] * silu(to_float(sz[i * kTpWarps])));
-    };
-
-    issue(0, 0);
-    for (int tile = 0; tile < num_tiles; ++tile) {
-      const int buf = tile & 1;
-      cp_async_wait<0>();
-      __syncthreads();  // the tile's copies are visible; every warp is done with the last tile
-      if (tile > 0) write_y(tile - 1, buf ^ 1);
-      transpose_bc(tile, buf);
-      __syncthreads();
-      if (tile + 1 < num_tiles) issue(tile + 1, buf ^ 1);
-      if (active) compute(tile, buf);
-    }
-    __syncthreads();
-    write_y(num_tiles - 1, (num_tiles - 1) & 1);
-    if (active && lane == 0) {
-#pragma unroll
-      for (int s = 0; s < NS; ++s) p.h[(bi * channels + c) * NS + s] = carry[s];
-    }
-    __syncthreads();  // the next batch row reuses the buffers
-  }
-}
-
 // How a scan is split into chunks, and the workspace that needs.
 struct ScanPlan {
-  bool time_parallel = false;  // the one-pass kernel; the fields below are then unused
   int num_chunks = 1;
   int64_t chunk_steps = 0;
   size_t workspace_bytes = 0;
@@ -939,30 +706,6 @@ bool scan_async_ok(const SelectiveScanArgs& a) {
   }
 }
 
-// Whether the time-parallel kernel takes these operands: 2-byte elements, 8 or 16 states, and
-// its copies' alignment (8-byte pieces of u/delta/z/y rows, 16-byte pieces of B/C rows).
-template <typename T, int NS>
-bool time_parallel_fits(const SelectiveScanArgs& a) {
-  if constexpr (sizeof(T) != 2 || (NS != 8 && NS != 16)) {
-    return false;
-  } else {
-    auto aligned = [](const void* ptr, uintptr_t n) { return reinterpret_cast<uintptr_t>(ptr) % n == 0; };
-    return a.state_size == NS && a.channels % 4 == 0 && a.row_stride_z % 4 == 0 && a.row_stride_bc % 8 == 0 &&
-           aligned(a.u, 8) && aligned(a.delta, 8) && aligned(a.z, 8) && aligned(a.y, 8) && aligned(a.b, 16) &&
-           aligned(a.c, 16);
-  }
-}
-
-// The time-parallel kernel with its dynamic shared memory allowed (as chunk_kernel).
-template <typename T, int NS>
-auto time_parallel_kernel(size_t* smem) {
-  auto kernel = scan_time_parallel_kernel<T, NS>;
-  *smem = tp_smem_bytes<T, NS>();
-  check_call(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(*smem)),
-             "cudaFuncSetAttribute");
-  return kernel;
-}
-
 // The pass's kernel with its dynamic shared memory allowed (the attribute is per device, so it
 // is set on every call; it costs a microsecond of host time).
 template <typename T, int NS, bool kFinal, bool kAsync>
@@ -978,22 +721,9 @@ auto chunk_kernel(size_t* smem) {
 
 // Enough chunks that pass 3 fills every resident block slot of the GPU once (one wave: more
 // would leave a partial second wave, fewer idle SMs), but chunks of at least kMinChunkSteps.
-// The algorithm (ScanAlgorithm in mamba_kernels.h): kAuto takes the time-parallel kernel where
-// the chunked one would pay its second pass (more than one chunk) and the time-parallel grid
-// fills at least two thirds of the SMs, one block each.
 template <typename T, int NS>
 ScanPlan make_plan(const SelectiveScanArgs& a) {
   ScanPlan plan;
-  if (a.algorithm == ScanAlgorithm::kTimeParallel) {
-    if (!time_parallel_fits<T, NS>(a)) {
-      throw std::invalid_argument(
-          "hvlm::kernels::cuda::selective_scan: the time-parallel algorithm needs a 2-byte dtype, "
-          "state_size 8 or 16, channels, row_stride_z and row_stride_bc multiples of 4, 4 and 8, "
-          "u/delta/z/y 8-byte aligned and b/c 16-byte aligned");
-    }
-    plan.time_parallel = true;
-    return plan;
-  }
   plan.chunk_steps = std::max<int64_t>(a.length, 1);
   if (a.length <= kMinChunkSteps) return plan;
   int device = 0, sms = 0, per_sm = 0;
@@ -1013,11 +743,6 @@ ScanPlan make_plan(const SelectiveScanArgs& a) {
   chunks = std::min<int64_t>(chunks, kMaxGridYZ);
   plan.chunk_steps = (a.length + chunks - 1) / chunks;
   plan.num_chunks = static_cast<int>((a.length + plan.chunk_steps - 1) / plan.chunk_steps);
-  const int64_t tp_blocks = (a.channels + kTpWarps - 1) / kTpWarps * std::min<int64_t>(a.batch, kMaxGridYZ);
-  if (a.algorithm == ScanAlgorithm::kAuto && plan.num_chunks > 1 && 3 * tp_blocks >= 2 * int64_t{sms} &&
-      time_parallel_fits<T, NS>(a)) {
-    return ScanPlan{true};
-  }
   if (plan.num_chunks > 1) {
     const size_t per_chunk = static_cast<size_t>(a.batch) * static_cast<size_t>(a.channels);
     const size_t h_bytes = plan.num_chunks * per_chunk * a.state_size * sizeof(float);
@@ -1114,35 +839,6 @@ void selective_scan(const SelectiveScanArgs& a) {
     using T = decltype(tag);
     constexpr int NS = decltype(ns)::value;
     const ScanPlan plan = make_plan<T, NS>(a);
-    if constexpr (sizeof(T) == 2 && (NS == 8 || NS == 16)) {
-      if (plan.time_parallel) {
-        ScanPtrs<T> p{};
-        p.u = static_cast<const T*>(a.u);
-        p.delta = static_cast<const T*>(a.delta);
-        p.delta_bias = a.delta_bias;
-        p.a = a.a;
-        p.b = static_cast<const T*>(a.b);
-        p.c = static_cast<const T*>(a.c);
-        p.d = a.d;
-        p.z = static_cast<const T*>(a.z);
-        p.h = a.h;
-        p.y = static_cast<T*>(a.y);
-        p.batch = a.batch;
-        p.length = a.length;
-        p.channels = a.channels;
-        p.row_stride_bc = a.row_stride_bc;
-        p.row_stride_z = a.row_stride_z;
-        p.state_size = static_cast<int>(a.state_size);
-        p.delta_softplus = a.delta_softplus;
-        size_t smem = 0;
-        const auto kernel = time_parallel_kernel<T, NS>(&smem);
-        const dim3 grid(static_cast<unsigned>((a.channels + kTpWarps - 1) / kTpWarps),
-                        static_cast<unsigned>(std::min<int64_t>(a.batch, kMaxGridYZ)));
-        kernel<<<grid, kTpThreads, smem, stream>>>(p);
-        check_launch("scan_time_parallel_kernel");
-        return;
-      }
-    }
     if (plan.workspace_bytes > 0 && a.workspace == nullptr) {
       throw std::invalid_argument(
           "hvlm::kernels::cuda::selective_scan: workspace required (selective_scan_workspace_bytes)");

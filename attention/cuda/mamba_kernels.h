@@ -60,15 +60,6 @@ struct CausalConvArgs {
 /// Supported: state_size 1..64 (sizes 1, 2, 4, 8, 16, 32, 64 run exactly; other sizes run as the
 /// next one of these with zero padding); any batch, length, channels >= 0; row strides >= the
 /// used width. y must not alias any input; h must not alias anything else.
-/// How selective_scan walks time (results agree to rounding; see mamba_kernels.cu).
-///  kChunked: time split into chunks run in parallel, each chunk's start state found by a first
-///    pass over the chunks: two passes (one where the sequence is a single chunk); any operands.
-///  kTimeParallel: one pass, each warp scanning a channel's steps across its lanes; needs a 2-byte
-///    dtype, state_size 8 or 16, channels and row_stride_z multiples of 4, row_stride_bc a
-///    multiple of 8, u/delta/z/y 8-byte and b/c 16-byte aligned (else invalid_argument).
-///  kAuto: kTimeParallel where it applies and the chunked scan would need two passes.
-enum class ScanAlgorithm { kAuto, kChunked, kTimeParallel };
-
 struct SelectiveScanArgs {
   int64_t batch = 0, length = 0, channels = 0, state_size = 0;
   DType dtype = DType::kFloat32;   // of u, delta, b, c, z, y
@@ -89,7 +80,6 @@ struct SelectiveScanArgs {
   // allowed when that is 0). Contents need no initialisation; it is in use until the work on
   // `stream` completes, so it must not be shared with concurrent calls.
   void* workspace = nullptr;
-  ScanAlgorithm algorithm = ScanAlgorithm::kAuto;
   void* stream = nullptr;          // cudaStream_t
 };
 

@@ -256,7 +256,6 @@ void conv_reference(const ConvProblem& p, std::vector<double>& out,
 struct ScanProblem {
   int64_t batch, length, channels, state_size, row_stride_bc, bc_offset, row_stride_z;
   bool delta_softplus;
-  mk::ScanAlgorithm algorithm;
   HostTensor u, delta;        // [batch, length, channels]
   HostTensor xdbl;            // [batch, length, row_stride_bc]: B at bc_offset, C after it
   HostTensor xz;              // [batch, length, row_stride_z]: z at column `channels`
@@ -341,8 +340,6 @@ void report(const std::string& name, const char* what, const Compare& c, bool gu
 struct Case {
   int64_t batch, length, channels, state_size, kernel;
   bool delta_softplus, delta_bias;
-  int64_t bc_offset = 3;  // of B in the x_proj row: odd = B and C unaligned; 48 as in the layer
-  mk::ScanAlgorithm algorithm = mk::ScanAlgorithm::kAuto;  // kTimeParallel: 2-byte dtypes only
 };
 
 // Runs the conv over rows [t0, t0 + len) with state `state_in` on the device, into host `out`.
@@ -415,7 +412,6 @@ ScanRun run_scan(const ScanProblem& p, const std::vector<float>& h_in) {
   s.row_stride_z = p.row_stride_z;
   s.h = h.as<float>();
   s.y = y.ptr;
-  s.algorithm = p.algorithm;
   const size_t ws_bytes = mk::selective_scan_workspace_bytes(s);
   DeviceBuffer ws(ws_bytes);  // poisoned: the scan must not depend on its contents
   s.workspace = ws_bytes > 0 ? ws.ptr : nullptr;
@@ -435,17 +431,10 @@ void run_case(const Case& cs, DType t, Rng& rng) {
   const int64_t hist = K - 1;
   const double tol = t == DType::kFloat32 ? 1e-4 : 2e-2;
   const double tol_state = 1e-4;  // states are float32 whatever the dtype
-  const mk::ScanAlgorithm algorithm =
-      t == DType::kFloat32 && cs.algorithm == mk::ScanAlgorithm::kTimeParallel ? mk::ScanAlgorithm::kAuto
-                                                                              : cs.algorithm;
-  char name_buf[200];
-  std::snprintf(name_buf, sizeof(name_buf), "%s B%lld L%lld E%lld N%lld K%lld%s%s%s%s", dtype_name(t),
+  char name_buf[160];
+  std::snprintf(name_buf, sizeof(name_buf), "%s B%lld L%lld E%lld N%lld K%lld%s%s", dtype_name(t),
                 (long long)B, (long long)L, (long long)C, (long long)N, (long long)K,
-                cs.delta_softplus ? " softplus" : "", cs.delta_bias ? "+bias" : "",
-                cs.bc_offset % 8 == 0 ? " aligned" : "",
-                algorithm == mk::ScanAlgorithm::kTimeParallel ? " time-parallel"
-                : algorithm == mk::ScanAlgorithm::kChunked   ? " chunked"
-                                                             : "");
+                cs.delta_softplus ? " softplus" : "", cs.delta_bias ? "+bias" : "");
   const std::string name = name_buf;
   const int64_t L1 = L / 2, L2 = L - L1;  // the streaming split (L1 may be 0)
 
@@ -491,9 +480,8 @@ void run_case(const Case& cs, DType t, Rng& rng) {
   sp.length = L;
   sp.channels = C;
   sp.state_size = N;
-  sp.bc_offset = cs.bc_offset;
+  sp.bc_offset = 3;  // an odd dt rank: B and C start unaligned
   sp.row_stride_bc = sp.bc_offset + 2 * N;
-  sp.algorithm = algorithm;
   sp.row_stride_z = 2 * C;
   sp.delta_softplus = cs.delta_softplus;
   sp.u = uniform(t, static_cast<size_t>(B * L * C), rng, -1.0f, 1.0f);
@@ -576,24 +564,6 @@ void check_rejects() {
     threw = true;
   }
   std::printf("  %-6s rejects kernel 0\n", threw ? "PASS" : "FAIL");
-  if (!threw) ++g_failures;
-  // The time-parallel scan, asked for where it does not apply (float32), must be refused, with
-  // otherwise valid operands.
-  DeviceBuffer any(1024);
-  s.state_size = 16;
-  s.dtype = DType::kFloat32;
-  s.row_stride_bc = 32;
-  s.row_stride_z = 1;
-  s.u = s.delta = s.b = s.c = s.z = s.y = any.ptr;
-  s.a = s.d = s.h = any.as<float>();
-  s.algorithm = mk::ScanAlgorithm::kTimeParallel;
-  threw = false;
-  try {
-    mk::selective_scan(s);
-  } catch (const std::invalid_argument& e) {
-    threw = std::string(e.what()).find("time-parallel") != std::string::npos;
-  }
-  std::printf("  %-6s rejects the time-parallel scan for float32\n", threw ? "PASS" : "FAIL");
   if (!threw) ++g_failures;
 }
 
@@ -682,6 +652,7 @@ int bench(Rng& rng, int64_t L) {
   const size_t ws_bytes = mk::selective_scan_workspace_bytes(s);
   DeviceBuffer ws(ws_bytes);
   s.workspace = ws.ptr;
+  const int64_t chunks = ws_bytes / (B * E * (N + 1) * sizeof(float));
 
   mk::SelectiveScanArgs s_plain = s;  // delta already softplus'ed
   s_plain.delta = dds.ptr;
@@ -691,32 +662,22 @@ int bench(Rng& rng, int64_t L) {
   const double conv_us = median_us([&] { mk::causal_conv_silu(ca); });
   const double scan_us = median_us([&] { mk::selective_scan(s); });
   const double plain_us = median_us([&] { mk::selective_scan(s_plain); });
-  mk::SelectiveScanArgs s_chunked = s, s_time = s;
-  s_chunked.algorithm = mk::ScanAlgorithm::kChunked;
-  s_time.algorithm = mk::ScanAlgorithm::kTimeParallel;
-  const size_t chunked_ws = mk::selective_scan_workspace_bytes(s_chunked);
-  DeviceBuffer ws_chunked(chunked_ws);
-  s_chunked.workspace = chunked_ws > 0 ? ws_chunked.ptr : nullptr;
-  const double chunked_us = median_us([&] { mk::selective_scan(s_chunked); });
-  const double time_us = median_us([&] { mk::selective_scan(s_time); });
   const double act = static_cast<double>(B * L * E) * es;  // bytes of one [B, L, E] activation
   const double conv_bytes = 2 * act;                        // x in, u out
   const double scan_bytes = 4 * act + B * L * 2 * N * es;   // u, delta, z in, y out; B, C
   std::printf("bench: batch %lld, length %lld, channels %lld, state %lld, kernel %lld, bf16\n",
               (long long)B, (long long)L, (long long)E, (long long)N, (long long)K);
-  const int64_t chunks = chunked_ws / (B * E * (N + 1) * sizeof(float));
-  std::printf("  kAuto scan: %s; the chunked scan: %lld chunks (workspace %.2f MB)\n",
-              ws_bytes == 0 ? "one pass" : "chunked", (long long)std::max<int64_t>(chunks, 1), chunked_ws / 1e6);
+  if (ws_bytes == 0) {
+    std::printf("  scan: one pass (no workspace)\n");
+  } else {
+    std::printf("  scan chunks: %lld (workspace %.2f MB)\n", (long long)std::max<int64_t>(chunks, 1), ws_bytes / 1e6);
+  }
   std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "causal_conv_silu", conv_us,
               conv_bytes / conv_us * 1e-3);
   std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "selective_scan (softplus+bias)", scan_us,
               scan_bytes / scan_us * 1e-3);
   std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "selective_scan (delta ready)", plain_us,
               scan_bytes / plain_us * 1e-3);
-  std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "selective_scan chunked", chunked_us,
-              scan_bytes / chunked_us * 1e-3);
-  std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "selective_scan time-parallel", time_us,
-              scan_bytes / time_us * 1e-3);
   const double updates = static_cast<double>(B * L * E * N);
   std::printf("  scan: %.2f G state updates/s (exp unit floor ~48 us per pass at 16/clk/SM)\n",
               updates / scan_us * 1e-3);
@@ -776,15 +737,6 @@ int main(int argc, char** argv) {
         {1, 130, 3, 5, 4, false, true},      // 5 states padded to 8, one partial block
         {1, 500, 264, 16, 4, true, true},    // a second channel block of 8 channels
         {1, 8192, 1536, 16, 4, true, true},  // the layer's shape
-        // B/C aligned as in the layer (dt rank 48): kAuto takes the time-parallel scan here
-        {1, 8192, 1536, 16, 4, true, true, 48},
-        {1, 8192, 1536, 16, 4, true, true, 48, mk::ScanAlgorithm::kChunked},
-        // the time-parallel scan, forced: a partial block (100 = 8 x 12 + 4 channels), a
-        // partial last tile, batch 2, 8 states; one short tile; no softplus
-        {2, 1100, 100, 8, 4, true, false, 48, mk::ScanAlgorithm::kTimeParallel},
-        {1, 7, 24, 16, 4, true, true, 48, mk::ScanAlgorithm::kTimeParallel},
-        {1, 1537, 264, 16, 4, false, true, 48, mk::ScanAlgorithm::kTimeParallel},
-        {3, 700, 1536, 16, 4, true, true, 48, mk::ScanAlgorithm::kTimeParallel},
     };
     for (DType t : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
       std::printf("%s\n", dtype_name(t));
