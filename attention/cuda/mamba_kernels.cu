@@ -30,13 +30,17 @@
 //   waits, is simple to verify, and its pass-1 overhead vanishes where it is not needed: the
 //   chunk count is sized so pass 3 fills the GPU in one wave, so a short sequence or a large
 //   batch runs as a single chunk (pass 3 only, no workspace).
-//   Per step a thread loads u, delta, z (the next group of 4 steps is loaded while the current
-//   one is computed), reads B_t, C_t from shared memory (staged a tile of 16..32 steps ahead,
-//   double-buffered, one barrier per tile), and runs N x (FMUL, EX2, FMUL, 2 FFMA). The group
-//   of 4 steps is branch-free straight-line code so the scheduler can overlap the steps; at
-//   N = 16 it compiles to ~131 instructions and 18 MUFU per step in pass 3, under the
-//   128-register cap that gives 16 warps per SM. Measured on the H200 at the shape above
-//   with 16 warps/SM: more registers with fewer warps, or smaller groups, were slower.
+//   Per step a thread reads u, delta, z (staged a tile ahead in shared memory by cp.async for
+//   2-byte dtypes, else loaded into registers a group of 4 steps ahead), reads B_t, C_t from
+//   shared memory (staged a tile of 16..32 steps ahead, double-buffered, one barrier per
+//   tile), and runs N x (FMUL, EX2, FMUL, 2 FFMA). A group of steps (8 from shared memory, 4
+//   from registers) is branch-free straight-line code so the scheduler can overlap the steps;
+//   at N = 16, bf16, pass 3 executes ~150 instructions and 18 MUFU per step and pass 1 ~108,
+//   under the 128-register cap that gives 16 warps per SM. Both passes are bound by issue
+//   (ncu: 62-68% of issue slots busy, the exp unit below that), so per-step overhead counts
+//   as much as the exps: the tile copies are straight-line code per thread (a rolled copy loop
+//   cost ~20 instructions per step). Measured on the H200 at the shape above with 16 warps/SM:
+//   more registers with fewer warps were slower.
 //   Precision: exp via ex2.approx.ftz (max rel. error ~2^-22): the decay dA = exp(dt A) then
 //   has an absolute error ~2.4e-7, so the state's relative error is ~2.4e-7 / (dt |A|) in the
 //   worst case of a long memory, 2.4e-5 at dt |A| = 0.01; the CPU kernel's own exp is ~1e-7.
@@ -47,14 +51,15 @@
 // tile's 32 inputs and the kernel - 1 before it are loaded into registers, so every input is
 // read about once (~50 MB of traffic at the shape above).
 //
-// Measured on the H200 (CUDA 13.0, batch 1, 1536 channels, 16 states, bf16, median of 50):
-// scan 196 us at length 8192 and 1355 us at 65536 (44 chunks) with u/delta/z staged by
-// cp.async, against 215 / 1506 us loading them into registers a group ahead; conv 25 us
-// (2.0 TB/s) and 142 us. Floors: the scan's two passes need ~105 us of exp unit time at 8192;
-// the conv ~12 us of memory time. ncu (register loads) showed pass 3 issuing in 57% of cycles
-// with 16 warps per SM, stalled mostly on global loads (31% of stall cycles): what the cp.async
-// staging addresses. The one-MUFU gate (HVLM_SCAN_FAST_GATE) measured within noise (1352 vs
-// 1355 us at 65536), so the exact gate stays.
+// Measured on the H200 (CUDA 13.0, batch 1, 1536 channels, 16 states, bf16, median of 50),
+// length 8192 / 65536 (44 chunks): u/delta/z loaded into registers a group ahead 215 / 1506 us;
+// staged by cp.async 192 / 1352 us; with straight-line tile copies 184 / 1240 us; with groups
+// of 8 and the one-MUFU gate 178 / 1208 us (scripts/mamba-scan-variants.sh). Conv 24 us
+// (2.1 TB/s) and 139 us. Floors: the scan's two passes need ~105 us of exp unit time at 8192;
+// the conv ~12 us of memory time. A one-pass time-parallel scan (a warp per channel, lanes over
+// time, a warp scan of (decay, state) pairs per state; commit a11967f, reverted) computes each
+// exp once but ran 242 / 1867 us: ~19 instructions per state update against ~18 for both
+// chunked passes together, at 12 warps per SM (one channel per warp leaves 1536 warps).
 #include "attention/cuda/mamba_kernels.h"
 
 #include "attention/cuda/element.cuh"
@@ -94,8 +99,9 @@ __device__ __forceinline__ float silu(float x) {
 }
 
 // x * sigmoid(x) with one special-function operation (tanh.approx, max relative error ~2^-11)
-// instead of two: sigmoid(x) = (1 + tanh(x / 2)) / 2. Used for 2-byte outputs only, whose own
-// rounding (2^-8 for bfloat16) is coarser (HVLM_SCAN_FAST_GATE).
+// instead of two: sigmoid(x) = (1 + tanh(x / 2)) / 2. The scan's gate for 2-byte outputs, whose
+// own rounding (2^-8 for bfloat16, 2^-11 for float16) is as coarse or coarser; float32 outputs
+// keep the exact form (HVLM_SCAN_FAST_GATE=0: the exact form everywhere).
 __device__ __forceinline__ float silu_tanh(float x) {
   const float half = 0.5f * x;
   float t;
@@ -103,7 +109,7 @@ __device__ __forceinline__ float silu_tanh(float x) {
   return fmaf(half, t, half);
 }
 #ifndef HVLM_SCAN_FAST_GATE
-#define HVLM_SCAN_FAST_GATE 0
+#define HVLM_SCAN_FAST_GATE 1
 #endif
 
 // log1p(e) for 0 <= e < 2^126, to about 1 ulp: the algorithm of CUDA's log1pf (reduce 1 + e to
@@ -343,10 +349,14 @@ __host__ __device__ constexpr size_t scan_stream_smem_bytes() {
 // group's u/delta/z are loaded before the current group is computed.
 // (HVLM_SCAN_GROUP, HVLM_SCAN_THREADS and HVLM_SCAN_WARPS_PER_SM are tuning knobs for
 // experiments with -D; the defaults are the measured best on the H200.)
+// Groups of 8 where u/delta/z come from shared memory (kAsync), 4 where they are loaded into
+// registers a group ahead (whose registers 8 would spill).
 #ifndef HVLM_SCAN_GROUP
 #define HVLM_SCAN_GROUP 4
 #endif
-constexpr int kGroup = HVLM_SCAN_GROUP;
+#ifndef HVLM_SCAN_GROUP_ASYNC
+#define HVLM_SCAN_GROUP_ASYNC 8
+#endif
 
 // Warps per SM to ask of the register allocator for the common state sizes (<= 16): 16 warps
 // leave 128 registers a thread (measured: 12 or 8 warps with more registers are slower). The
@@ -366,6 +376,7 @@ template <typename T, int NS, bool kFinal, bool kAsync>
 __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
     scan_chunk_kernel(const ScanPtrs<T> p, const int64_t chunk_steps, const int num_chunks) {
   constexpr int kTile = scan_tile_steps<NS>();
+  constexpr int kGroup = kAsync ? HVLM_SCAN_GROUP_ASYNC : HVLM_SCAN_GROUP;
   static_assert(kTile % kGroup == 0, "tiles must hold whole groups");
   constexpr int kCols = kFinal ? 2 * NS : NS;  // staged floats per step: B (and C)
   constexpr int kTileElems = kTile * kCols;
@@ -446,28 +457,30 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
       return streams + ((buf * kStreams + which) * kTile + tt) * kScanThreads;
     };
     // Copies the tile's rows of u, delta (and z) for the block's channels into buffer `buf`:
-    // one cp.async group per tile. Rows past the chunk and channels past the last are skipped
-    // (their slots are never read by a thread that stores).
+    // one cp.async group per tile. A thread copies the same 16-byte piece of kTile /
+    // kRowsPerPass rows per stream (straight-line code: the copy loop is per-step overhead of
+    // both passes). Rows past the chunk and channels past the last are skipped (their slots
+    // are never read by a thread that stores).
     auto issue_streams = [&](int tile_index, int buf) {
       if constexpr (kAsync) {
         constexpr int kVec = 16 / static_cast<int>(sizeof(T));
         constexpr int kPerRow = kScanThreads / kVec;
-        constexpr int kCopies = kStreams * kTile * kPerRow;
-        static_assert(kCopies % kScanThreads == 0, "whole copies per thread");
-        const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kScanThreads;
-        // A rolled loop: its registers would otherwise compete with the states'.
-#pragma unroll 1
-        for (int e = threadIdx.x; e < kCopies; e += kScanThreads) {
-          const int which = e / (kTile * kPerRow), rem = e % (kTile * kPerRow);
-          const int tt = rem / kPerRow, part = rem % kPerRow;
-          const int64_t step = static_cast<int64_t>(tile_index) * kTile + tt;
-          const int64_t ch = c0 + part * kVec;
-          if (step < steps && ch < channels) {
-            const int64_t row = row0 + step;
-            const T* src = which == 0 ? p.u + row * channels + ch
-                           : which == 1 ? p.delta + row * channels + ch
-                                        : p.z + row * stride_z + ch;
-            cp_async16(stream_row(buf, which, tt) + part * kVec, src);
+        constexpr int kRowsPerPass = kScanThreads / kPerRow;
+        static_assert(kScanThreads % kPerRow == 0 && kTile % kRowsPerPass == 0, "whole rows per pass");
+        const int part = static_cast<int>(threadIdx.x) % kPerRow, r0 = static_cast<int>(threadIdx.x) / kPerRow;
+        const int64_t ch = static_cast<int64_t>(blockIdx.x) * kScanThreads + part * kVec;
+        const int64_t t0 = static_cast<int64_t>(tile_index) * kTile + r0;
+        if (ch < channels) {
+#pragma unroll
+          for (int which = 0; which < kStreams; ++which) {
+            const int64_t stride = which == 2 ? stride_z : channels;
+            const T* src = (which == 0 ? p.u : which == 1 ? p.delta : p.z) + (row0 + t0) * stride + ch;
+#pragma unroll
+            for (int j = 0; j < kTile / kRowsPerPass; ++j) {
+              if (t0 + j * kRowsPerPass < steps) {
+                cp_async16(stream_row(buf, which, r0 + j * kRowsPerPass) + part * kVec, src + j * kRowsPerPass * stride);
+              }
+            }
           }
         }
         cp_async_commit();
