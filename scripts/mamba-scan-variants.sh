@@ -7,8 +7,10 @@ set -uo pipefail
 out=${OUT:-/tmp/hvlm-scan}
 mkdir -p "$out" build-cuda
 if [[ $# -eq 0 ]]; then
-  set -- "default:" "registers:-DHVLM_SCAN_ASYNC=0" "fast-gate:-DHVLM_SCAN_FAST_GATE=1" \
-    "group8:-DHVLM_SCAN_GROUP=8" "fast-gate-group8:-DHVLM_SCAN_FAST_GATE=1 -DHVLM_SCAN_GROUP=8"
+  # The committed defaults, then each default undone: u/delta/z loaded into registers, the
+  # exact two-MUFU gate, groups of 4 steps from shared memory.
+  set -- "default:" "registers:-DHVLM_SCAN_ASYNC=0" "exact-gate:-DHVLM_SCAN_FAST_GATE=0" \
+    "group4:-DHVLM_SCAN_GROUP_ASYNC=4"
 fi
 for variant in "$@"; do
   name=${variant%%:*} flags=${variant#*:}

@@ -345,12 +345,12 @@ __host__ __device__ constexpr size_t scan_stream_smem_bytes() {
 }
 
 // Steps per straight-line group: the body of a group has no branch or barrier, so the
-// compiler can overlap one step's softplus and loads with the previous step's exps; the next
-// group's u/delta/z are loaded before the current group is computed.
-// (HVLM_SCAN_GROUP, HVLM_SCAN_THREADS and HVLM_SCAN_WARPS_PER_SM are tuning knobs for
-// experiments with -D; the defaults are the measured best on the H200.)
-// Groups of 8 where u/delta/z come from shared memory (kAsync), 4 where they are loaded into
-// registers a group ahead (whose registers 8 would spill).
+// compiler can overlap one step's softplus and loads with the previous step's exps. Groups of
+// 8 where u/delta/z come from shared memory (kAsync); 4 where the next group's u/delta/z are
+// loaded into registers before the current group is computed (8 would spill those registers).
+// (HVLM_SCAN_GROUP, HVLM_SCAN_GROUP_ASYNC, HVLM_SCAN_THREADS, HVLM_SCAN_WARPS_PER_SM and
+// HVLM_SCAN_FAST_GATE are tuning knobs for experiments with -D, as in
+// scripts/mamba-scan-variants.sh; the defaults are the measured best on the H200.)
 #ifndef HVLM_SCAN_GROUP
 #define HVLM_SCAN_GROUP 4
 #endif
