@@ -1,5 +1,6 @@
 #include "attention/cuda_kernels.h"
 
+#include "attention/cuda/delta_projection.h"
 #include "attention/cuda/mamba_kernels.h"
 #include "attention/cuda/performer_kernels.h"
 #include "attention/cuda/window_attention.h"
@@ -170,19 +171,43 @@ at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Te
   TORCH_CHECK(float_vector(dt_bias, channels) && float_vector(a, channels * state_size) && float_vector(d, channels),
               "mamba_scan: dt_bias [E], a [E, N] and d [E] must be contiguous float32");
   const c10::cuda::CUDAGuard device_guard(u.device());
-  // delta before its bias and softplus (both applied in the kernel, in float32).
-  const auto delta = at::matmul(x_dbl.narrow(-1, 0, rank), dt_weight.t()).contiguous();
+  const kernels::cuda::DType dtype = element_type(u, "mamba_scan");
+  const auto stream = at::cuda::getCurrentCUDAStream().stream();
+  // delta: for 2-byte dtypes dt_proj + bias + softplus in one kernel, so the scan reads it
+  // ready; otherwise (float32) the product alone, and the scan adds the bias and applies the
+  // softplus itself.
+  const bool fused_delta = kernels::cuda::delta_projection_supported(dtype, rank) &&
+                           dt_weight.scalar_type() == u.scalar_type();
+  at::Tensor delta;
+  if (fused_delta) {
+    const at::Tensor weight = dt_weight.contiguous();
+    delta = at::empty_like(u);
+    kernels::cuda::DeltaProjectionArgs dp;
+    dp.dtype = dtype;
+    dp.rows = batch * length;
+    dp.channels = channels;
+    dp.rank = rank;
+    dp.dt = x_dbl.data_ptr();
+    dp.row_stride_dt = x_dbl.size(2);
+    dp.weight = weight.data_ptr();
+    dp.bias = dt_bias.data_ptr<float>();
+    dp.delta = delta.data_ptr();
+    dp.stream = stream;
+    launch("mamba_delta_projection", [&] { kernels::cuda::delta_projection(dp); });
+  } else {
+    delta = at::matmul(x_dbl.narrow(-1, 0, rank), dt_weight.t()).contiguous();
+  }
   auto y = at::empty_like(u);
   kernels::cuda::SelectiveScanArgs args;
   args.batch = batch;
   args.length = length;
   args.channels = channels;
   args.state_size = state_size;
-  args.dtype = element_type(u, "mamba_scan");
+  args.dtype = dtype;
   args.u = u.data_ptr();
   args.delta = delta.data_ptr();
-  args.delta_bias = dt_bias.data_ptr<float>();
-  args.delta_softplus = true;
+  args.delta_bias = fused_delta ? nullptr : dt_bias.data_ptr<float>();
+  args.delta_softplus = !fused_delta;
   args.a = a.data_ptr<float>();
   const int64_t element = static_cast<int64_t>(x_dbl.element_size());
   args.b = static_cast<const char*>(x_dbl.data_ptr()) + rank * element;
@@ -193,7 +218,7 @@ at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Te
   args.row_stride_z = 2 * channels;
   args.h = ssm_state.data_ptr<float>();
   args.y = y.data_ptr();
-  args.stream = at::cuda::getCurrentCUDAStream().stream();
+  args.stream = stream;
   const size_t scratch = kernels::cuda::selective_scan_workspace_bytes(args);
   at::Tensor workspace;
   if (scratch > 0) {

@@ -47,8 +47,9 @@ at::Tensor performer_attention(const at::Tensor& q, const at::Tensor& k, const a
 at::Tensor mamba_conv(const at::Tensor& xz, const at::Tensor& conv_weight, const at::Tensor& conv_bias,
                       at::Tensor& conv_state);
 /// u [B, L, E]; x_dbl [B, L, R + 2N] (dt | B | C); dt_weight [E, R] (dt_proj.weight); dt_bias
-/// [E] float32 (dt_proj.bias: delta = softplus(x_dbl[..., :R] dt_weight^T + dt_bias), the bias
-/// and softplus applied inside the kernel); a [E, N] float32 (= -exp(A_log)); d [E] float32;
+/// [E] float32 (dt_proj.bias: delta = softplus(x_dbl[..., :R] dt_weight^T + dt_bias); for
+/// bfloat16/float16 one kernel computes delta whole (attention/cuda/delta_projection.h), for
+/// float32 the scan applies the bias and softplus to the product); a [E, N] float32 (= -exp(A_log)); d [E] float32;
 /// xz as above (z = its second half); ssm_state [B, E, N] float32, updated in place.
 /// Returns y [B, L, E] (before out_proj).
 at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Tensor& dt_weight,

@@ -16,7 +16,7 @@ for variant in "$@"; do
   name=${variant%%:*} flags=${variant#*:}
   # shellcheck disable=SC2086
   nvcc -std=c++17 -O3 -arch=sm_90 -I. $flags -Xptxas -v -o "build-cuda/scan-$name" \
-    tests/cuda/mamba_kernels_check.cu attention/cuda/mamba_kernels.cu > "$out/scan-$name-build.log" 2>&1 &
+    tests/cuda/mamba_kernels_check.cu attention/cuda/mamba_kernels.cu attention/cuda/delta_projection.cu > "$out/scan-$name-build.log" 2>&1 &
 done
 wait
 for variant in "$@"; do
@@ -25,5 +25,8 @@ for variant in "$@"; do
   check=$("./build-cuda/scan-$name" > "$out/scan-$name-check.log" 2>&1 && echo pass || echo FAIL)
   "./build-cuda/scan-$name" --bench --lengths 8192,65536 > "$out/scan-$name-bench.log" 2>&1
   times=$(grep "softplus+bias" "$out/scan-$name-bench.log" | awk '{printf "%s us  ", $(NF-3)}')
-  echo "$name: check $check; scan at 8192, 65536: $times"
+  ready=$(grep "delta ready" "$out/scan-$name-bench.log" | awk '{printf "%s us  ", $(NF-3)}')
+  conv=$(grep "causal_conv_silu" "$out/scan-$name-bench.log" | awk '{printf "%s us  ", $(NF-3)}')
+  proj=$(grep "dt_proj+softplus" "$out/scan-$name-bench.log" | awk '{printf "%s us  ", $(NF-3)}')
+  echo "$name: check $check; at 8192, 65536: scan (softplus+bias) $times| scan (delta ready) $ready| conv $conv| delta_projection $proj"
 done

@@ -63,6 +63,7 @@
 #include "attention/cuda/mamba_kernels.h"
 
 #include "attention/cuda/element.cuh"
+#include "attention/cuda/fast_math.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -83,15 +84,6 @@ namespace {
 
 template <typename T>
 __device__ __forceinline__ float load(const T* p) { return to_float(__ldg(p)); }
-
-constexpr float kLog2e = 1.4426950408889634f;
-
-// 2^x on the special-function unit (one MUFU.EX2); max relative error about 2^-22.
-__device__ __forceinline__ float exp2_approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
 
 // x * sigmoid(x). For x < -88 the exp overflows to inf and x * (1 / inf) gives -0: the limit.
 __device__ __forceinline__ float silu(float x) {
@@ -177,35 +169,70 @@ constexpr int64_t kMaxGridYZ = 65535;
 constexpr int kConvThreads = 128;  // channels per block
 constexpr int kConvSteps = 32;     // time steps per thread, all loaded before any math
 
+// V consecutive channels of one row as floats: one 4-byte load for V = 2 (2-byte types).
+template <typename T, int V>
+__device__ __forceinline__ void load_channels(const T* p, float (&out)[V]) {
+  if constexpr (V == 1) {
+    out[0] = load(p);
+  } else {
+    static_assert(V == 2 && sizeof(T) == 2, "pairs of 2-byte elements only");
+    const unsigned w = __ldg(reinterpret_cast<const unsigned*>(p));
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      out[0] = __uint_as_float(w << 16);
+      out[1] = __uint_as_float(w & 0xffff0000u);
+    } else {
+      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w));
+      out[0] = f.x;
+      out[1] = f.y;
+    }
+  }
+}
+template <typename T, int V>
+__device__ __forceinline__ void store_channels(T* p, const float (&v)[V]) {
+  if constexpr (V == 1) {
+    *p = from_float<T>(v[0]);
+  } else {
+    *reinterpret_cast<uint32_t*>(p) = pack2<T>(v[0], v[1]);
+  }
+}
+
 // Grid: x = channel blocks, y = time tiles (grid-stride), z = batch (grid-stride).
 // KS > 0: the kernel size, the tile and its history in registers. KS == 0: any kernel size,
 // operands read from memory per tap (a rare configuration; correctness only).
-template <typename T, int KS>
+// V: channels per thread (2: 4-byte loads and stores of 2-byte pairs, half the memory
+// instructions; the caller checks channels, strides and pointers are even / 4-byte aligned).
+template <typename T, int KS, int V>
 __global__ void __launch_bounds__(kConvThreads)
     conv_silu_kernel(const T* __restrict__ x, const T* __restrict__ weight,
                      const T* __restrict__ bias, const float* __restrict__ state_in,
                      float* __restrict__ state_out, T* __restrict__ out, int64_t batch,
                      int64_t length, int64_t channels, int64_t row_stride_x, int kernel_rt) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kConvThreads + threadIdx.x;
-  if (c >= channels) return;  // no shared memory or barriers below
+  static_assert(KS > 0 || V == 1, "the generic kernel size runs a channel per thread");
+  const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * kConvThreads + threadIdx.x) * V;
+  if (c0 >= channels) return;  // no shared memory or barriers below
   const int kernel = KS > 0 ? KS : kernel_rt;
   const int hist = kernel - 1;
   const int64_t num_tiles = (length + kConvSteps - 1) / kConvSteps;
   // (length 0 only copies the state: x, weight, bias and out are then never touched.)
-  const float bias_c = blockIdx.y < num_tiles ? to_float(bias[c]) : 0.0f;
+  float bias_c[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) bias_c[v] = blockIdx.y < num_tiles ? to_float(bias[c0 + v]) : 0.0f;
 
   for (int64_t b = blockIdx.z; b < batch; b += gridDim.z) {
-    const float* sin = state_in + (b * channels + c) * hist;
-    const T* xb = x + b * length * row_stride_x + c;
-    // Step tau of the concatenation [state_in, x] along time.
-    auto input = [&](int64_t tau) -> float {
-      return tau < hist ? sin[tau] : load(xb + (tau - hist) * row_stride_x);
+    const T* xb = x + b * length * row_stride_x + c0;
+    // Step tau of the concatenation [state_in, x] along time, for channel c0 + v.
+    auto input = [&](int64_t tau, int v) -> float {
+      return tau < hist ? state_in[(b * channels + c0 + v) * hist + tau]
+                        : load(xb + (tau - hist) * row_stride_x + v);
     };
     if (blockIdx.y == 0) {
       // The new state: the last `hist` steps of the concatenation (read before any write;
       // state_out must not alias state_in anyway).
-      float* sout = state_out + (b * channels + c) * hist;
-      for (int j = 0; j < hist; ++j) sout[j] = input(length + j);
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        float* sout = state_out + (b * channels + c0 + v) * hist;
+        for (int j = 0; j < hist; ++j) sout[j] = input(length + j, v);
+      }
     }
     for (int64_t tile = blockIdx.y; tile < num_tiles; tile += gridDim.y) {
       const int64_t t0 = tile * kConvSteps;
@@ -213,28 +240,39 @@ __global__ void __launch_bounds__(kConvThreads)
       T* ob = out + (b * length + t0) * channels;
       if constexpr (KS > 0) {
         // Every load of the tile is issued before the first use: one memory round trip.
-        float w[KS], prev[KS], xv[kConvSteps];
+        float w[KS][V], prev[KS][V], xv[kConvSteps][V];
 #pragma unroll
-        for (int k = 0; k < KS; ++k) w[k] = to_float(weight[k * channels + c]);
+        for (int k = 0; k < KS; ++k) {
 #pragma unroll
-        for (int k = 0; k < KS - 1; ++k) prev[k] = input(t0 + k);  // x steps t0-hist .. t0-1
+          for (int v = 0; v < V; ++v) w[k][v] = to_float(weight[k * channels + c0 + v]);
+        }
+#pragma unroll
+        for (int k = 0; k < KS - 1; ++k) {
+#pragma unroll
+          for (int v = 0; v < V; ++v) prev[k][v] = input(t0 + k, v);  // x steps t0-hist .. t0-1
+        }
         const T* px = xb + t0 * row_stride_x;
-        T* po = ob + c;
-        // One output; i compile-time after unrolling.
+        T* po = ob + c0;
+        // One output row; i compile-time after unrolling.
         auto output = [&](int i) {
-          float acc = bias_c;
+          float acc[V];
 #pragma unroll
-          for (int k = 0; k < KS; ++k) {
-            const int xi = i + k - (KS - 1);  // index into xv, or into prev when negative
-            acc = fmaf(w[k], xi >= 0 ? xv[xi] : prev[i + k], acc);
+          for (int v = 0; v < V; ++v) {
+            acc[v] = bias_c[v];
+#pragma unroll
+            for (int k = 0; k < KS; ++k) {
+              const int xi = i + k - (KS - 1);  // index into xv, or into prev when negative
+              acc[v] = fmaf(w[k][v], xi >= 0 ? xv[xi][v] : prev[i + k][v], acc[v]);
+            }
+            acc[v] = silu(acc[v]);
           }
-          *po = from_float<T>(silu(acc));
+          store_channels<T, V>(po, acc);
           po += channels;
         };
         if (count == kConvSteps) {  // full tile: no bounds checks
 #pragma unroll
           for (int i = 0; i < kConvSteps; ++i) {
-            xv[i] = load(px);
+            load_channels<T, V>(px, xv[i]);
             px += row_stride_x;
           }
 #pragma unroll
@@ -242,7 +280,12 @@ __global__ void __launch_bounds__(kConvThreads)
         } else {
 #pragma unroll
           for (int i = 0; i < kConvSteps; ++i) {
-            xv[i] = i < count ? load(px) : 0.0f;
+            if (i < count) {
+              load_channels<T, V>(px, xv[i]);
+            } else {
+#pragma unroll
+              for (int v = 0; v < V; ++v) xv[i][v] = 0.0f;
+            }
             px += row_stride_x;
           }
 #pragma unroll
@@ -252,11 +295,11 @@ __global__ void __launch_bounds__(kConvThreads)
         }
       } else {
         for (int i = 0; i < count; ++i) {
-          float acc = bias_c;
+          float acc = bias_c[0];
           for (int k = 0; k < kernel; ++k) {
-            acc = fmaf(to_float(weight[k * channels + c]), input(t0 + i + k), acc);
+            acc = fmaf(to_float(weight[k * channels + c0]), input(t0 + i + k, 0), acc);
           }
-          ob[i * channels + c] = from_float<T>(silu(acc));
+          ob[i * channels + c0] = from_float<T>(silu(acc));
         }
       }
     }
@@ -401,7 +444,7 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
   for (int s = 0; s < NS; ++s) a2[s] = s < n ? p.a[c * n + s] * kLog2e : 0.0f;
   const float dt_bias = p.delta_bias != nullptr ? p.delta_bias[c] : 0.0f;
   const float d_skip = kFinal ? p.d[c] : 0.0f;
-  const bool do_softplus = p.delta_softplus;
+  const bool do_softplus = p.delta_softplus, has_bias = p.delta_bias != nullptr;
 
   for (int64_t bi = blockIdx.z; bi < p.batch; bi += gridDim.z) {
     const int64_t row0 = bi * length + t_begin;  // first row of this chunk
@@ -515,12 +558,21 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
       }
     };
 
+    // delta's bias and softplus for a group, where the caller asked for them: a branch per
+    // group, uniform across the block, so a delta that comes ready (delta_projection) costs
+    // nothing a step, and the softpluses of a group are independent of each other.
+    auto prepare_delta = [&](float (&gd)[kGroup]) {
+      if (do_softplus) {
+#pragma unroll
+        for (int r = 0; r < kGroup; ++r) gd[r] = softplus(gd[r] + dt_bias);
+      } else if (has_bias) {
+#pragma unroll
+        for (int r = 0; r < kGroup; ++r) gd[r] += dt_bias;
+      }
+    };
+
     // One step: row = its B (and C) in shared memory, r = its index in the group.
-    auto step = [&](float u_v, float dt_raw, float z_v, const float* row, int r) {
-      float dt = dt_raw + dt_bias;
-      // A select, not a branch: a branch would split the group's straight-line code.
-      const float dt_sp = softplus(dt);
-      dt = do_softplus ? dt_sp : dt;
+    auto step = [&](float u_v, float dt, float z_v, const float* row, int r) {
       const float du = dt * u_v;
       float bv[NS];
       load_smem_row<NS>(row, bv);
@@ -588,6 +640,7 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
         if (kFinal) lz += kGroup * stride_z;
         load_group(j0 + kGroup, nu, nd, nz);
       }
+      prepare_delta(gd);
       const float* rows = tiles[tile & 1] + tt * kCols;
       if (j0 + kGroup <= steps) {
 #pragma unroll
@@ -811,7 +864,15 @@ void causal_conv_silu(const CausalConvArgs& a) {
     return;  // nothing to write; with kernel > 1, length 0 copies state_in to state_out
   }
   const auto stream = static_cast<cudaStream_t>(a.stream);
-  const dim3 grid(static_cast<unsigned>((a.channels + kConvThreads - 1) / kConvThreads),
+  // Channel pairs per thread where 4-byte accesses line up: 2-byte dtypes, an even channel
+  // count and row stride, 4-byte aligned x, weight, bias and out, a specialised kernel size.
+  auto aligned4 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 4 == 0; };
+  const bool pairs = a.dtype != DType::kFloat32 && a.kernel <= 4 && a.channels % 2 == 0 &&
+                     a.row_stride_x % 2 == 0 && aligned4(a.x) && aligned4(a.weight) && aligned4(a.bias) &&
+                     aligned4(a.out);
+  const int64_t per_thread = pairs ? 2 : 1;
+  const int64_t threads_needed = (a.channels + per_thread - 1) / per_thread;
+  const dim3 grid(static_cast<unsigned>((threads_needed + kConvThreads - 1) / kConvThreads),
                   static_cast<unsigned>(std::clamp<int64_t>(
                       (a.length + kConvSteps - 1) / kConvSteps, 1, kMaxGridYZ)),
                   static_cast<unsigned>(std::min<int64_t>(a.batch, kMaxGridYZ)));
@@ -824,12 +885,21 @@ void causal_conv_silu(const CausalConvArgs& a) {
           a.length, a.channels, a.row_stride_x, static_cast<int>(a.kernel));
       check_launch("conv_silu_kernel");
     };
+    constexpr bool kPairs = sizeof(T) == 2;
+    if (kPairs && pairs) {
+      switch (a.kernel) {
+        case 1: launch(conv_silu_kernel<T, 1, kPairs ? 2 : 1>); return;
+        case 2: launch(conv_silu_kernel<T, 2, kPairs ? 2 : 1>); return;
+        case 3: launch(conv_silu_kernel<T, 3, kPairs ? 2 : 1>); return;
+        case 4: launch(conv_silu_kernel<T, 4, kPairs ? 2 : 1>); return;
+      }
+    }
     switch (a.kernel) {
-      case 1: launch(conv_silu_kernel<T, 1>); break;
-      case 2: launch(conv_silu_kernel<T, 2>); break;
-      case 3: launch(conv_silu_kernel<T, 3>); break;
-      case 4: launch(conv_silu_kernel<T, 4>); break;
-      default: launch(conv_silu_kernel<T, 0>); break;
+      case 1: launch(conv_silu_kernel<T, 1, 1>); break;
+      case 2: launch(conv_silu_kernel<T, 2, 1>); break;
+      case 3: launch(conv_silu_kernel<T, 3, 1>); break;
+      case 4: launch(conv_silu_kernel<T, 4, 1>); break;
+      default: launch(conv_silu_kernel<T, 0, 1>); break;
     }
   });
 }

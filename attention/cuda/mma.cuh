@@ -1,12 +1,14 @@
 // Tensor-core building blocks shared by our attention kernels (sm_80+ PTX; we build for sm_90):
 // the m16n8k16 mma with float32 accumulation, ldmatrix loads, and packing two floats into one
-// register of two 16-bit values. T is __nv_bfloat16 or __half.
+// register of two 16-bit values (element.cuh). T is __nv_bfloat16 or __half.
 //
 // Fragment layout of m16n8k16 (groupID g = lane / 4, t = lane % 4): A registers a0 (row g,
 // columns 2t, 2t+1), a1 (row g+8), a2 (row g, columns +8), a3 (row g+8, columns +8); B registers
 // b0 (k rows 2t, 2t+1 of column g), b1 (k rows +8); C/D d0, d1 (row g, columns 2t, 2t+1), d2, d3
 // (row g+8). A C tile pair packed with pack2 is the A fragment of the next product.
 #pragma once
+
+#include "attention/cuda/element.cuh"  // pack2
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -45,18 +47,6 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t& r0, uint32_t& r1, uint32
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                : "r"(addr));
-}
-
-// Two floats -> one 32-bit register of two 16-bit values (lo in the low half), round to nearest.
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  } else {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
 }
 
 }  // namespace hvlm::kernels::cuda

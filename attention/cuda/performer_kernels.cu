@@ -33,6 +33,7 @@
 #include "attention/cuda/performer_kernels.h"
 
 #include "attention/cuda/element.cuh"
+#include "attention/cuda/fast_math.cuh"
 #include "attention/cuda/mma.cuh"
 
 #include <cuda_bf16.h>
@@ -161,12 +162,6 @@ __device__ __forceinline__ float2 unpack2(uint32_t w) {
   } else {
     return __half22float2(*reinterpret_cast<const __half2*>(&w));
   }
-}
-
-__device__ __forceinline__ float exp2_approx(float x) {  // 2^x; -inf -> 0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
 }
 
 __device__ __forceinline__ float quad_max(float x) {

@@ -25,6 +25,7 @@
 #include "attention/cuda/window_attention.h"
 
 #include "attention/cuda/element.cuh"
+#include "attention/cuda/fast_math.cuh"
 #include "attention/cuda/mma.cuh"
 
 #include <cuda_bf16.h>
@@ -39,8 +40,6 @@
 
 namespace hvlm::kernels::cuda {
 namespace {
-
-constexpr float kLog2e = 1.4426950408889634f;
 
 // One operand as the kernels see it: typed pointer plus strides (elements).
 template <typename P>

@@ -10,12 +10,16 @@
 // finite, guard bytes after each output must stay untouched, and a sequence run in two pieces
 // with the state carried must match one run. Errors are norm-wise, ||out - ref|| / ||ref||.
 //
+// The delta projection (attention/cuda/delta_projection.h) is checked the same way against
+//   delta[r,c] = softplus(sum_k dt[r,k] w[c,k] + bias[c]), elementwise as well as norm-wise.
+//
 //   nvcc -std=c++17 -O3 -arch=sm_90 -o check tests/cuda/mamba_kernels_check.cu \
-//        attention/cuda/mamba_kernels.cu
+//        attention/cuda/mamba_kernels.cu attention/cuda/delta_projection.cu
 //   ./check [--seed N]      correctness; exit code 0 only if every case passes
 //   ./check --bench         times conv and scan at batch 1, length 8192, 1536 channels,
 //                           16 states, bf16 (median of 50 after warm-up); --lengths 8192,65536
 //                           for other lengths
+#include "../../attention/cuda/delta_projection.h"
 #include "../../attention/cuda/mamba_kernels.h"
 
 #include <cuda_bf16.h>
@@ -568,6 +572,117 @@ void check_rejects() {
 }
 
 // ------------------------------------------------------------------------------------------
+// Delta projection
+// ------------------------------------------------------------------------------------------
+
+double softplus_ref(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
+
+// One shape: dt is the first `rank` columns of a [rows, stride] matrix starting `offset`
+// elements into its buffer (an offset not a multiple of 8 takes the unaligned path).
+void check_delta_projection(DType t, int64_t rows, int64_t channels, int64_t rank, int64_t stride,
+                            int64_t offset, bool with_bias, Rng& rng) {
+  HostTensor dt = uniform(t, static_cast<size_t>(offset + rows * stride), rng, -1.0f, 1.0f);
+  HostTensor w = uniform(t, static_cast<size_t>(channels * rank), rng, -0.5f, 0.5f);
+  // Biases over the softplus's three regimes: its series (x < -3.5), its log, and x > 20.
+  std::vector<float> bias(static_cast<size_t>(channels), 0.0f);
+  if (with_bias) {
+    for (auto& v : bias) v = rng.uniform(-12.0f, 24.0f);
+  }
+  std::vector<double> ref(static_cast<size_t>(rows * channels));
+  parallel_for(rows, [&](int64_t r) {
+    for (int64_t c = 0; c < channels; ++c) {
+      double acc = bias[c];
+      for (int64_t k = 0; k < rank; ++k) acc += static_cast<double>(dt.values[offset + r * stride + k]) * w.values[c * rank + k];
+      ref[r * channels + c] = softplus_ref(acc);
+    }
+  });
+  DeviceBuffer ddt = to_device(dt), dw = to_device(w), dbias = to_device(bias);
+  DeviceBuffer out(static_cast<size_t>(rows * channels) * dtype_size(t));
+  mk::DeltaProjectionArgs a;
+  a.dtype = t;
+  a.rows = rows;
+  a.channels = channels;
+  a.rank = rank;
+  a.dt = ddt.as<uint8_t>() + offset * dtype_size(t);
+  a.row_stride_dt = stride;
+  a.weight = dw.ptr;
+  a.bias = with_bias ? dbias.as<float>() : nullptr;
+  a.delta = out.ptr;
+  mk::delta_projection(a);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<uint8_t> ob(out.bytes);
+  const bool guards_ok = out.download(ob.data());
+  const std::vector<float> got = decode(t, ob, ref.size());
+  // Elementwise: the output's own rounding (2^-9 bf16, 2^-12 fp16) plus float32 accumulation
+  // and the softplus's ~4e-6 must stay within one more unit of the dtype.
+  const double max_tol = t == DType::kBFloat16 ? 1.0 / 256 : 1.0 / 2048;
+  // Relative to the value, or below the dtype's smallest normal number (fp16 6.1e-5, where
+  // softplus(x < -9.7) lands) relative to that number: subnormals have fixed absolute steps.
+  const double smallest_normal = t == DType::kBFloat16 ? 1.1754943508222875e-38 : 6.103515625e-05;
+  double max_rel = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (std::isfinite(got[i])) {
+      max_rel = std::max(max_rel, std::abs(got[i] - ref[i]) / std::max(std::abs(ref[i]), smallest_normal));
+    }
+  }
+  char name[160];
+  std::snprintf(name, sizeof(name), "%s rows %lld E%lld R%lld stride %lld +%lld%s", dtype_name(t), (long long)rows,
+                (long long)channels, (long long)rank, (long long)stride, (long long)offset, with_bias ? " bias" : "");
+  report(name, "delta", compare(got, ref), guards_ok, max_tol / 2);
+  const bool ok = max_rel <= max_tol;
+  if (!ok) ++g_failures;
+  std::printf("  %-6s %-44s %-10s max elementwise rel %.3e (tol %.0e)\n", ok ? "PASS" : "FAIL", name, "delta",
+              max_rel, max_tol);
+}
+
+void check_delta_projection_all(Rng& rng) {
+  struct Shape {
+    int64_t rows, channels, rank, stride, offset;
+    bool bias;
+  };
+  const std::vector<Shape> shapes = {
+      {1, 8, 16, 16, 0, true},          // one row
+      {1000, 1536, 48, 80, 0, true},    // the layer's x_dbl rows (R = 48, N = 16), vector path
+      {130, 200, 48, 80, 0, true},      // partial tiles in both directions
+      {257, 136, 3, 7, 1, true},        // odd rank, stride and offset: scalar loads and stores
+      {300, 1536, 48, 80, 3, false},    // unaligned dt only, no bias
+      {64, 128, 128, 128, 0, true},     // the largest rank
+      {200, 300, 100, 132, 4, true},    // rank not a multiple of 16, channels of 8s plus 4
+  };
+  for (DType t : {DType::kBFloat16, DType::kFloat16}) {
+    for (const Shape& s : shapes) check_delta_projection(t, s.rows, s.channels, s.rank, s.stride, s.offset, s.bias, rng);
+  }
+  auto rejects = [](const char* what, mk::DeltaProjectionArgs a) {
+    bool threw = false;
+    try {
+      mk::delta_projection(a);
+    } catch (const std::invalid_argument&) {
+      threw = true;
+    }
+    std::printf("  %-6s delta_projection rejects %s\n", threw ? "PASS" : "FAIL", what);
+    if (!threw) ++g_failures;
+  };
+  mk::DeltaProjectionArgs a;
+  a.rows = 1;
+  a.channels = 1;
+  a.rank = 1;
+  a.row_stride_dt = 1;
+  a.dtype = DType::kFloat32;
+  rejects("float32", a);
+  a.dtype = DType::kBFloat16;
+  a.rank = 0;
+  rejects("rank 0", a);
+  a.rank = mk::kDeltaProjectionMaxRank + 1;
+  a.row_stride_dt = a.rank;
+  rejects("rank past the maximum", a);
+  a.rank = 8;
+  a.row_stride_dt = 4;
+  rejects("a row stride below the rank", a);
+  a.row_stride_dt = 8;
+  rejects("null pointers", a);
+}
+
+// ------------------------------------------------------------------------------------------
 // Benchmark
 // ------------------------------------------------------------------------------------------
 
@@ -654,6 +769,21 @@ int bench(Rng& rng, int64_t L) {
   s.workspace = ws.ptr;
   const int64_t chunks = ws_bytes / (B * E * (N + 1) * sizeof(float));
 
+  // The layer's path for 2-byte dtypes: dt_proj + bias + softplus as one product
+  // (delta_projection), then the scan on the ready delta.
+  HostTensor w_dt = uniform(t, E * R, rng, -0.15f, 0.15f);
+  DeviceBuffer dw_dt = to_device(w_dt), ddelta(B * L * E * es);
+  mk::DeltaProjectionArgs dp;
+  dp.dtype = t;
+  dp.rows = B * L;
+  dp.channels = E;
+  dp.rank = R;
+  dp.dt = dxdbl.ptr;
+  dp.row_stride_dt = R + 2 * N;
+  dp.weight = dw_dt.ptr;
+  dp.bias = dbias.as<float>();
+  dp.delta = ddelta.ptr;
+
   mk::SelectiveScanArgs s_plain = s;  // delta already softplus'ed
   s_plain.delta = dds.ptr;
   s_plain.delta_bias = nullptr;
@@ -662,6 +792,7 @@ int bench(Rng& rng, int64_t L) {
   const double conv_us = median_us([&] { mk::causal_conv_silu(ca); });
   const double scan_us = median_us([&] { mk::selective_scan(s); });
   const double plain_us = median_us([&] { mk::selective_scan(s_plain); });
+  const double proj_us = median_us([&] { mk::delta_projection(dp); });
   const double act = static_cast<double>(B * L * E) * es;  // bytes of one [B, L, E] activation
   const double conv_bytes = 2 * act;                        // x in, u out
   const double scan_bytes = 4 * act + B * L * 2 * N * es;   // u, delta, z in, y out; B, C
@@ -678,6 +809,9 @@ int bench(Rng& rng, int64_t L) {
               scan_bytes / scan_us * 1e-3);
   std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "selective_scan (delta ready)", plain_us,
               scan_bytes / plain_us * 1e-3);
+  std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "delta_projection (dt_proj+softplus)", proj_us,
+              (act + B * L * (R + 2 * N) * es) / proj_us * 1e-3);
+  std::printf("  %-34s %9.1f us\n", "delta_projection + scan (layer)", proj_us + plain_us);
   const double updates = static_cast<double>(B * L * E * N);
   std::printf("  scan: %.2f G state updates/s (exp unit floor ~48 us per pass at 16/clk/SM)\n",
               updates / scan_us * 1e-3);
@@ -743,6 +877,8 @@ int main(int argc, char** argv) {
       for (const Case& c : cases) run_case(c, t, rng);
     }
     check_rejects();
+    std::printf("delta projection\n");
+    check_delta_projection_all(rng);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "exception: %s\n", e.what());
     return 3;
