@@ -1,15 +1,20 @@
 // dt_proj + bias + softplus on tensor cores (contract in delta_projection.h).
 //
-// A block computes a 128 x 128 tile of delta (128 rows, 128 channels) with 8 warps of 32 x 64:
-//   1. the block's 128 rows of dt and 128 rows of the weight, the rank zero-padded to a multiple
-//      of 16, go into shared memory (row pitch rank + 8 elements, so ldmatrix's 8 rows fall in
-//      8 distinct 16-byte bank groups);
-//   2. per 16 of the rank, 2 x 8 mma.sync m16n8k16 a warp (float32 accumulators);
-//   3. the epilogue adds the bias, applies the softplus, rounds to the dtype and stages the
-//      tile in shared memory (over the operands), from where the block writes whole 16-byte
-//      pieces of rows.
-// The time is the write of delta (2 bytes per element); the product and the softplus hide
-// under it across the 2-3 blocks resident per SM.
+// A block owns a tile of 128 channels and walks row tiles of 128 rows (blocks of one channel
+// tile take every grid-th row tile), with 8 warps of 32 rows x 64 channels:
+//   1. the block's 128 rows of the weight, the rank zero-padded to a multiple of 16, go into
+//      shared memory once (row pitch rank + 8 elements, so ldmatrix's 8 rows fall in 8 distinct
+//      16-byte bank groups);
+//   2. each row tile of dt is copied by cp.async into one of two buffers while the block works
+//      on the tile in the other, so the copies' latency hides behind a tile of work;
+//   3. per 16 of the rank, 2 x 8 mma.sync m16n8k16 a warp (float32 accumulators);
+//   4. the epilogue adds the bias, applies the softplus, rounds to the dtype and stores pairs
+//      of channels straight from the registers (a warp's stores fill whole 32-byte sectors
+//      between two neighbouring column tiles, which L2 merges before DRAM).
+// The time is the write of delta (2 bytes per element) and the epilogue's instructions (the
+// softplus, ~14 a value); a first version that staged each tile in shared memory and ran one
+// tile a block (barriers between load, product and store) ran at 1 TB/s, 197 us at the bench
+// shape below.
 #include "attention/cuda/delta_projection.h"
 
 #include "attention/cuda/element.cuh"
@@ -20,6 +25,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -29,18 +35,16 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kTileRows = 128, kTileChannels = 128;
-constexpr int kOutPitch = kTileChannels + 8;  // elements; staging rows keep 4-byte stores conflict-free
+constexpr int kBlocksPerSm = 2;  // 128 registers a thread
 
 // Rank rounded up to whole mma k-steps.
 int64_t padded_rank(int64_t rank) { return (rank + 15) / 16 * 16; }
 // Shared-memory row pitch (elements) of the operand tiles.
 __host__ __device__ constexpr int operand_pitch(int kp) { return kp + 8; }
 
+// The weight tile and two dt tiles.
 size_t smem_bytes(int64_t rank, size_t element) {
-  const int64_t kp = padded_rank(rank);
-  const size_t operands = 2 * static_cast<size_t>(kTileRows) * operand_pitch(static_cast<int>(kp)) * element;
-  const size_t staging = static_cast<size_t>(kTileRows) * kOutPitch * element;
-  return operands > staging ? operands : staging;
+  return 3 * static_cast<size_t>(kTileRows) * operand_pitch(static_cast<int>(padded_rank(rank))) * element;
 }
 
 // softplus(x) (torch: x > 20 ? x : log1p(e^x)) to a relative error below ~4e-6, well under the
@@ -55,112 +59,144 @@ __device__ __forceinline__ float softplus_for_2byte(float x) {
   return x > 20.0f ? x : log1p_e;
 }
 
-// Copies a [kTileRows, rank] tile (rows `first` .. of a [limit, stride] matrix) into shared
-// memory at the operand pitch, zero-filling the rows past `limit` and the columns past `rank`.
-// kVec: 16-byte loads (stride, rank and the base 16-byte aligned).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
+}
+
+// Copies rows first .. first + 127 (those below `limit`) of a [limit, stride] matrix, columns
+// 0 .. rank - 1, into a tile at the operand pitch. kVec: by cp.async in 16-byte pieces (stride,
+// rank and the base 16-byte aligned; the caller commits and waits), else by plain loads. The
+// padding columns are zeroed by zero_padding once; rows past `limit` keep stale values, whose
+// products are never stored.
 template <typename T, bool kVec>
 __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t first, int64_t limit, int64_t stride,
                                           int rank, int kp) {
   const int pitch = operand_pitch(kp);
-  const int pieces_per_row = kp / 8;
-  for (int piece = threadIdx.x; piece < kTileRows * pieces_per_row; piece += kThreads) {
-    const int r = piece / pieces_per_row, k0 = (piece % pieces_per_row) * 8;
-    const int64_t row = first + r;
-    T* out = dst + r * pitch + k0;
-    if constexpr (kVec) {
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (row < limit && k0 < rank) v = __ldg(reinterpret_cast<const uint4*>(src + row * stride + k0));
-      *reinterpret_cast<uint4*>(out) = v;
-    } else {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        out[j] = (row < limit && k0 + j < rank) ? src[row * stride + k0 + j] : from_float<T>(0.0f);
-      }
+  if constexpr (kVec) {
+    const int pieces_per_row = rank / 8;
+    for (int piece = threadIdx.x; piece < kTileRows * pieces_per_row; piece += kThreads) {
+      const int r = piece / pieces_per_row, k0 = (piece % pieces_per_row) * 8;
+      if (first + r < limit) cp_async16(dst + r * pitch + k0, src + (first + r) * stride + k0);
+    }
+  } else {
+    for (int i = threadIdx.x; i < kTileRows * rank; i += kThreads) {
+      const int r = i / rank, k = i % rank;
+      if (first + r < limit) dst[r * pitch + k] = src[(first + r) * stride + k];
     }
   }
 }
 
+// Zeroes columns rank .. kp - 1 of a tile.
+template <typename T>
+__device__ __forceinline__ void zero_padding(T* dst, int rank, int kp) {
+  const int pitch = operand_pitch(kp);
+  for (int i = threadIdx.x; i < kTileRows * pitch; i += kThreads) {
+    if (i % pitch >= rank) dst[i] = from_float<T>(0.0f);
+  }
+}
+
 template <typename T, bool kVec>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     delta_projection_kernel(const T* __restrict__ dt, int64_t stride_dt, const T* __restrict__ weight,
                             const float* __restrict__ bias, T* __restrict__ delta, int64_t rows,
-                            int64_t channels, int rank, int kp) {
+                            int64_t channels, int rank, int kp, int blocks_per_channel_tile) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* const a_tile = reinterpret_cast<T*>(smem_raw);
-  T* const b_tile = a_tile + kTileRows * operand_pitch(kp);
-  T* const out_tile = reinterpret_cast<T*>(smem_raw);  // over the operands, after the product
+  const int pitch = operand_pitch(kp);
+  T* const w_tile = reinterpret_cast<T*>(smem_raw);
+  auto a_tile = [&](int buf) { return w_tile + (1 + buf) * kTileRows * pitch; };  // dt, two buffers
 
-  const int64_t channel_tiles = (channels + kTileChannels - 1) / kTileChannels;
-  // Consecutive blocks share their rows of dt (channels vary fastest).
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) / channel_tiles * kTileRows;
-  const int64_t ch0 = static_cast<int64_t>(blockIdx.x) % channel_tiles * kTileChannels;
-  load_tile<T, kVec>(a_tile, dt, row0, rows, stride_dt, rank, kp);
-  load_tile<T, kVec>(b_tile, weight, ch0, channels, rank, rank, kp);
-  __syncthreads();
+  const int64_t ch0 = static_cast<int64_t>(blockIdx.x % (gridDim.x / blocks_per_channel_tile)) * kTileChannels;
+  const int64_t first_tile = blockIdx.x / (gridDim.x / blocks_per_channel_tile);
+  const int64_t row_tiles = (rows + kTileRows - 1) / kTileRows;
+
+  // The padding columns are zeros in every tile. (Weight rows past the last channel are left
+  // as they are: they only feed columns that are never stored.)
+  zero_padding(w_tile, rank, kp);
+  zero_padding(a_tile(0), rank, kp);
+  zero_padding(a_tile(1), rank, kp);
+  __syncthreads();  // the padding is written before any copy lands beside it
+  load_tile<T, kVec>(w_tile, weight, ch0, channels, rank, rank, kp);
+  if (first_tile < row_tiles) load_tile<T, kVec>(a_tile(0), dt, first_tile * kTileRows, rows, stride_dt, rank, kp);
+  if constexpr (kVec) asm volatile("cp.async.commit_group;" ::: "memory");
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int wm = warp % 4 * 32, wn = warp / 4 * 64;  // the warp's tile within the block's
-  float acc[2][8][4] = {};
-  const int pitch = operand_pitch(kp);
-  const uint32_t a_base = static_cast<uint32_t>(__cvta_generic_to_shared(a_tile));
-  const uint32_t b_base = static_cast<uint32_t>(__cvta_generic_to_shared(b_tile));
-  for (int k = 0; k < kp; k += 16) {
-    uint32_t a[2][4];
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi) {
-      // Lanes 0-15: rows 0-15 at k; lanes 16-31: the same rows at k + 8 (a0..a3 in mma order).
-      const int r = wm + mi * 16 + lane % 16, col = k + lane / 16 * 8;
-      ldsm_x4(a[mi][0], a[mi][1], a[mi][2], a[mi][3], a_base + (r * pitch + col) * sizeof(T));
-    }
-#pragma unroll
-    for (int nj = 0; nj < 8; nj += 2) {
-      // Weight rows are the mma's B columns: lanes 0-7 / 8-15 give tile nj's k and k + 8, lanes
-      // 16-31 tile nj + 1's.
-      const int r = wn + nj * 8 + lane / 16 * 8 + lane % 8, col = k + lane / 8 % 2 * 8;
-      uint32_t b0, b1, b2, b3;
-      ldsm_x4(b0, b1, b2, b3, b_base + (r * pitch + col) * sizeof(T));
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi) {
-        mma_16816<T>(acc[mi][nj], a[mi], b0, b1);
-        mma_16816<T>(acc[mi][nj + 1], a[mi], b2, b3);
-      }
-    }
-  }
-  __syncthreads();  // the staging tile overwrites the operands
-
   const int g = lane / 4, t = lane % 4;
+  // The bias of the thread's 16 channels (2 per n8 tile), loaded once.
+  float bias_v[8][2];
 #pragma unroll
   for (int nj = 0; nj < 8; ++nj) {
-    const int col = wn + nj * 8 + 2 * t;
-    const int64_t c = ch0 + col;
-    const float bias0 = (bias != nullptr && c < channels) ? bias[c] : 0.0f;
-    const float bias1 = (bias != nullptr && c + 1 < channels) ? bias[c + 1] : 0.0f;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int64_t c = ch0 + wn + nj * 8 + 2 * t + j;
+      bias_v[nj][j] = (bias != nullptr && c < channels) ? bias[c] : 0.0f;
+    }
+  }
+  const uint32_t w_base = static_cast<uint32_t>(__cvta_generic_to_shared(w_tile));
+
+  int buf = 0;
+  for (int64_t tile = first_tile; tile < row_tiles; tile += blocks_per_channel_tile, buf ^= 1) {
+    const int64_t next = tile + blocks_per_channel_tile;
+    // The other buffer was last read by this block's product of the previous tile, which every
+    // thread finished before the barrier that followed it.
+    if (next < row_tiles) load_tile<T, kVec>(a_tile(buf ^ 1), dt, next * kTileRows, rows, stride_dt, rank, kp);
+    if constexpr (kVec) {
+      asm volatile("cp.async.commit_group;" ::: "memory");
+      asm volatile("cp.async.wait_group 1;" ::: "memory");  // all but the newest: this tile's
+    }
+    __syncthreads();
+
+    float acc[2][8][4] = {};
+    const uint32_t a_base = static_cast<uint32_t>(__cvta_generic_to_shared(a_tile(buf)));
+    for (int k = 0; k < kp; k += 16) {
+      uint32_t a[2][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        // Lanes 0-15: rows 0-15 at k; lanes 16-31: the same rows at k + 8 (a0..a3 in mma order).
+        const int r = wm + mi * 16 + lane % 16, col = k + lane / 16 * 8;
+        ldsm_x4(a[mi][0], a[mi][1], a[mi][2], a[mi][3], a_base + (r * pitch + col) * sizeof(T));
+      }
+#pragma unroll
+      for (int nj = 0; nj < 8; nj += 2) {
+        // Weight rows are the mma's B columns: lanes 0-7 / 8-15 give tile nj's k and k + 8,
+        // lanes 16-31 tile nj + 1's.
+        const int r = wn + nj * 8 + lane / 16 * 8 + lane % 8, col = k + lane / 8 % 2 * 8;
+        uint32_t b0, b1, b2, b3;
+        ldsm_x4(b0, b1, b2, b3, w_base + (r * pitch + col) * sizeof(T));
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          mma_16816<T>(acc[mi][nj], a[mi], b0, b1);
+          mma_16816<T>(acc[mi][nj + 1], a[mi], b2, b3);
+        }
+      }
+    }
+    __syncthreads();  // every thread is done with a_tile(buf): the next iteration refills it
+
+    const int64_t row_base = tile * kTileRows + wm + g;
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {  // rows g and g + 8
-        const int r = wm + mi * 16 + g + 8 * h;
-        const uint32_t packed = pack2<T>(softplus_for_2byte(acc[mi][nj][2 * h] + bias0),
-                                         softplus_for_2byte(acc[mi][nj][2 * h + 1] + bias1));
-        *reinterpret_cast<uint32_t*>(out_tile + r * kOutPitch + col) = packed;
+        const int64_t row = row_base + mi * 16 + 8 * h;
+        if (row >= rows) continue;
+        T* out_row = delta + row * channels;
+#pragma unroll
+        for (int nj = 0; nj < 8; ++nj) {
+          const int64_t c = ch0 + wn + nj * 8 + 2 * t;
+          const float v0 = softplus_for_2byte(acc[mi][nj][2 * h] + bias_v[nj][0]);
+          const float v1 = softplus_for_2byte(acc[mi][nj][2 * h + 1] + bias_v[nj][1]);
+          if (kVec) {  // channels % 8 == 0: a pair is in range whole or not at all
+            if (c < channels) *reinterpret_cast<uint32_t*>(out_row + c) = pack2<T>(v0, v1);
+          } else {
+            if (c < channels) out_row[c] = from_float<T>(v0);
+            if (c + 1 < channels) out_row[c + 1] = from_float<T>(v1);
+          }
+        }
       }
     }
   }
-  __syncthreads();
-
-  constexpr int kPiecesPerRow = kTileChannels / 8;
-  for (int piece = threadIdx.x; piece < kTileRows * kPiecesPerRow; piece += kThreads) {
-    const int r = piece / kPiecesPerRow, col = piece % kPiecesPerRow * 8;
-    const int64_t row = row0 + r, c = ch0 + col;
-    if (row >= rows || c >= channels) continue;
-    const T* src = out_tile + r * kOutPitch + col;
-    T* dst = delta + row * channels + c;
-    if (kVec && c + 8 <= channels) {
-      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-    } else {
-      for (int j = 0; j < 8 && c + j < channels; ++j) dst[j] = src[j];
-    }
-  }
+  if constexpr (kVec) asm volatile("cp.async.wait_group 0;" ::: "memory");  // none left in flight
 }
 
 }  // namespace
@@ -183,7 +219,7 @@ void delta_projection(const DeltaProjectionArgs& a) {
   if (!a.dt || !a.weight || !a.delta) fail("null operand pointer");
   const int64_t row_tiles = (a.rows + kTileRows - 1) / kTileRows;
   const int64_t channel_tiles = (a.channels + kTileChannels - 1) / kTileChannels;
-  if (row_tiles * channel_tiles > INT32_MAX) fail("too many rows");
+  if (channel_tiles > INT32_MAX / 1024) fail("too many channels");
 
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   const bool vec = a.rank % 8 == 0 && a.row_stride_dt % 8 == 0 && a.channels % 8 == 0 && aligned(a.dt) &&
@@ -195,10 +231,19 @@ void delta_projection(const DeltaProjectionArgs& a) {
     using T = decltype(tag);
     // The attribute is per device, so it is set on every call (a microsecond of host time).
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    int device = 0, sms = 0;
+    if (err == cudaSuccess) err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (err == cudaSuccess) {
-      kernel<<<static_cast<unsigned>(row_tiles * channel_tiles), kThreads, smem, stream>>>(
+      // One wave: per channel tile, enough blocks that all of them fill the resident slots,
+      // but no more than it has row tiles.
+      const int64_t slots = static_cast<int64_t>(sms) * kBlocksPerSm;
+      const int64_t per_channel_tile =
+          std::max<int64_t>(1, std::min<int64_t>(row_tiles, (slots + channel_tiles - 1) / channel_tiles));
+      kernel<<<static_cast<unsigned>(per_channel_tile * channel_tiles), kThreads, smem, stream>>>(
           static_cast<const T*>(a.dt), a.row_stride_dt, static_cast<const T*>(a.weight), a.bias,
-          static_cast<T*>(a.delta), a.rows, a.channels, static_cast<int>(a.rank), kp);
+          static_cast<T*>(a.delta), a.rows, a.channels, static_cast<int>(a.rank), kp,
+          static_cast<int>(per_channel_tile));
       err = cudaGetLastError();
     }
     if (err != cudaSuccess) {
