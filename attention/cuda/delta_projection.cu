@@ -1,21 +1,24 @@
 // dt_proj + bias + softplus on tensor cores (contract in delta_projection.h).
 //
-// A block owns a tile of 128 channels and walks row tiles of 128 rows (blocks of one channel
-// tile take every grid-th row tile), with 8 warps of 32 rows x 64 channels:
-//   1. the block's 128 rows of the weight, the rank zero-padded to a multiple of 16, go into
+// A block owns a tile of 64 channels and walks row tiles of 128 rows (the blocks of one channel
+// tile take every n-th row tile), with 8 warps of 32 rows x 32 channels:
+//   1. the block's 64 rows of the weight, the rank zero-padded to a multiple of 16, go into
 //      shared memory once (row pitch rank + 8 elements, so ldmatrix's 8 rows fall in 8 distinct
 //      16-byte bank groups);
 //   2. each row tile of dt is copied by cp.async into one of two buffers while the block works
 //      on the tile in the other, so the copies' latency hides behind a tile of work;
-//   3. per 16 of the rank, 2 x 8 mma.sync m16n8k16 a warp (float32 accumulators);
-//   4. the epilogue adds the bias, applies the softplus and rounds to the dtype into the warp's
-//      own staging tile in shared memory (no block barrier), from which each store instruction
-//      writes whole 128-byte rows.
-// The time is the write of delta (2 bytes per element). Measured on the H200 at 65536 rows,
-// 1536 channels, rank 48: a first version that staged each tile for the block and ran one tile
-// a block (barriers between load, product and store) took 197 us; persistent blocks with
-// stores straight from the mma layout (16 bytes of each 32-byte sector a store) 168 us, bound
-// by L2 (79% busy, DRAM 24%), and as slow without the softplus.
+//   3. per 16 of the rank, 2 x 4 mma.sync m16n8k16 a warp (float32 accumulators);
+//   4. the epilogue adds the bias, applies the softplus (softplus_approx: one MUFU) and rounds
+//      to the dtype into the warp's own staging tile in shared memory (no block barrier), from
+//      which each store instruction writes whole 64-byte row pieces (full 32-byte sectors).
+// The time is the write of delta (2 bytes per element) and the epilogue's instructions.
+// Measured on the H200 at 65536 rows, 1536 channels, rank 48 (cuBLAS's product alone: 77 us):
+//  - one tile a block, staged for the whole block (barriers between load, product, store): 197 us;
+//  - persistent blocks of 128 x 128, stores straight from the mma layout (16 bytes of each
+//    32-byte sector a store): 168 us, bound by L2 (79% busy, DRAM 24%), as slow without softplus;
+//  - with the warp staging: 135 us (83 us without the softplus), issue-bound at 4 warps a
+//    scheduler (128 registers) with a two-MUFU softplus;
+//  - this layout (3 blocks an SM) and the one-MUFU softplus: see docs/benchmarks.md.
 #include "attention/cuda/delta_projection.h"
 
 #include "attention/cuda/element.cuh"
@@ -35,11 +38,16 @@ namespace hvlm::kernels::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kTileRows = 128, kTileChannels = 128;
-constexpr int kBlocksPerSm = 2;  // 128 registers a thread
-constexpr int kWarpRows = 32, kWarpChannels = 64;       // a warp's part of the tile
-constexpr int kStagingPitch = kWarpChannels + 8;        // elements; conflict-free 4-byte writes
+constexpr int kTileRows = 128, kTileChannels = 64;
+constexpr int kWarpRows = 32, kWarpChannels = 32;         // a warp's part of the tile: 4 x 2 warps
+constexpr int kStagingPitch = kWarpChannels + 8;          // elements; conflict-free 4-byte writes
 constexpr int kStagingElems = kWarpRows * kStagingPitch;  // per warp
+// Blocks per SM asked of the register allocator: 3 caps registers at 85 a thread (the kernel
+// needs ~80). HVLM_DELTA_BLOCKS_PER_SM is a tuning knob for experiments with -D.
+#ifndef HVLM_DELTA_BLOCKS_PER_SM
+#define HVLM_DELTA_BLOCKS_PER_SM 3
+#endif
+constexpr int kMinBlocksPerSm = HVLM_DELTA_BLOCKS_PER_SM;
 
 // Rank rounded up to whole mma k-steps.
 int64_t padded_rank(int64_t rank) { return (rank + 15) / 16 * 16; }
@@ -48,21 +56,8 @@ __host__ __device__ constexpr int operand_pitch(int kp) { return kp + 8; }
 
 // The weight tile, two dt tiles and the warps' staging tiles.
 size_t smem_bytes(int64_t rank, size_t element) {
-  return (3 * static_cast<size_t>(kTileRows) * operand_pitch(static_cast<int>(padded_rank(rank))) +
-          static_cast<size_t>(kThreads / 32) * kStagingElems) *
-         element;
-}
-
-// softplus(x) (torch: x > 20 ? x : log1p(e^x)) to a relative error below ~4e-6, well under the
-// 2-byte rounding that follows: log1p(e) is its series up to e^4 where e < 2^-5 (truncation
-// < e^4 / 5 relative), else ln 2 * lg2(1 + e) (lg2's absolute error ~2^-22 is < 4e-6 of a
-// result >= lg2(1 + 2^-5)). Two MUFU operations and ~10 others.
-__device__ __forceinline__ float softplus_for_2byte(float x) {
-  const float e = exp2_approx(kLog2e * x);  // +inf for large x: then not selected
-  const float series = e * fmaf(e, fmaf(e, fmaf(e, -0.25f, 1.0f / 3.0f), -0.5f), 1.0f);
-  const float via_log = kLn2 * log2_approx(1.0f + e);
-  const float log1p_e = e < 0.03125f ? series : via_log;
-  return x > 20.0f ? x : log1p_e;
+  const size_t pitch = operand_pitch(static_cast<int>(padded_rank(rank)));
+  return ((kTileChannels + 2 * kTileRows) * pitch + static_cast<size_t>(kThreads / 32) * kStagingElems) * element;
 }
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
@@ -70,70 +65,72 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
 }
 
-// Copies rows first .. first + 127 (those below `limit`) of a [limit, stride] matrix, columns
-// 0 .. rank - 1, into a tile at the operand pitch. kVec: by cp.async in 16-byte pieces (stride,
-// rank and the base 16-byte aligned; the caller commits and waits), else by plain loads. The
-// padding columns are zeroed by zero_padding once; rows past `limit` keep stale values, whose
-// products are never stored.
+// Copies rows first .. first + count - 1 (those below `limit`) of a [limit, stride] matrix,
+// columns 0 .. rank - 1, into a tile at the operand pitch. kVec: by cp.async in 16-byte pieces
+// (stride, rank and the base 16-byte aligned; the caller commits and waits), else by plain
+// loads. The padding columns are zeroed by zero_padding once; rows past `limit` keep stale
+// values, whose products are never stored.
 template <typename T, bool kVec>
-__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t first, int64_t limit, int64_t stride,
-                                          int rank, int kp) {
+__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t first, int count, int64_t limit,
+                                          int64_t stride, int rank, int kp) {
   const int pitch = operand_pitch(kp);
   if constexpr (kVec) {
     const int pieces_per_row = rank / 8;
-    for (int piece = threadIdx.x; piece < kTileRows * pieces_per_row; piece += kThreads) {
+    for (int piece = threadIdx.x; piece < count * pieces_per_row; piece += kThreads) {
       const int r = piece / pieces_per_row, k0 = (piece % pieces_per_row) * 8;
       if (first + r < limit) cp_async16(dst + r * pitch + k0, src + (first + r) * stride + k0);
     }
   } else {
-    for (int i = threadIdx.x; i < kTileRows * rank; i += kThreads) {
+    for (int i = threadIdx.x; i < count * rank; i += kThreads) {
       const int r = i / rank, k = i % rank;
       if (first + r < limit) dst[r * pitch + k] = src[(first + r) * stride + k];
     }
   }
 }
 
-// Zeroes columns rank .. kp - 1 of a tile.
+// Zeroes columns rank .. kp - 1 of a tile of `count` rows.
 template <typename T>
-__device__ __forceinline__ void zero_padding(T* dst, int rank, int kp) {
+__device__ __forceinline__ void zero_padding(T* dst, int count, int rank, int kp) {
   const int pitch = operand_pitch(kp);
-  for (int i = threadIdx.x; i < kTileRows * pitch; i += kThreads) {
+  for (int i = threadIdx.x; i < count * pitch; i += kThreads) {
     if (i % pitch >= rank) dst[i] = from_float<T>(0.0f);
   }
 }
 
 template <typename T, bool kVec>
-__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     delta_projection_kernel(const T* __restrict__ dt, int64_t stride_dt, const T* __restrict__ weight,
                             const float* __restrict__ bias, T* __restrict__ delta, int64_t rows,
-                            int64_t channels, int rank, int kp, int blocks_per_channel_tile) {
+                            int64_t channels, int rank, int kp, int channel_tiles) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int pitch = operand_pitch(kp);
   T* const w_tile = reinterpret_cast<T*>(smem_raw);
-  auto a_tile = [&](int buf) { return w_tile + (1 + buf) * kTileRows * pitch; };  // dt, two buffers
+  auto a_tile = [&](int buf) { return w_tile + (kTileChannels + buf * kTileRows) * pitch; };  // dt, 2 buffers
 
-  const int64_t ch0 = static_cast<int64_t>(blockIdx.x % (gridDim.x / blocks_per_channel_tile)) * kTileChannels;
-  const int64_t first_tile = blockIdx.x / (gridDim.x / blocks_per_channel_tile);
+  const int64_t ch0 = static_cast<int64_t>(blockIdx.x % channel_tiles) * kTileChannels;
+  const int64_t first_tile = blockIdx.x / channel_tiles;
+  const int64_t tile_step = gridDim.x / channel_tiles;
   const int64_t row_tiles = (rows + kTileRows - 1) / kTileRows;
 
   // The padding columns are zeros in every tile. (Weight rows past the last channel are left
   // as they are: they only feed columns that are never stored.)
-  zero_padding(w_tile, rank, kp);
-  zero_padding(a_tile(0), rank, kp);
-  zero_padding(a_tile(1), rank, kp);
-  __syncthreads();  // the padding is written before any copy lands beside it
-  load_tile<T, kVec>(w_tile, weight, ch0, channels, rank, rank, kp);
-  if (first_tile < row_tiles) load_tile<T, kVec>(a_tile(0), dt, first_tile * kTileRows, rows, stride_dt, rank, kp);
+  zero_padding(w_tile, kTileChannels, rank, kp);
+  zero_padding(a_tile(0), 2 * kTileRows, rank, kp);
+  __syncthreads();
+  load_tile<T, kVec>(w_tile, weight, ch0, kTileChannels, channels, rank, rank, kp);
+  if (first_tile < row_tiles) {
+    load_tile<T, kVec>(a_tile(0), dt, first_tile * kTileRows, kTileRows, rows, stride_dt, rank, kp);
+  }
   if constexpr (kVec) asm volatile("cp.async.commit_group;" ::: "memory");
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int wm = warp % 4 * kWarpRows, wn = warp / 4 * kWarpChannels;  // the warp's part
   const int g = lane / 4, t = lane % 4;
   T* const staging = a_tile(2) + warp * kStagingElems;  // after the dt buffers
-  // The bias of the thread's 16 channels (2 per n8 tile), loaded once.
-  float bias_v[8][2];
+  // The bias of the thread's 8 channels (2 per n8 tile), loaded once.
+  float bias_v[4][2];
 #pragma unroll
-  for (int nj = 0; nj < 8; ++nj) {
+  for (int nj = 0; nj < 4; ++nj) {
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int64_t c = ch0 + wn + nj * 8 + 2 * t + j;
@@ -143,18 +140,18 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const uint32_t w_base = static_cast<uint32_t>(__cvta_generic_to_shared(w_tile));
 
   int buf = 0;
-  for (int64_t tile = first_tile; tile < row_tiles; tile += blocks_per_channel_tile, buf ^= 1) {
-    const int64_t next = tile + blocks_per_channel_tile;
-    // The other buffer was last read by this block's product of the previous tile, which every
-    // thread finished before the barrier that followed it.
-    if (next < row_tiles) load_tile<T, kVec>(a_tile(buf ^ 1), dt, next * kTileRows, rows, stride_dt, rank, kp);
+  for (int64_t tile = first_tile; tile < row_tiles; tile += tile_step, buf ^= 1) {
+    const int64_t next = tile + tile_step;
+    // The other buffer was last read by the previous tile's product, which every thread
+    // finished before the barrier that followed it.
+    if (next < row_tiles) load_tile<T, kVec>(a_tile(buf ^ 1), dt, next * kTileRows, kTileRows, rows, stride_dt, rank, kp);
     if constexpr (kVec) {
       asm volatile("cp.async.commit_group;" ::: "memory");
       asm volatile("cp.async.wait_group 1;" ::: "memory");  // all but the newest: this tile's
     }
     __syncthreads();
 
-    float acc[2][8][4] = {};
+    float acc[2][4][4] = {};
     const uint32_t a_base = static_cast<uint32_t>(__cvta_generic_to_shared(a_tile(buf)));
     for (int k = 0; k < kp; k += 16) {
       uint32_t a[2][4];
@@ -165,7 +162,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
         ldsm_x4(a[mi][0], a[mi][1], a[mi][2], a[mi][3], a_base + (r * pitch + col) * sizeof(T));
       }
 #pragma unroll
-      for (int nj = 0; nj < 8; nj += 2) {
+      for (int nj = 0; nj < 4; nj += 2) {
         // Weight rows are the mma's B columns: lanes 0-7 / 8-15 give tile nj's k and k + 8,
         // lanes 16-31 tile nj + 1's.
         const int r = wn + nj * 8 + lane / 16 * 8 + lane % 8, col = k + lane / 8 % 2 * 8;
@@ -181,28 +178,28 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     __syncthreads();  // every thread is done with a_tile(buf): the next iteration refills it
 
     if constexpr (kVec) {
-      // Through the warp's staging tile, so that each store instruction writes whole 128-byte
-      // rows (stores straight from the mma layout write 16 of each 32-byte sector, and ran at
-      // 1.2 TB/s, bound by L2).
+      // Through the warp's staging tile, so that each store instruction writes whole 64-byte
+      // row pieces (stores straight from the mma layout write 16 of each 32-byte sector).
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {  // rows g and g + 8
           const int r = mi * 16 + 8 * h + g;
 #pragma unroll
-          for (int nj = 0; nj < 8; ++nj) {
-            const float v0 = softplus_for_2byte(acc[mi][nj][2 * h] + bias_v[nj][0]);
-            const float v1 = softplus_for_2byte(acc[mi][nj][2 * h + 1] + bias_v[nj][1]);
+          for (int nj = 0; nj < 4; ++nj) {
+            const float v0 = softplus_approx(acc[mi][nj][2 * h] + bias_v[nj][0]);
+            const float v1 = softplus_approx(acc[mi][nj][2 * h + 1] + bias_v[nj][1]);
             *reinterpret_cast<uint32_t*>(staging + r * kStagingPitch + nj * 8 + 2 * t) = pack2<T>(v0, v1);
           }
         }
       }
       __syncwarp();
-      const int piece = lane % 8;  // 8 channels of 16 bytes: a lane's part of a row
+      constexpr int kPieces = kWarpChannels / 8;  // 16-byte pieces of a staged row
+      const int piece = lane % kPieces;
       const int64_t c = ch0 + wn + piece * 8;
 #pragma unroll
-      for (int i = 0; i < kWarpRows / 4; ++i) {
-        const int r = i * 4 + lane / 8;
+      for (int i = 0; i < kWarpRows * kPieces / 32; ++i) {
+        const int r = i * (32 / kPieces) + lane / kPieces;
         const int64_t row = tile * kTileRows + wm + r;
         const uint4 v = *reinterpret_cast<const uint4*>(staging + r * kStagingPitch + piece * 8);
         if (row < rows && c < channels) *reinterpret_cast<uint4*>(delta + row * channels + c) = v;
@@ -217,11 +214,11 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
           const int64_t row = tile * kTileRows + wm + mi * 16 + 8 * h + g;
           if (row >= rows) continue;
 #pragma unroll
-          for (int nj = 0; nj < 8; ++nj) {
+          for (int nj = 0; nj < 4; ++nj) {
             const int64_t c = ch0 + wn + nj * 8 + 2 * t;
-            if (c < channels) delta[row * channels + c] = from_float<T>(softplus_for_2byte(acc[mi][nj][2 * h] + bias_v[nj][0]));
+            if (c < channels) delta[row * channels + c] = from_float<T>(softplus_approx(acc[mi][nj][2 * h] + bias_v[nj][0]));
             if (c + 1 < channels) {
-              delta[row * channels + c + 1] = from_float<T>(softplus_for_2byte(acc[mi][nj][2 * h + 1] + bias_v[nj][1]));
+              delta[row * channels + c + 1] = from_float<T>(softplus_approx(acc[mi][nj][2 * h + 1] + bias_v[nj][1]));
             }
           }
         }
@@ -263,19 +260,19 @@ void delta_projection(const DeltaProjectionArgs& a) {
     using T = decltype(tag);
     // The attribute is per device, so it is set on every call (a microsecond of host time).
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    int device = 0, sms = 0;
+    int device = 0, sms = 0, per_sm = 0;
     if (err == cudaSuccess) err = cudaGetDevice(&device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
     if (err == cudaSuccess) {
-      // One wave: per channel tile, enough blocks that all of them fill the resident slots,
-      // but no more than it has row tiles.
-      const int64_t slots = static_cast<int64_t>(sms) * kBlocksPerSm;
-      const int64_t per_channel_tile =
-          std::max<int64_t>(1, std::min<int64_t>(row_tiles, (slots + channel_tiles - 1) / channel_tiles));
+      // One wave: per channel tile, as many blocks as leave no resident slot of the GPU
+      // unused and none waiting (at least one; at most its row tiles).
+      const int64_t slots = static_cast<int64_t>(sms) * std::max(per_sm, 1);
+      const int64_t per_channel_tile = std::clamp<int64_t>(slots / channel_tiles, 1, row_tiles);
       kernel<<<static_cast<unsigned>(per_channel_tile * channel_tiles), kThreads, smem, stream>>>(
           static_cast<const T*>(a.dt), a.row_stride_dt, static_cast<const T*>(a.weight), a.bias,
           static_cast<T*>(a.delta), a.rows, a.channels, static_cast<int>(a.rank), kp,
-          static_cast<int>(per_channel_tile));
+          static_cast<int>(channel_tiles));
       err = cudaGetLastError();
     }
     if (err != cudaSuccess) {

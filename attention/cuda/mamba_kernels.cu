@@ -44,7 +44,8 @@
 //   Precision: exp via ex2.approx.ftz (max rel. error ~2^-22): the decay dA = exp(dt A) then
 //   has an absolute error ~2.4e-7, so the state's relative error is ~2.4e-7 / (dt |A|) in the
 //   worst case of a long memory, 2.4e-5 at dt |A| = 0.01; the CPU kernel's own exp is ~1e-7.
-//   Softplus uses an accurate branch-free log1p (~1 ulp). Nothing relies on --use_fast_math
+//   Softplus (float32 only; 2-byte dtypes get delta ready from delta_projection) is
+//   softplus_approx (fast_math.cuh, relative error < 2e-6). Nothing relies on --use_fast_math
 //   (the intrinsics used are explicit), so the file may be built with or without it.
 //
 // Causal conv: one thread per (batch, channel, tile of 32 steps), lanes over channels; the
@@ -103,36 +104,6 @@ __device__ __forceinline__ float silu_tanh(float x) {
 #ifndef HVLM_SCAN_FAST_GATE
 #define HVLM_SCAN_FAST_GATE 1
 #endif
-
-// log1p(e) for 0 <= e < 2^126, to about 1 ulp: the algorithm of CUDA's log1pf (reduce 1 + e to
-// 2^k (1 + f) with f in [-1/4, 1/2), then a polynomial in f) without its branches for negative,
-// infinite and NaN inputs, which softplus never passes. Branch-free, so the scheduler can
-// overlap it with the exps of the neighbouring steps.
-__device__ __forceinline__ float log1p_nonneg(float e) {
-  const float m = __fadd_rz(e, 1.0f);
-  const int ex = (__float_as_int(m) - 0x3f400000) & static_cast<int>(0xff800000u);  // k << 23
-  // f = (1 + e) 2^-k - 1, formed without rounding 1 + e.
-  const float f = __int_as_float(__float_as_int(e) - ex) +
-                  fmaf(__int_as_float(0x40800000 - ex), 0.25f, -1.0f);
-  const float k = static_cast<float>(ex) * 1.1920928955078125e-7f;
-  float p = -0.0453486144542694092f;
-  p = fmaf(f, p, 0.10546888411045074463f);
-  p = fmaf(f, p, -0.13229703903198242188f);
-  p = fmaf(f, p, 0.14491446316242218018f);
-  p = fmaf(f, p, -0.16641564667224884033f);
-  p = fmaf(f, p, 0.19988867640495300293f);
-  p = fmaf(f, p, -0.25000196695327758789f);
-  p = fmaf(f, p, 0.33333510160446166992f);
-  p = fmaf(f, p, -0.5f);
-  return fmaf(k, 0.69314718246459960938f, fmaf(f, f * p, f));
-}
-
-// torch.nn.functional.softplus with beta 1, threshold 20. log1p keeps small results accurate
-// (delta is often ~1e-3, where log(1 + e^x) would lose digits).
-__device__ __forceinline__ float softplus(float x) {
-  const float sp = log1p_nonneg(exp2_approx(kLog2e * x));  // garbage for x > 20: not selected
-  return x > 20.0f ? x : sp;
-}
 
 void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
@@ -564,7 +535,7 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
     auto prepare_delta = [&](float (&gd)[kGroup]) {
       if (do_softplus) {
 #pragma unroll
-        for (int r = 0; r < kGroup; ++r) gd[r] = softplus(gd[r] + dt_bias);
+        for (int r = 0; r < kGroup; ++r) gd[r] = softplus_approx(gd[r] + dt_bias);
       } else if (has_bias) {
 #pragma unroll
         for (int r = 0; r < kGroup; ++r) gd[r] += dt_bias;
