@@ -65,20 +65,41 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
 }
 
+// Which 16-byte pieces of a [rows, rank] tile one thread copies: piece `piece` (8 elements)
+// of rows row0, row0 + row_step, ... Computed once, so the copies of every tile divide nothing.
+struct CopyPlan {
+  int piece, row0, row_step;
+  bool active;  // threads past rows_per_pass * pieces copy nothing
+};
+__device__ __forceinline__ CopyPlan copy_plan(int rank) {
+  const int pieces = rank / 8;  // per row; rank % 8 == 0 on the vector path
+  CopyPlan c;
+  c.piece = static_cast<int>(threadIdx.x) % pieces;
+  c.row0 = static_cast<int>(threadIdx.x) / pieces;
+  c.row_step = kThreads / pieces;
+  c.active = c.row0 < c.row_step;
+  return c;
+}
+
 // Copies rows first .. first + count - 1 (those below `limit`) of a [limit, stride] matrix,
 // columns 0 .. rank - 1, into a tile at the operand pitch. kVec: by cp.async in 16-byte pieces
-// (stride, rank and the base 16-byte aligned; the caller commits and waits), else by plain
-// loads. The padding columns are zeroed by zero_padding once; rows past `limit` keep stale
-// values, whose products are never stored.
+// as `plan` assigns them (stride, rank and the base 16-byte aligned; the caller commits and
+// waits), else by plain loads. The padding columns are zeroed by zero_padding once; rows past
+// `limit` keep stale values, whose products are never stored.
 template <typename T, bool kVec>
 __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t first, int count, int64_t limit,
-                                          int64_t stride, int rank, int kp) {
+                                          int64_t stride, int rank, int kp, const CopyPlan& plan) {
   const int pitch = operand_pitch(kp);
   if constexpr (kVec) {
-    const int pieces_per_row = rank / 8;
-    for (int piece = threadIdx.x; piece < count * pieces_per_row; piece += kThreads) {
-      const int r = piece / pieces_per_row, k0 = (piece % pieces_per_row) * 8;
-      if (first + r < limit) cp_async16(dst + r * pitch + k0, src + (first + r) * stride + k0);
+    if (!plan.active) return;
+    const int k0 = plan.piece * 8;
+    const int valid = static_cast<int>(limit - first < count ? limit - first : count);
+    const T* s = src + (first + plan.row0) * stride + k0;
+    T* d = dst + plan.row0 * pitch + k0;
+    for (int r = plan.row0; r < valid; r += plan.row_step) {
+      cp_async16(d, s);
+      s += plan.row_step * stride;
+      d += plan.row_step * pitch;
     }
   } else {
     for (int i = threadIdx.x; i < count * rank; i += kThreads) {
@@ -88,13 +109,11 @@ __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t first, i
   }
 }
 
-// Zeroes columns rank .. kp - 1 of a tile of `count` rows.
+// Zeroes columns rank .. kp - 1 of a tile of `count` rows (nothing when rank is a multiple of 16).
 template <typename T>
 __device__ __forceinline__ void zero_padding(T* dst, int count, int rank, int kp) {
-  const int pitch = operand_pitch(kp);
-  for (int i = threadIdx.x; i < count * pitch; i += kThreads) {
-    if (i % pitch >= rank) dst[i] = from_float<T>(0.0f);
-  }
+  const int pad = kp - rank, pitch = operand_pitch(kp);
+  for (int i = threadIdx.x; i < count * pad; i += kThreads) dst[i / pad * pitch + rank + i % pad] = from_float<T>(0.0f);
 }
 
 template <typename T, bool kVec>
@@ -117,9 +136,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   zero_padding(w_tile, kTileChannels, rank, kp);
   zero_padding(a_tile(0), 2 * kTileRows, rank, kp);
   __syncthreads();
-  load_tile<T, kVec>(w_tile, weight, ch0, kTileChannels, channels, rank, rank, kp);
+  const CopyPlan plan = kVec ? copy_plan(rank) : CopyPlan{};
+  load_tile<T, kVec>(w_tile, weight, ch0, kTileChannels, channels, rank, rank, kp, plan);
   if (first_tile < row_tiles) {
-    load_tile<T, kVec>(a_tile(0), dt, first_tile * kTileRows, kTileRows, rows, stride_dt, rank, kp);
+    load_tile<T, kVec>(a_tile(0), dt, first_tile * kTileRows, kTileRows, rows, stride_dt, rank, kp, plan);
   }
   if constexpr (kVec) asm volatile("cp.async.commit_group;" ::: "memory");
 
@@ -144,14 +164,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     const int64_t next = tile + tile_step;
     // The other buffer was last read by the previous tile's product, which every thread
     // finished before the barrier that followed it.
-    if (next < row_tiles) load_tile<T, kVec>(a_tile(buf ^ 1), dt, next * kTileRows, kTileRows, rows, stride_dt, rank, kp);
+    if (next < row_tiles) {
+      load_tile<T, kVec>(a_tile(buf ^ 1), dt, next * kTileRows, kTileRows, rows, stride_dt, rank, kp, plan);
+    }
     if constexpr (kVec) {
       asm volatile("cp.async.commit_group;" ::: "memory");
       asm volatile("cp.async.wait_group 1;" ::: "memory");  // all but the newest: this tile's
     }
     __syncthreads();
 
-    float acc[2][4][4] = {};
+    float acc[2][4][4];  // starts at the bias: the epilogue adds nothing
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+      for (int nj = 0; nj < 4; ++nj) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[mi][nj][j] = bias_v[nj][j % 2];
+      }
+    }
     const uint32_t a_base = static_cast<uint32_t>(__cvta_generic_to_shared(a_tile(buf)));
     for (int k = 0; k < kp; k += 16) {
       uint32_t a[2][4];
@@ -187,8 +217,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
           const int r = mi * 16 + 8 * h + g;
 #pragma unroll
           for (int nj = 0; nj < 4; ++nj) {
-            const float v0 = softplus_approx(acc[mi][nj][2 * h] + bias_v[nj][0]);
-            const float v1 = softplus_approx(acc[mi][nj][2 * h + 1] + bias_v[nj][1]);
+            const float v0 = softplus_approx(acc[mi][nj][2 * h]);
+            const float v1 = softplus_approx(acc[mi][nj][2 * h + 1]);
             *reinterpret_cast<uint32_t*>(staging + r * kStagingPitch + nj * 8 + 2 * t) = pack2<T>(v0, v1);
           }
         }
@@ -216,9 +246,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 #pragma unroll
           for (int nj = 0; nj < 4; ++nj) {
             const int64_t c = ch0 + wn + nj * 8 + 2 * t;
-            if (c < channels) delta[row * channels + c] = from_float<T>(softplus_approx(acc[mi][nj][2 * h] + bias_v[nj][0]));
+            if (c < channels) delta[row * channels + c] = from_float<T>(softplus_approx(acc[mi][nj][2 * h]));
             if (c + 1 < channels) {
-              delta[row * channels + c + 1] = from_float<T>(softplus_approx(acc[mi][nj][2 * h + 1] + bias_v[nj][1]));
+              delta[row * channels + c + 1] = from_float<T>(softplus_approx(acc[mi][nj][2 * h + 1]));
             }
           }
         }
