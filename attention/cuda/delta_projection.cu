@@ -8,9 +8,10 @@
 //   2. each row tile of dt is copied by cp.async into one of two buffers while the block works
 //      on the tile in the other, so the copies' latency hides behind a tile of work;
 //   3. per 16 of the rank, 2 x 4 mma.sync m16n8k16 a warp (float32 accumulators);
-//   4. the epilogue adds the bias, applies the softplus (softplus_approx: one MUFU) and rounds
-//      to the dtype into the warp's own staging tile in shared memory (no block barrier), from
-//      which each store instruction writes whole 64-byte row pieces (full 32-byte sectors).
+//   4. the epilogue applies the softplus (fast_math.cuh: one MUFU; the bias is where the
+//      accumulators start) and rounds to the dtype into the warp's own staging tile in shared
+//      memory (no block barrier), from which each store instruction writes whole 64-byte row
+//      pieces (full 32-byte sectors).
 // The time is the write of delta (2 bytes per element) and the epilogue's instructions.
 // Measured on the H200 at 65536 rows, 1536 channels, rank 48 (cuBLAS's product alone: 77 us):
 //  - one tile a block, staged for the whole block (barriers between load, product, store): 197 us;
@@ -18,7 +19,11 @@
 //    32-byte sector a store): 168 us, bound by L2 (79% busy, DRAM 24%), as slow without softplus;
 //  - with the warp staging: 135 us (83 us without the softplus), issue-bound at 4 warps a
 //    scheduler (128 registers) with a two-MUFU softplus;
-//  - this layout (3 blocks an SM) and the one-MUFU softplus: see docs/benchmarks.md.
+//  - 64-channel tiles (80 registers, 3 blocks an SM), the one-MUFU softplus: 150 us; 4 blocks
+//    an SM (64 registers, small spills) 148 us. 84 M instructions were issued, 27 a value, at
+//    0.66 a cycle per scheduler: the tile copies divided by the rank per piece;
+//  - copies planned once per thread, the bias as the accumulators' start: 131 us;
+//  - the degree-4 softplus for bf16: docs/benchmarks.md.
 #include "attention/cuda/delta_projection.h"
 
 #include "attention/cuda/element.cuh"
@@ -33,6 +38,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace hvlm::kernels::cuda {
 namespace {
@@ -114,6 +120,16 @@ template <typename T>
 __device__ __forceinline__ void zero_padding(T* dst, int count, int rank, int kp) {
   const int pad = kp - rank, pitch = operand_pitch(kp);
   for (int i = threadIdx.x; i < count * pad; i += kThreads) dst[i / pad * pitch + rank + i % pad] = from_float<T>(0.0f);
+}
+
+// The softplus for values rounded to T afterwards.
+template <typename T>
+__device__ __forceinline__ float softplus_for(float x) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return softplus_approx_bf16(x);
+  } else {
+    return softplus_approx(x);
+  }
 }
 
 template <typename T, bool kVec>
@@ -217,8 +233,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
           const int r = mi * 16 + 8 * h + g;
 #pragma unroll
           for (int nj = 0; nj < 4; ++nj) {
-            const float v0 = softplus_approx(acc[mi][nj][2 * h]);
-            const float v1 = softplus_approx(acc[mi][nj][2 * h + 1]);
+            const float v0 = softplus_for<T>(acc[mi][nj][2 * h]);
+            const float v1 = softplus_for<T>(acc[mi][nj][2 * h + 1]);
             *reinterpret_cast<uint32_t*>(staging + r * kStagingPitch + nj * 8 + 2 * t) = pack2<T>(v0, v1);
           }
         }
@@ -246,9 +262,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 #pragma unroll
           for (int nj = 0; nj < 4; ++nj) {
             const int64_t c = ch0 + wn + nj * 8 + 2 * t;
-            if (c < channels) delta[row * channels + c] = from_float<T>(softplus_approx(acc[mi][nj][2 * h]));
+            if (c < channels) delta[row * channels + c] = from_float<T>(softplus_for<T>(acc[mi][nj][2 * h]));
             if (c + 1 < channels) {
-              delta[row * channels + c + 1] = from_float<T>(softplus_approx(acc[mi][nj][2 * h + 1]));
+              delta[row * channels + c + 1] = from_float<T>(softplus_for<T>(acc[mi][nj][2 * h + 1]));
             }
           }
         }

@@ -42,4 +42,16 @@ __device__ __forceinline__ float softplus_approx(float x) {
   return fmaf(e, q, fmaxf(x, 0.0f));
 }
 
+// softplus_approx with a degree-4 fit (relative error below 6e-5, 1.5% of bfloat16's half unit
+// in the last place), two FMAs fewer: for results rounded to bfloat16.
+__device__ __forceinline__ float softplus_approx_bf16(float x) {
+  const float e = exp2_approx(-kLog2e * fabsf(x));
+  float q = 0.04134032502770424f;
+  q = fmaf(q, e, -0.15740761160850525f);
+  q = fmaf(q, e, 0.30628377199172974f);
+  q = fmaf(q, e, -0.4969727098941803f);
+  q = fmaf(q, e, 0.99994295835495f);
+  return fmaf(e, q, fmaxf(x, 0.0f));
+}
+
 }  // namespace hvlm::kernels::cuda
