@@ -35,7 +35,8 @@
 //   shared memory (staged a tile of 16..32 steps ahead, double-buffered, one barrier per
 //   tile), and runs N x (FMUL, EX2, FMUL, 2 FFMA). A group of steps (8 from shared memory, 4
 //   from registers) is branch-free straight-line code so the scheduler can overlap the steps;
-//   at N = 16, bf16, pass 3 executes ~150 instructions and 18 MUFU per step and pass 1 ~108,
+//   at N = 16, bf16, pass 3 executed ~150 instructions and 18 MUFU per step and pass 1 ~108
+//   while the scan applied delta's softplus itself (~22 of them; see delta_projection.h),
 //   under the 128-register cap that gives 16 warps per SM. Both passes are bound by issue
 //   (ncu: 62-68% of issue slots busy, the exp unit below that), so per-step overhead counts
 //   as much as the exps: the tile copies are straight-line code per thread (a rolled copy loop
@@ -48,15 +49,17 @@
 //   softplus_approx (fast_math.cuh, relative error < 2e-6). Nothing relies on --use_fast_math
 //   (the intrinsics used are explicit), so the file may be built with or without it.
 //
-// Causal conv: one thread per (batch, channel, tile of 32 steps), lanes over channels; the
-// tile's 32 inputs and the kernel - 1 before it are loaded into registers, so every input is
-// read about once (~50 MB of traffic at the shape above).
+// Causal conv: one thread per (batch, channel or channel pair, tile of 32 steps), lanes over
+// channels; the tile's 32 inputs and the kernel - 1 before it are loaded into registers, so
+// every input is read about once (~50 MB of traffic at the shape above). 2-byte dtypes take
+// channel pairs (one 4-byte load or store for two values) where the layout allows.
 //
 // Measured on the H200 (CUDA 13.0, batch 1, 1536 channels, 16 states, bf16, median of 50),
 // length 8192 / 65536 (44 chunks): u/delta/z loaded into registers a group ahead 215 / 1506 us;
 // staged by cp.async 192 / 1352 us; with straight-line tile copies 184 / 1240 us; with groups
-// of 8 and the one-MUFU gate 178 / 1208 us (scripts/mamba-scan-variants.sh). Conv 24 us
-// (2.1 TB/s) and 139 us. Floors: the scan's two passes need ~105 us of exp unit time at 8192;
+// of 8 and the one-MUFU gate 178 / 1208 us (scripts/mamba-scan-variants.sh); softplus_approx
+// instead of the exact log1p 173 / 1161 us; on a ready delta (delta_projection.h, the path of
+// 2-byte dtypes) 164 / 1094 us. Conv 24 us (2.1 TB/s) and 139 us; with channel pairs 23 / 135. Floors: the scan's two passes need ~105 us of exp unit time at 8192;
 // the conv ~12 us of memory time. A one-pass time-parallel scan (a warp per channel, lanes over
 // time, a warp scan of (decay, state) pairs per state; commit a11967f, reverted) computes each
 // exp once but ran 242 / 1867 us: ~19 instructions per state update against ~18 for both
@@ -359,7 +362,7 @@ __host__ __device__ constexpr size_t scan_stream_smem_bytes() {
 }
 
 // Steps per straight-line group: the body of a group has no branch or barrier, so the
-// compiler can overlap one step's softplus and loads with the previous step's exps. Groups of
+// compiler can overlap one step's loads and arithmetic with the previous step's exps. Groups of
 // 8 where u/delta/z come from shared memory (kAsync); 4 where the next group's u/delta/z are
 // loaded into registers before the current group is computed (8 would spill those registers).
 // (HVLM_SCAN_GROUP, HVLM_SCAN_GROUP_ASYNC, HVLM_SCAN_THREADS, HVLM_SCAN_WARPS_PER_SM and
