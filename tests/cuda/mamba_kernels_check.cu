@@ -650,6 +650,10 @@ void check_delta_projection_all(Rng& rng) {
       {300, 1536, 48, 80, 3, false},    // unaligned dt only, no bias
       {64, 128, 128, 128, 0, true},     // the largest rank
       {200, 300, 100, 132, 4, true},    // rank not a multiple of 16, channels of 8s plus 4
+      // Enough row tiles (40) that each block walks several (at most ~16 blocks per channel
+      // tile on an H200): the double-buffered copies, vector and scalar.
+      {5000, 1536, 48, 80, 0, true},
+      {5000, 1540, 48, 80, 0, true},
   };
   for (DType t : {DType::kBFloat16, DType::kFloat16}) {
     for (const Shape& s : shapes) check_delta_projection(t, s.rows, s.channels, s.rank, s.stride, s.offset, s.bias, rng);
