@@ -170,6 +170,14 @@ at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Te
   };
   TORCH_CHECK(float_vector(dt_bias, channels) && float_vector(a, channels * state_size) && float_vector(d, channels),
               "mamba_scan: dt_bias [E], a [E, N] and d [E] must be contiguous float32");
+  // The kernels read these layouts through raw pointers: a mismatch would read out of bounds.
+  TORCH_CHECK(dt_weight.dim() == 2 && dt_weight.size(0) == channels && x_dbl.dim() == 3 &&
+                  x_dbl.size(0) == batch && x_dbl.size(1) == length && x_dbl.size(2) >= rank + 2 * state_size &&
+                  x_dbl.scalar_type() == u.scalar_type() && xz.dim() == 3 && xz.size(0) == batch &&
+                  xz.size(1) == length && xz.size(2) == 2 * channels && xz.scalar_type() == u.scalar_type(),
+              "mamba_scan: expected dt_weight [E, R], x_dbl [B, L, >= R + 2N] and xz [B, L, 2E] in u's dtype, got ",
+              dt_weight.sizes(), ", ", x_dbl.sizes(), " ", x_dbl.scalar_type(), ", ", xz.sizes(), " ",
+              xz.scalar_type(), " with u ", u.sizes(), " ", u.scalar_type());
   const c10::cuda::CUDAGuard device_guard(u.device());
   const kernels::cuda::DType dtype = element_type(u, "mamba_scan");
   const auto stream = at::cuda::getCurrentCUDAStream().stream();

@@ -46,7 +46,7 @@
 //   has an absolute error ~2.4e-7, so the state's relative error is ~2.4e-7 / (dt |A|) in the
 //   worst case of a long memory, 2.4e-5 at dt |A| = 0.01; the CPU kernel's own exp is ~1e-7.
 //   Softplus (float32 only; 2-byte dtypes get delta ready from delta_projection) is
-//   softplus_approx (fast_math.cuh, relative error < 2e-6). Nothing relies on --use_fast_math
+//   softplus_approx (fast_math.cuh, relative error ~2e-6). Nothing relies on --use_fast_math
 //   (the intrinsics used are explicit), so the file may be built with or without it.
 //
 // Causal conv: one thread per (batch, channel or channel pair, tile of 32 steps), lanes over

@@ -650,6 +650,7 @@ void check_delta_projection_all(Rng& rng) {
       {300, 1536, 48, 80, 3, false},    // unaligned dt only, no bias
       {64, 128, 128, 128, 0, true},     // the largest rank
       {200, 300, 100, 132, 4, true},    // rank not a multiple of 16, channels of 8s plus 4
+      {300, 256, 40, 80, 0, true},      // vector path with zeroed padding (rank 40 of 48)
       // Enough row tiles (40) that each block walks several (at most ~16 blocks per channel
       // tile on an H200): the double-buffered copies, vector and scalar.
       {5000, 1536, 48, 80, 0, true},
