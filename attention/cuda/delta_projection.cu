@@ -26,6 +26,7 @@
 //  - the degree-4 softplus for bf16: docs/benchmarks.md.
 #include "attention/cuda/delta_projection.h"
 
+#include "attention/cuda/async_copy.cuh"
 #include "attention/cuda/element.cuh"
 #include "attention/cuda/fast_math.cuh"
 #include "attention/cuda/mma.cuh"
@@ -64,11 +65,6 @@ __host__ __device__ constexpr int operand_pitch(int kp) { return kp + 8; }
 size_t smem_bytes(int64_t rank, size_t element) {
   const size_t pitch = operand_pitch(static_cast<int>(padded_rank(rank)));
   return ((kTileChannels + 2 * kTileRows) * pitch + static_cast<size_t>(kThreads / 32) * kStagingElems) * element;
-}
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
 }
 
 // Which 16-byte pieces of a [rows, rank] tile one thread copies: piece `piece` (8 elements)
@@ -157,7 +153,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   if (first_tile < row_tiles) {
     load_tile<T, kVec>(a_tile(0), dt, first_tile * kTileRows, kTileRows, rows, stride_dt, rank, kp, plan);
   }
-  if constexpr (kVec) asm volatile("cp.async.commit_group;" ::: "memory");
+  if constexpr (kVec) cp_async_commit();
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int wm = warp % 4 * kWarpRows, wn = warp / 4 * kWarpChannels;  // the warp's part
@@ -184,8 +180,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       load_tile<T, kVec>(a_tile(buf ^ 1), dt, next * kTileRows, kTileRows, rows, stride_dt, rank, kp, plan);
     }
     if constexpr (kVec) {
-      asm volatile("cp.async.commit_group;" ::: "memory");
-      asm volatile("cp.async.wait_group 1;" ::: "memory");  // all but the newest: this tile's
+      cp_async_commit();
+      cp_async_wait<1>();  // all but the newest: this tile's
     }
     __syncthreads();
 
@@ -271,7 +267,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       }
     }
   }
-  if constexpr (kVec) asm volatile("cp.async.wait_group 0;" ::: "memory");  // none left in flight
+  if constexpr (kVec) cp_async_wait<0>();  // none left in flight
 }
 
 }  // namespace

@@ -66,6 +66,7 @@
 // chunked passes together, at 12 warps per SM (one channel per warp leaves 1536 warps).
 #include "attention/cuda/mamba_kernels.h"
 
+#include "attention/cuda/async_copy.cuh"
 #include "attention/cuda/element.cuh"
 #include "attention/cuda/fast_math.cuh"
 
@@ -150,15 +151,9 @@ __device__ __forceinline__ void load_channels(const T* p, float (&out)[V]) {
     out[0] = load(p);
   } else {
     static_assert(V == 2 && sizeof(T) == 2, "pairs of 2-byte elements only");
-    const unsigned w = __ldg(reinterpret_cast<const unsigned*>(p));
-    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-      out[0] = __uint_as_float(w << 16);
-      out[1] = __uint_as_float(w & 0xffff0000u);
-    } else {
-      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w));
-      out[0] = f.x;
-      out[1] = f.y;
-    }
+    const float2 f = unpack2<T>(__ldg(reinterpret_cast<const unsigned*>(p)));
+    out[0] = f.x;
+    out[1] = f.y;
   }
 }
 template <typename T, int V>
@@ -334,18 +329,6 @@ __device__ __forceinline__ void load_smem_row(const float* src, float (&dst)[NS]
 #pragma unroll
     for (int s = 0; s < NS; ++s) dst[s] = src[s];
   }
-}
-
-// cp.async: 16 bytes from global to shared memory without passing through registers, and
-// waiting for this thread's earlier copies (all groups but the newest N).
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
 // The chunked scan's u, delta (and z) may be staged a tile ahead in shared memory by cp.async

@@ -32,6 +32,7 @@
 // operands; exponentials are ex2.approx on pre-scaled (log2) arguments.
 #include "attention/cuda/performer_kernels.h"
 
+#include "attention/cuda/async_copy.cuh"
 #include "attention/cuda/element.cuh"
 #include "attention/cuda/fast_math.cuh"
 #include "attention/cuda/mma.cuh"
@@ -148,20 +149,6 @@ __device__ __forceinline__ uint32_t shared_address(const void* p) {
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool fill) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(fill ? 16 : 0)
                : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-template <typename T>
-__device__ __forceinline__ float2 unpack2(uint32_t w) {
-  if constexpr (std::is_same_v<T, bf16>) {
-    return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
-  } else {
-    return __half22float2(*reinterpret_cast<const __half2*>(&w));
-  }
 }
 
 __device__ __forceinline__ float quad_max(float x) {

@@ -540,6 +540,19 @@ void run_case(const Case& cs, DType t, Rng& rng) {
   }
 }
 
+// One argument check: `call` must throw std::invalid_argument.
+template <typename F>
+void expect_rejects(const std::string& what, F call) {
+  bool threw = false;
+  try {
+    call();
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  std::printf("  %-6s rejects %s\n", threw ? "PASS" : "FAIL", what.c_str());
+  if (!threw) ++g_failures;
+}
+
 void check_rejects() {
   mk::SelectiveScanArgs s;
   s.batch = 1;
@@ -547,28 +560,14 @@ void check_rejects() {
   s.channels = 1;
   for (int64_t bad : {0, 65, -1}) {
     s.state_size = bad;
-    bool threw = false;
-    try {
-      mk::selective_scan(s);
-    } catch (const std::invalid_argument&) {
-      threw = true;
-    }
-    std::printf("  %-6s rejects state_size %lld\n", threw ? "PASS" : "FAIL", (long long)bad);
-    if (!threw) ++g_failures;
+    expect_rejects("state_size " + std::to_string(bad), [&] { mk::selective_scan(s); });
   }
   mk::CausalConvArgs c;
   c.batch = 1;
   c.length = 1;
   c.channels = 1;
   c.kernel = 0;
-  bool threw = false;
-  try {
-    mk::causal_conv_silu(c);
-  } catch (const std::invalid_argument&) {
-    threw = true;
-  }
-  std::printf("  %-6s rejects kernel 0\n", threw ? "PASS" : "FAIL");
-  if (!threw) ++g_failures;
+  expect_rejects("kernel 0", [&] { mk::causal_conv_silu(c); });
 }
 
 // ------------------------------------------------------------------------------------------
@@ -659,15 +658,8 @@ void check_delta_projection_all(Rng& rng) {
   for (DType t : {DType::kBFloat16, DType::kFloat16}) {
     for (const Shape& s : shapes) check_delta_projection(t, s.rows, s.channels, s.rank, s.stride, s.offset, s.bias, rng);
   }
-  auto rejects = [](const char* what, mk::DeltaProjectionArgs a) {
-    bool threw = false;
-    try {
-      mk::delta_projection(a);
-    } catch (const std::invalid_argument&) {
-      threw = true;
-    }
-    std::printf("  %-6s delta_projection rejects %s\n", threw ? "PASS" : "FAIL", what);
-    if (!threw) ++g_failures;
+  auto rejects = [](const std::string& what, const mk::DeltaProjectionArgs& a) {
+    expect_rejects("delta_projection: " + what, [&] { mk::delta_projection(a); });
   };
   mk::DeltaProjectionArgs a;
   a.rows = 1;
