@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <cmath>
+#include <initializer_list>
 
 namespace hvlm::cuda {
 namespace {
@@ -163,15 +164,26 @@ at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Te
               "mamba_scan: u, x_dbl and xz must be contiguous CUDA tensors");
   TORCH_CHECK(ssm_state.scalar_type() == at::kFloat && ssm_state.is_contiguous(),
               "mamba_scan: ssm_state must be contiguous float32");
+  const std::initializer_list<const at::Tensor*> operands = {&x_dbl, &dt_weight, &dt_bias, &a, &d, &xz, &ssm_state};
+  for (const at::Tensor* t : operands) {
+    TORCH_CHECK(t->device() == u.device(), "mamba_scan: every operand must be on u's device (", u.device(),
+                "), got one on ", t->device());
+  }
+  TORCH_CHECK(u.dim() == 3 && a.dim() == 2 && dt_weight.dim() == 2,
+              "mamba_scan: expected u [B, L, E], a [E, N] and dt_weight [E, R], got ", u.sizes(), ", ",
+              a.sizes(), " and ", dt_weight.sizes());
   const int64_t batch = u.size(0), length = u.size(1), channels = u.size(2);
   const int64_t rank = dt_weight.size(1), state_size = a.size(1);
+  TORCH_CHECK(ssm_state.sizes() == at::IntArrayRef({batch, channels, state_size}),
+              "mamba_scan: ssm_state must be [B, E, N] = [", batch, ", ", channels, ", ", state_size, "], got ",
+              ssm_state.sizes());
   auto float_vector = [](const at::Tensor& t, int64_t numel) {
     return t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == numel;
   };
   TORCH_CHECK(float_vector(dt_bias, channels) && float_vector(a, channels * state_size) && float_vector(d, channels),
               "mamba_scan: dt_bias [E], a [E, N] and d [E] must be contiguous float32");
   // The kernels read these layouts through raw pointers: a mismatch would read out of bounds.
-  TORCH_CHECK(dt_weight.dim() == 2 && dt_weight.size(0) == channels && x_dbl.dim() == 3 &&
+  TORCH_CHECK(dt_weight.size(0) == channels && x_dbl.dim() == 3 &&
                   x_dbl.size(0) == batch && x_dbl.size(1) == length && x_dbl.size(2) >= rank + 2 * state_size &&
                   x_dbl.scalar_type() == u.scalar_type() && xz.dim() == 3 && xz.size(0) == batch &&
                   xz.size(1) == length && xz.size(2) == 2 * channels && xz.scalar_type() == u.scalar_type(),

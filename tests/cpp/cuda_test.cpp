@@ -2,6 +2,7 @@
 // CPU (float32 within 1e-4, bfloat16 within 2e-2 relative, the GPU issue's tolerances). The
 // CPU float32 result is the reference; the same weights are copied to the GPU. Every test is
 // skipped (reported as such) where LibTorch sees no CUDA device.
+// Also: the raw kernel wrappers (attention/cuda_kernels.h) refuse mismatched operands.
 #include "attention/attention_stack.h"
 #include "attention/cross_memory_attention.h"
 #include "attention/dense_attention.h"
@@ -10,6 +11,9 @@
 #include "attention/performer_attention.h"
 #include "attention/strided_attention.h"
 #include "tests/cpp/test_util.h"
+#if HVLM_WITH_CUDA
+#include "attention/cuda_kernels.h"
+#endif
 
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
@@ -176,6 +180,55 @@ TEST(Cuda, MambaStreamingCarriesStateLikeCpu) {
   EXPECT_LE(relative_error(state.ssm_state, want_state.ssm_state), kFloat32Tolerance);
   EXPECT_LE(relative_error(state.conv_state, want_state.conv_state), kFloat32Tolerance);
 }
+
+#if HVLM_WITH_CUDA
+// The scan's kernels read their operands through raw pointers: every mismatched shape, dtype
+// or device is refused before any launch, and the state is left as it was.
+TEST(Cuda, MambaScanRefusesMismatchedOperands) {
+  SKIP_WITHOUT_CUDA();
+  c10::InferenceMode guard;
+  const int64_t B = 2, L = 10, E = 8, N = 4, R = 3;
+  for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    const auto on = [&](at::Tensor t) { return t.to(at::Device(at::kCUDA), dtype); };
+    const auto f32 = [](at::Tensor t) { return t.to(at::Device(at::kCUDA), at::kFloat); };
+    const at::Tensor u = on(randn({B, L, E})), x_dbl = on(randn({B, L, R + 2 * N})),
+                     dt_weight = on(randn({E, R})), xz = on(randn({B, L, 2 * E}));
+    const at::Tensor dt_bias = f32(randn({E})), a = f32(-randn({E, N}).abs()), d = f32(randn({E}));
+    at::Tensor state = f32(randn({B, E, N}));
+    const at::Tensor before = state.clone();
+    struct Case {
+      std::string what;
+      std::function<void(at::Tensor&)> call;
+    };
+    const std::vector<Case> cases = {
+        {"short dt_weight", [&](at::Tensor& h) { hvlm::cuda::mamba_scan(u, x_dbl, dt_weight.narrow(0, 0, E - 1), dt_bias, a, d, xz, h); }},
+        {"x_dbl too narrow", [&](at::Tensor& h) { hvlm::cuda::mamba_scan(u, x_dbl.narrow(2, 0, R + 2 * N - 1).contiguous(), dt_weight, dt_bias, a, d, xz, h); }},
+        {"x_dbl too short", [&](at::Tensor& h) { hvlm::cuda::mamba_scan(u, x_dbl.narrow(1, 0, L - 1).contiguous(), dt_weight, dt_bias, a, d, xz, h); }},
+        {"x_dbl in float16", [&](at::Tensor& h) { hvlm::cuda::mamba_scan(u, x_dbl.to(at::kHalf), dt_weight, dt_bias, a, d, xz, h); }},
+        {"xz of E channels", [&](at::Tensor& h) { hvlm::cuda::mamba_scan(u, x_dbl, dt_weight, dt_bias, a, d, xz.narrow(2, 0, E).contiguous(), h); }},
+        {"a of N - 1 states", [&](at::Tensor& h) { hvlm::cuda::mamba_scan(u, x_dbl, dt_weight, dt_bias, a.narrow(1, 0, N - 1).contiguous(), d, xz, h); }},
+        {"d on the CPU", [&](at::Tensor& h) { hvlm::cuda::mamba_scan(u, x_dbl, dt_weight, dt_bias, a, d.cpu(), xz, h); }},
+        {"u of rank 2", [&](at::Tensor& h) { hvlm::cuda::mamba_scan(u[0], x_dbl, dt_weight, dt_bias, a, d, xz, h); }},
+        {"state of another batch", [&](at::Tensor& h) {
+           at::Tensor wrong = h.narrow(0, 0, 1).clone();
+           hvlm::cuda::mamba_scan(u, x_dbl, dt_weight, dt_bias, a, d, xz, wrong);
+         }},
+        {"state on the CPU", [&](at::Tensor&) {
+           at::Tensor host = before.cpu();
+           hvlm::cuda::mamba_scan(u, x_dbl, dt_weight, dt_bias, a, d, xz, host);
+         }},
+    };
+    for (const Case& c : cases) {
+      EXPECT_THROW(c.call(state), c10::Error) << c.what << " in " << dtype;
+      EXPECT_TRUE(at::equal(state, before)) << c.what << " changed the state";
+    }
+    // The operands as given are accepted, and the scan then moves the state.
+    const at::Tensor y = hvlm::cuda::mamba_scan(u, x_dbl, dt_weight, dt_bias, a, d, xz, state);
+    EXPECT_EQ(y.sizes(), u.sizes());
+    EXPECT_FALSE(at::equal(state, before));
+  }
+}
+#endif
 
 const char* kStackSpec = R"({"dim": 64, "blocks": [
   {"type": "local_global", "num_heads": 4, "local_window": 8, "num_global_tokens": 2},
