@@ -348,9 +348,10 @@ __host__ __device__ constexpr size_t scan_stream_smem_bytes() {
 // compiler can overlap one step's loads and arithmetic with the previous step's exps. Groups of
 // 8 where u/delta/z come from shared memory (kAsync); 4 where the next group's u/delta/z are
 // loaded into registers before the current group is computed (8 would spill those registers).
-// (HVLM_SCAN_GROUP, HVLM_SCAN_GROUP_ASYNC, HVLM_SCAN_THREADS, HVLM_SCAN_WARPS_PER_SM and
-// HVLM_SCAN_FAST_GATE are tuning knobs for experiments with -D, as in
-// scripts/mamba-scan-variants.sh; the defaults are the measured best on the H200.)
+// (HVLM_SCAN_GROUP, HVLM_SCAN_GROUP_ASYNC, HVLM_SCAN_THREADS, HVLM_SCAN_WARPS_PER_SM,
+// HVLM_SCAN_FAST_GATE, HVLM_SCAN_POLY_EXPS(_FINAL) and HVLM_SCAN_STAGE_Y are tuning knobs for
+// experiments with -D, as in scripts/mamba-scan-variants.sh; the defaults are the measured best
+// on the H200.)
 #ifndef HVLM_SCAN_GROUP
 #define HVLM_SCAN_GROUP 4
 #endif
@@ -367,6 +368,27 @@ __host__ __device__ constexpr size_t scan_stream_smem_bytes() {
 template <int NS>
 __host__ __device__ constexpr int scan_min_blocks() {
   return NS <= 16 ? HVLM_SCAN_WARPS_PER_SM * 32 / kScanThreads : 1;
+}
+
+// States per 16 whose decay exp(dt A) a step computes on the FMA pipe (exp2_poly, 11
+// instructions) instead of the exp unit (one MUFU, 8 of its cycles per warp), in pass 1 and in
+// pass 3: pass 1 is bound by the exp unit (ncu at 64k: 80% busy, 85 instructions issued a step
+// against 16 MUFUs = 128 of its cycles), so moving a few exps to the idle FMA pipe balances the
+// two; pass 3 issues ~126 instructions a step against 17 MUFUs and gains less.
+#ifndef HVLM_SCAN_POLY_EXPS
+#define HVLM_SCAN_POLY_EXPS 2
+#endif
+#ifndef HVLM_SCAN_POLY_EXPS_FINAL
+#define HVLM_SCAN_POLY_EXPS_FINAL 0
+#endif
+// Pass 3 with staged streams stores y through shared memory (see store_staged_y); 0: a 2-byte
+// store per step.
+#ifndef HVLM_SCAN_STAGE_Y
+#define HVLM_SCAN_STAGE_Y 1
+#endif
+template <int NS, bool kFinal>
+__host__ __device__ constexpr int scan_poly_exps() {
+  return (kFinal ? HVLM_SCAN_POLY_EXPS_FINAL : HVLM_SCAN_POLY_EXPS) * NS / 16;
 }
 
 // Passes 1 (kFinal false) and 3 (kFinal true); see the file comment.
@@ -456,6 +478,26 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
     auto stream_row = [&](int buf, int which, int tt) {
       return streams + ((buf * kStreams + which) * kTile + tt) * kScanThreads;
     };
+    // Pass 3 with staged streams writes a group's y into the u slots it has just read (each
+    // thread its own channel's: only its warp reads or writes them until the next tile's
+    // barrier), and each warp then stores the group's 8 rows x 32 channels as one 16-byte piece
+    // a lane: a quarter of a per-step store's work (each step's 2-byte store needed a 64-bit
+    // address of its own). Needs y 16-byte aligned and channels % 8 == 0 (scan_async_ok).
+    constexpr int kPieceElems = 16 / static_cast<int>(sizeof(T));  // of a 16-byte store
+    constexpr int kLanesPerRow = 32 / kPieceElems;                    // a warp's 32 channels
+    constexpr bool kStageY = HVLM_SCAN_STAGE_Y && kAsync && kFinal && kGroup * kLanesPerRow == 32;
+    auto store_staged_y = [&](const T* rows, int64_t j0) {
+      if constexpr (kStageY) {
+        __syncwarp();
+        const int lane = static_cast<int>(threadIdx.x) & 31, warp_c0 = static_cast<int>(threadIdx.x) & ~31;
+        const int r = lane / kLanesPerRow, col = warp_c0 + (lane % kLanesPerRow) * kPieceElems;
+        const int64_t ch = static_cast<int64_t>(blockIdx.x) * kScanThreads + col;
+        if (j0 + r < steps && ch < channels) {
+          *reinterpret_cast<uint4*>(p.y + (row0 + j0 + r) * channels + ch) =
+              *reinterpret_cast<const uint4*>(rows + r * kScanThreads + col);
+        }
+      }
+    };
     // Copies the tile's rows of u, delta (and z) for the block's channels into buffer `buf`:
     // one cp.async group per tile. A thread copies the same 16-byte piece of kTile /
     // kRowsPerPass rows per stream (straight-line code: the copy loop is per-step overhead of
@@ -528,8 +570,16 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
       }
     };
 
+    // exp(dt A) of state s: the last kPoly states on the FMA pipe, the others on the exp unit
+    // (s is a compile-time index after unrolling).
+    constexpr int kPoly = scan_poly_exps<NS, kFinal>();
+    auto decay = [&](float dt, int s) {
+      const float x = dt * a2[s];
+      return s >= NS - kPoly ? exp2_poly(x) : exp2_approx(x);
+    };
+
     // One step: row = its B (and C) in shared memory, r = its index in the group.
-    auto step = [&](float u_v, float dt, float z_v, const float* row, int r) {
+    auto step = [&](float u_v, float dt, float z_v, const float* row, int r, T* ys) {
       const float du = dt * u_v;
       float bv[NS];
       load_smem_row<NS>(row, bv);
@@ -540,15 +590,19 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
         for (int s = 0; s < NS; ++s) {
-          h[s] = fmaf(exp2_approx(dt * a2[s]), h[s], du * bv[s]);
+          h[s] = fmaf(decay(dt, s), h[s], du * bv[s]);
           acc[s & 3] = fmaf(cv[s], h[s], acc[s & 3]);
         }
         const float gate = (HVLM_SCAN_FAST_GATE && sizeof(T) == 2) ? silu_tanh(z_v) : silu(z_v);
-        const float y = ((acc[0] + acc[1]) + (acc[2] + acc[3]) + d_skip * u_v) * gate;
-        if (active) yp[r * channels] = from_float<T>(y);
+        const T y = from_float<T>(((acc[0] + acc[1]) + (acc[2] + acc[3]) + d_skip * u_v) * gate);
+        if constexpr (kStageY) {
+          ys[r * kScanThreads] = y;
+        } else if (active) {
+          yp[r * channels] = y;
+        }
       } else {
 #pragma unroll
-        for (int s = 0; s < NS; ++s) h[s] = fmaf(exp2_approx(dt * a2[s]), h[s], du * bv[s]);
+        for (int s = 0; s < NS; ++s) h[s] = fmaf(decay(dt, s), h[s], du * bv[s]);
         dt_sum += dt;
       }
     };
@@ -579,8 +633,10 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
           issue_streams(tile + 1, (tile + 1) & 1);  // into the buffer read last tile
         }
       }
+      T* ys = nullptr;  // kStageY: where the group's y go, row r at ys[r * kScanThreads]
       if constexpr (kAsync) {  // rows past the chunk's end: garbage, never used
-        const T* su = stream_row(tile & 1, 0, tt) + threadIdx.x;
+        T* const su = stream_row(tile & 1, 0, tt) + threadIdx.x;
+        ys = su;
         const T* sd = stream_row(tile & 1, 1, tt) + threadIdx.x;
         const T* sz = stream_row(tile & 1, kFinal ? 2 : 1, tt) + threadIdx.x;
 #pragma unroll
@@ -601,14 +657,18 @@ __global__ void __launch_bounds__(kScanThreads, scan_min_blocks<NS>())
       const float* rows = tiles[tile & 1] + tt * kCols;
       if (j0 + kGroup <= steps) {
 #pragma unroll
-        for (int r = 0; r < kGroup; ++r) step(gu[r], gd[r], gz[r], rows + r * kCols, r);
+        for (int r = 0; r < kGroup; ++r) step(gu[r], gd[r], gz[r], rows + r * kCols, r, ys);
       } else {  // the chunk's last, partial group
 #pragma unroll
         for (int r = 0; r < kGroup; ++r) {
-          if (j0 + r < steps) step(gu[r], gd[r], gz[r], rows + r * kCols, r);
+          if (j0 + r < steps) step(gu[r], gd[r], gz[r], rows + r * kCols, r, ys);
         }
       }
-      if (kFinal) yp += kGroup * channels;
+      if constexpr (kStageY) {
+        store_staged_y(stream_row(tile & 1, 0, tt), j0);
+      } else if (kFinal) {
+        yp += kGroup * channels;
+      }
 #pragma unroll
       for (int r = 0; r < kGroup; ++r) {
         gu[r] = nu[r];
@@ -725,7 +785,7 @@ bool scan_async_ok(const SelectiveScanArgs& a) {
     constexpr int64_t kVec = 16 / sizeof(T);
     auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
     return a.channels % kVec == 0 && a.row_stride_z % kVec == 0 && aligned(a.u) && aligned(a.delta) &&
-           aligned(a.z);
+           aligned(a.z) && aligned(a.y);
   }
 }
 
