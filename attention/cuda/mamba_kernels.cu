@@ -141,8 +141,15 @@ constexpr int64_t kMaxGridYZ = 65535;
 // Causal depthwise conv + SiLU
 // ---------------------------------------------------------------------------------------------
 
-constexpr int kConvThreads = 128;  // channels per block
-constexpr int kConvSteps = 32;     // time steps per thread, all loaded before any math
+// Tuning knobs for experiments with -D (scripts/mamba-scan-variants.sh reports the conv too).
+#ifndef HVLM_CONV_THREADS
+#define HVLM_CONV_THREADS 128
+#endif
+#ifndef HVLM_CONV_STEPS
+#define HVLM_CONV_STEPS 32
+#endif
+constexpr int kConvThreads = HVLM_CONV_THREADS;  // channels (or channel pairs) per block
+constexpr int kConvSteps = HVLM_CONV_STEPS;      // time steps per thread, all loaded before any math
 
 // V consecutive channels of one row as floats: one 4-byte load for V = 2 (2-byte types).
 template <typename T, int V>
