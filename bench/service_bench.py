@@ -29,12 +29,17 @@ def run_json(cmd, out_path):
         return json.load(f)
 
 
-def start_server(build, config, tmp):
+def pinned(cpus):
+    """The command prefix that runs a process on the CPUs `cpus` (taskset's list), or none."""
+    return ["taskset", "-c", cpus] if cpus else []
+
+
+def start_server(build, config, tmp, cpus=""):
     ready = os.path.join(tmp, "ready")
     if os.path.exists(ready):
         os.remove(ready)  # an earlier server's address must not be mistaken for this one's
     log = open(os.path.join(tmp, "server.log"), "w")
-    proc = subprocess.Popen([os.path.join(build, "server", "hvlm-server"), "--config", config,
+    proc = subprocess.Popen([*pinned(cpus), os.path.join(build, "server", "hvlm-server"), "--config", config,
                              "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
                              "--ready-file", ready, "--log-level", "warn"],
                             stdout=log, stderr=subprocess.STDOUT)
@@ -131,6 +136,10 @@ def main():
     ap.add_argument("--warmup", type=int, default=2,
                     help="unmeasured segments per session first (the memory banks fill during the first "
                          "capacity / tokens_per_segment segments; 20 covers the default stacks)")
+    ap.add_argument("--server-cpus", default="",
+                    help="run the server on these CPUs only (taskset list, e.g. 0-7); default: any")
+    ap.add_argument("--client-cpus", default="",
+                    help="run the load client on these CPUs only (taskset list); default: any")
     args = ap.parse_args()
 
     results = {"machine": os.uname().nodename, "cores": os.cpu_count(), "segment_tokens": args.segment,
@@ -144,7 +153,7 @@ def main():
                  "--stack", args.stack, "--segment", str(args.segment), "--segments", "60", "--json", out], out)
         for batching in modes:
             config = args.config if batching is None else config_with_batching(args.config, batching, tmp)
-            proc, address, metrics_address = start_server(args.build, config, tmp)
+            proc, address, metrics_address = start_server(args.build, config, tmp, args.server_cpus)
             try:
                 for n in [int(s) for s in args.sessions.split(",")]:
                     out = os.path.join(tmp, f"load{n}.json")
@@ -152,7 +161,8 @@ def main():
                               ["--segments-per-session", str(max(3, 60 // n))])
                     before = stage_totals(metrics_address)
                     cpu_before = cpu_times()
-                    run = run_json([os.path.join(args.build, "client", "hvlm-client"), "load", "--server", address,
+                    run = run_json([*pinned(args.client_cpus), os.path.join(args.build, "client", "hvlm-client"),
+                                    "load", "--server", address,
                                     "--stack", args.stack, "--sessions", str(n), "--segment", str(args.segment),
                                     "--warmup", str(args.warmup), "--dtype", args.wire_dtype,
                                     *(["--channels", str(min(args.channels, n))] if args.channels > 0 else []),
@@ -162,6 +172,8 @@ def main():
                     run["batching"] = batching
                     run["wire_dtype"] = args.wire_dtype
                     run["channels"] = args.channels
+                    run["server_cpus"] = args.server_cpus or "any"
+                    run["client_cpus"] = args.client_cpus or "any"
                     # Server-side means over the run (warm-up included): where a segment's time goes.
                     run["server_stage_means"] = stage_means(before, stage_totals(metrics_address))
                     results["runs"].append(run)

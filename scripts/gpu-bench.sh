@@ -13,6 +13,7 @@ export OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$out/gpu.txt"
+lscpu | grep -E "^(CPU\(s\)|Thread|Core|Socket|Model name|NUMA node)" >> "$out/gpu.txt" || true
 
 # The standalone kernel checks (tests/cuda/X_check.cu against attention/cuda/X.cu, no
 # LibTorch) compile in the background, beside the CMake build when both stages run.
@@ -67,8 +68,10 @@ if has service; then
     --json "$out/service-gpu.json" > "$out/service.log" 2>&1 || echo "service benchmark failed"
   tail -20 "$out/service.log"
   # 256 sessions with batching again: twice more as above (its p99 varies from run to run by
-  # several ms), and with bfloat16 features on the wire (the stack's dtype).
-  for variant in "repeat2:" "repeat3:" "bf16wire:--wire-dtype bfloat16"; do
+  # several ms), and with bfloat16 features on the wire (the stack's dtype). SERVICE_VARIANTS
+  # replaces the list: "name:service_bench.py flags" entries separated by ';'.
+  IFS=';' read -ra variants <<< "${SERVICE_VARIANTS:-repeat2:;repeat3:;bf16wire:--wire-dtype bfloat16}"
+  for variant in "${variants[@]}"; do
     name=${variant%%:*}
     # shellcheck disable=SC2086
     python3 bench/service_bench.py --build build-cuda --config configs/gpu.yaml --sessions 256 --batching on \
