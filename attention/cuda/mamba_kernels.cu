@@ -146,7 +146,7 @@ constexpr int64_t kMaxGridYZ = 65535;
 #define HVLM_CONV_THREADS 128
 #endif
 #ifndef HVLM_CONV_STEPS
-#define HVLM_CONV_STEPS 32
+#define HVLM_CONV_STEPS 16
 #endif
 constexpr int kConvThreads = HVLM_CONV_THREADS;  // channels (or channel pairs) per block
 constexpr int kConvSteps = HVLM_CONV_STEPS;      // time steps per thread, all loaded before any math
