@@ -29,7 +29,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -229,22 +228,6 @@ int main(int argc, char** argv) {
         host_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
       });
       std::sort(host_ms.begin(), host_ms.end());
-      if (std::getenv("HVLM_BENCH_GEMM_LAYOUTS") != nullptr) {  // EXPERIMENT
-        const auto xin = x[next()];
-        const auto w_in_t = mamba->in_proj->weight.t().contiguous(), w_out_t = mamba->out_proj->weight.t().contiguous();
-        const auto wx = mamba->x_proj->weight;
-        auto padded = [&](int64_t rows) {
-          return at::cat({wx, at::zeros({rows - wx.size(0), wx.size(1)}, wx.options())}).contiguous();
-        };
-        const auto wx96 = padded(96), wx128 = padded(128), wx_t = wx.t().contiguous();
-        const auto u2 = u.view({n, static_cast<int64_t>(e)});
-        std::printf("gemm layouts n=%lld: in NT %.3f NN %.3f | out NT %.3f NN %.3f | x_proj 80 %.3f 96 %.3f 128 %.3f NN %.3f mm2d %.3f\n",
-                    static_cast<long long>(n), time_ms([&] { at::linear(xin, mamba->in_proj->weight); }),
-                    time_ms([&] { at::matmul(xin, w_in_t); }), time_ms([&] { at::linear(u, mamba->out_proj->weight); }),
-                    time_ms([&] { at::matmul(u, w_out_t); }), time_ms([&] { at::linear(u, wx); }),
-                    time_ms([&] { at::linear(u, wx96); }), time_ms([&] { at::linear(u, wx128); }),
-                    time_ms([&] { at::matmul(u, wx_t); }), time_ms([&] { at::mm(u2, wx_t); }));
-      }
       std::printf("mamba layer n=%lld: %.3f ms (host issue %.3f ms; %.3f ms with its own check of x's values): "
                   "in_proj %.3f, x_proj %.3f, out_proj %.3f ms; conv, dt_proj + softplus, scan and the rest %.3f ms\n",
                   static_cast<long long>(n), layer_ms, host_ms[host_ms.size() / 2], mamba_checked_ms, in_ms, x_ms,

@@ -11,7 +11,8 @@
 // with the state carried must match one run. Errors are norm-wise, ||out - ref|| / ||ref||.
 //
 // The delta projection (attention/cuda/delta_projection.h) is checked the same way against
-//   delta[r,c] = softplus(sum_k dt[r,k] w[c,k] + bias[c]), elementwise as well as norm-wise.
+//   delta[r,c] = softplus(sum_k dt[r,k] w[c,k] + bias[c]), elementwise as well as norm-wise,
+// and the scan's FMA-pipe exp (fast_math.cuh's exp2_poly) against exp2 in float64 over its range.
 //
 //   nvcc -std=c++17 -O3 -arch=sm_90 -o check tests/cuda/mamba_kernels_check.cu \
 //        attention/cuda/mamba_kernels.cu attention/cuda/delta_projection.cu
@@ -20,6 +21,7 @@
 //                           16 states, bf16 (median of 50 after warm-up); --lengths 8192,65536
 //                           for other lengths
 #include "../../attention/cuda/delta_projection.h"
+#include "../../attention/cuda/fast_math.cuh"
 #include "../../attention/cuda/mamba_kernels.h"
 
 #include <cuda_bf16.h>
@@ -571,6 +573,41 @@ void check_rejects() {
 }
 
 // ------------------------------------------------------------------------------------------
+// exp2_poly (fast_math.cuh), which the scan uses for a few states' decays
+// ------------------------------------------------------------------------------------------
+
+__global__ void exp2_poly_kernel(const float* x, float* y, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = mk::exp2_poly(x[i]);
+}
+
+// Every 2^-12 over [-130, 130] and the edges: relative error <= 2.5e-7 (exp2_approx's bound is
+// 2^-22 = 2.4e-7) on [-126, 126], exactly 1 at 0, and clamped to 2^-126 / 2^126 outside.
+void check_exp2_poly() {
+  std::vector<float> x;
+  for (int i = -130 * 4096; i <= 130 * 4096; ++i) x.push_back(static_cast<float>(i) / 4096.0f);
+  for (float v : {-0.0f, 1e-30f, -1e-30f, -125.99999f, 125.99999f, -0.5f, 0.5f, -1e4f, 1e4f}) x.push_back(v);
+  const int n = static_cast<int>(x.size());
+  DeviceBuffer dx = to_device(x), dy(x.size() * sizeof(float));
+  exp2_poly_kernel<<<(n + 255) / 256, 256>>>(dx.as<float>(), dy.as<float>(), n);
+  CUDA_CHECK(cudaGetLastError());
+  std::vector<float> y(x.size());
+  CUDA_CHECK(cudaMemcpy(y.data(), dy.ptr, y.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  double worst = 0.0;
+  int bad = 0;
+  for (int i = 0; i < n; ++i) {
+    const double want = std::exp2(std::min(std::max(static_cast<double>(x[i]), -126.0), 126.0));
+    const double rel = std::abs(y[i] / want - 1.0);
+    worst = std::max(worst, std::isfinite(rel) ? rel : 1e30);
+    if (!(rel <= 2.5e-7) || (x[i] == 0.0f && y[i] != 1.0f)) ++bad;
+  }
+  const bool ok = bad == 0;
+  if (!ok) ++g_failures;
+  std::printf("  %-6s exp2_poly over [-130, 130]: max rel %.2e (tol 2.5e-7), %d bad of %d\n", ok ? "PASS" : "FAIL",
+              worst, bad, n);
+}
+
+// ------------------------------------------------------------------------------------------
 // Delta projection
 // ------------------------------------------------------------------------------------------
 
@@ -876,6 +913,8 @@ int main(int argc, char** argv) {
       for (const Case& c : cases) run_case(c, t, rng);
     }
     check_rejects();
+    std::printf("fast math\n");
+    check_exp2_poly();
     std::printf("delta projection\n");
     check_delta_projection_all(rng);
   } catch (const std::exception& e) {
