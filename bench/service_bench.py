@@ -194,6 +194,11 @@ def main():
               f"| {r['errors']} |")
     for r in results["runs"]:
         print(f"server stage means, batching {r['batching']}, {r['sessions']} sessions: {r.get('server_stage_means')}")
+    for r in results["runs"]:
+        inside, outside = r.get("server_total_ms") or {}, r.get("outside_server_ms") or {}
+        print(f"round trip split, batching {r['batching']}, {r['sessions']} sessions: in the server p50 "
+              f"{inside.get('p50')} p99 {inside.get('p99')} ms; outside it (gRPC both ways, the client) p50 "
+              f"{outside.get('p50')} p99 {outside.get('p99')} ms")
     if "in_process" in results:
         base = results["in_process"]["latency_ms"]["p50"]
         single = next(r for r in results["runs"] if r["sessions"] == 1)

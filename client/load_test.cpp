@@ -48,6 +48,8 @@ class ErrorLog {
 struct SessionResult {
   LatencyStats round_trips;
   LatencyStats server_compute;
+  LatencyStats server_total;
+  LatencyStats outside_server;
   // Completion of its last measured segment, if any.
   bool measured_any = false;
   Clock::time_point last_done;
@@ -120,6 +122,8 @@ class LoadRun {
         result.round_trips.add(exchange.round_trip_ms);
         result.server_compute.add(
             static_cast<double>(exchange.response.timings().compute_micros()) / 1e3);
+        result.server_total.add(exchange.server_ms);
+        result.outside_server.add(exchange.round_trip_ms - exchange.server_ms);
         result.measured_any = true;
         result.last_done = Clock::now();
       }
@@ -138,12 +142,14 @@ class LoadRun {
   }
 
   RunSummary summarize() {
-    LatencyStats round_trips, server_compute;
+    LatencyStats round_trips, server_compute, server_total, outside_server;
     bool measured_any = false;
     Clock::time_point last_done;
     for (const SessionResult& result : results_) {
       round_trips.merge(result.round_trips);
       server_compute.merge(result.server_compute);
+      server_total.merge(result.server_total);
+      outside_server.merge(result.outside_server);
       if (result.measured_any) {
         last_done = measured_any ? std::max(last_done, result.last_done) : result.last_done;
         measured_any = true;
@@ -165,6 +171,8 @@ class LoadRun {
     summary.seconds = seconds;
     summary.latency_ms = round_trips.summarize(seconds);
     summary.server_compute_ms = server_compute.summarize(seconds);
+    summary.server_total_ms = server_total.summarize(seconds);
+    summary.outside_server_ms = outside_server.summarize(seconds);
     summary.errors = errors_.count();
     summary.first_error = errors_.first();
     return summary;

@@ -110,6 +110,8 @@ std::string summary_json(const RunSummary& s) {
   json += ", \"segments_per_second\": " + json_number(s.latency_ms.per_second);
   json += ", \"latency_ms\": " + json_stats(s.latency_ms);
   json += ", \"server_compute_ms\": " + json_stats(s.server_compute_ms);
+  json += ", \"server_total_ms\": " + json_stats(s.server_total_ms);
+  json += ", \"outside_server_ms\": " + json_stats(s.outside_server_ms);
   json += ", \"errors\": " + std::to_string(s.errors);
   json += ", \"first_error\": " + json_string(s.first_error);
   return json + "}\n";
@@ -128,11 +130,14 @@ void print_summary(const RunSummary& s, std::ostream& out) {
   if (s.mode == "load") out << " from " << s.sessions << " sessions";
   out << " in " << ms(s.seconds) << " s (" << s.warmup_segments << " warmup segments"
       << (s.mode == "load" ? " per session" : "") << " excluded)\n";
-  out << "  latency ms:         p50 " << ms(s.latency_ms.p50) << "  p90 " << ms(s.latency_ms.p90)
-      << "  p99 " << ms(s.latency_ms.p99) << "  mean " << ms(s.latency_ms.mean) << "\n";
-  out << "  server compute ms:  p50 " << ms(s.server_compute_ms.p50) << "  p90 "
-      << ms(s.server_compute_ms.p90) << "  p99 " << ms(s.server_compute_ms.p99) << "  mean "
-      << ms(s.server_compute_ms.mean) << "\n";
+  auto line = [&](const char* label, const LatencySummary& l) {
+    out << label << "p50 " << ms(l.p50) << "  p90 " << ms(l.p90) << "  p99 " << ms(l.p99) << "  mean "
+        << ms(l.mean) << "\n";
+  };
+  line("  latency ms:         ", s.latency_ms);
+  line("  server compute ms:  ", s.server_compute_ms);
+  line("  server total ms:    ", s.server_total_ms);
+  line("  outside server ms:  ", s.outside_server_ms);
   out << "  segments/s:         " << ms(s.latency_ms.per_second) << "\n";
   if (s.mode == "load" || s.errors > 0) {
     out << "  errors:             " << s.errors;

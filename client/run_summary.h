@@ -7,6 +7,7 @@
 //    "segments_per_second": 28.0,
 //    "latency_ms": {"p50": 1.0, "p90": 2.0, "p99": 3.0, "mean": 1.5},
 //    "server_compute_ms": {"p50": 0.5, "p90": 0.9, "p99": 1.0, "mean": 0.6},
+//    "server_total_ms": {...}, "outside_server_ms": {...},
 //    "errors": 0, "first_error": ""}
 // Value type; thread-compatible.
 #pragma once
@@ -43,6 +44,11 @@ struct RunSummary {
   LatencySummary latency_ms;
   /// The server's compute_micros of the same segments, in milliseconds.
   LatencySummary server_compute_ms;
+  /// All the server's stages of the same segments, summed (SegmentStream::Exchange::server_ms).
+  LatencySummary server_total_ms;
+  /// Per segment, the round trip less server_total: gRPC both ways and the client. (Negative
+  /// only where a server reports more time than the round trip took.)
+  LatencySummary outside_server_ms;
   /// Failed RPCs (load: at most one stream and one CloseSession per session).
   int64_t errors = 0;
   /// The first failure, "<RPC>: <STATUS_CODE_NAME>: <message>"; empty without errors.

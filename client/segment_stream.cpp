@@ -67,6 +67,10 @@ SegmentStream::Exchange SegmentStream::exchange(const hvlm::v1::Tensor& features
     fail_from_status("the server ended the stream without answering " + segment);
   }
   result.round_trip_ms = milliseconds_between(start, std::chrono::steady_clock::now());
+  const hvlm::v1::StageTimings& t = result.response.timings();
+  result.server_ms = static_cast<double>(t.queue_micros() + t.decode_micros() + t.compute_micros() +
+                                         t.memory_update_micros() + t.encode_micros()) /
+                     1e3;
 
   const hvlm::v1::Tensor& output = result.response.output();
   if (result.response.sequence() != next_sequence_) {

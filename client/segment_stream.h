@@ -31,6 +31,10 @@ class SegmentStream {
   struct Exchange {
     hvlm::v1::SegmentResponse response;
     double round_trip_ms = 0;
+    // The server's stages of this segment as its response reports them (queue, decode,
+    // compute, memory update, encode), summed: its time from receiving the request to
+    // answering. round_trip_ms - server_ms is the rest: gRPC both ways and this client.
+    double server_ms = 0;
   };
 
   // Sends `features` as the next segment and waits for its response. Throws RpcError

@@ -128,7 +128,7 @@ RunSummary run_stream(const StreamOptions& options, std::ostream& out) {
         << options.warmup_segments << "); no statistics\n";
   }
 
-  LatencyStats round_trips, server_compute;
+  LatencyStats round_trips, server_compute, server_total, outside_server;
   double measured_seconds = 0;
   try {
     // One timeout per segment, plus one for slack.
@@ -154,6 +154,8 @@ RunSummary run_stream(const StreamOptions& options, std::ostream& out) {
       if (!warmup) {
         round_trips.add(exchange.round_trip_ms);
         server_compute.add(static_cast<double>(timings.compute_micros()) / 1e3);
+        server_total.add(exchange.server_ms);
+        outside_server.add(exchange.round_trip_ms - exchange.server_ms);
       }
       char frames_text[64];
       std::snprintf(frames_text, sizeof frames_text, "%lld..%lld",
@@ -199,6 +201,8 @@ RunSummary run_stream(const StreamOptions& options, std::ostream& out) {
   summary.seconds = measured_seconds;
   summary.latency_ms = round_trips.summarize(measured_seconds);
   summary.server_compute_ms = server_compute.summarize(measured_seconds);
+  summary.server_total_ms = server_total.summarize(measured_seconds);
+  summary.outside_server_ms = outside_server.summarize(measured_seconds);
   print_summary(summary, out);
   if (!options.json_path.empty()) write_summary_json(summary, options.json_path);
   return summary;

@@ -50,6 +50,11 @@ TEST(LoadTest, CountsEveryMeasuredSegmentAndClosesEverySession) {
   EXPECT_GT(summary.seconds, 0);
   EXPECT_GT(summary.latency_ms.per_second, 0);
   EXPECT_DOUBLE_EQ(summary.server_compute_ms.p99, 1.5);
+  // The fake reports 10 us of queue and 1500 us of compute for every segment; the rest of each
+  // round trip is outside the server, so the means add up.
+  EXPECT_DOUBLE_EQ(summary.server_total_ms.p50, 1.51);
+  EXPECT_EQ(summary.outside_server_ms.count, 18u);
+  EXPECT_NEAR(summary.outside_server_ms.mean, summary.latency_ms.mean - 1.51, 1e-9);
   EXPECT_EQ(server.service().sessions_opened(), 6);
   EXPECT_EQ(server.service().sessions_closed(), 6);
   EXPECT_NE(out.str().find("load: 6 sessions on 1 channel,"), std::string::npos) << out.str();

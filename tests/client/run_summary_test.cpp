@@ -29,6 +29,8 @@ RunSummary example() {
   s.seconds = 1.5;
   s.latency_ms = {12, 1.25, 2.5, 3.75, 1.5, 8};
   s.server_compute_ms = {12, 0.5, 0.75, 1, 0.625, 8};
+  s.server_total_ms = {12, 0.75, 1, 1.25, 0.875, 8};
+  s.outside_server_ms = {12, 0.5, 1.5, 2.5, 0.625, 8};
   s.errors = 1;
   s.first_error = "StreamSegments: INVALID_ARGUMENT: features must be [T, 768], got [64, 512]";
   return s;
@@ -42,6 +44,10 @@ TEST(RunSummary, JsonHasTheDocumentedLayout) {
             "\"latency_ms\": {\"p50\": 1.2500, \"p90\": 2.5000, \"p99\": 3.7500, "
             "\"mean\": 1.5000}, "
             "\"server_compute_ms\": {\"p50\": 0.5000, \"p90\": 0.7500, \"p99\": 1.0000, "
+            "\"mean\": 0.6250}, "
+            "\"server_total_ms\": {\"p50\": 0.7500, \"p90\": 1.0000, \"p99\": 1.2500, "
+            "\"mean\": 0.8750}, "
+            "\"outside_server_ms\": {\"p50\": 0.5000, \"p90\": 1.5000, \"p99\": 2.5000, "
             "\"mean\": 0.6250}, "
             "\"errors\": 1, \"first_error\": \"StreamSegments: INVALID_ARGUMENT: features must be "
             "[T, 768], got [64, 512]\"}\n");

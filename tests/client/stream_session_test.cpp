@@ -77,6 +77,8 @@ TEST_F(StreamSession, OutputsAreTheServersAnswersInFrameOrder) {
   EXPECT_EQ(summary.segment_tokens, 4);
   EXPECT_EQ(summary.dim, kFakeDim);
   EXPECT_DOUBLE_EQ(summary.server_compute_ms.p50, 1.5);
+  EXPECT_DOUBLE_EQ(summary.server_total_ms.p50, 1.51);  // the fake's 10 us queue + 1500 compute
+  EXPECT_DOUBLE_EQ(summary.outside_server_ms.p50, summary.latency_ms.p50 - 1.51);  // one sample
   EXPECT_EQ(server.service().sessions_closed(), 1);
   EXPECT_EQ(server.service().sessions_open(), 0);
   const std::string text = out.str();
@@ -150,6 +152,8 @@ TEST_F(StreamSession, UsesTheGivenSessionIdAndWritesJson) {
   EXPECT_EQ(json["errors"], 0);
   EXPECT_EQ(json["first_error"], "");
   EXPECT_DOUBLE_EQ(json["server_compute_ms"]["p50"].get<double>(), 1.5);
+  EXPECT_DOUBLE_EQ(json["server_total_ms"]["p50"].get<double>(), 1.51);
+  EXPECT_TRUE(json["outside_server_ms"]["p99"].is_number());
 }
 
 TEST_F(StreamSession, ServerErrorIsReportedAndTheSessionStillClosed) {
