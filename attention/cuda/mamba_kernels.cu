@@ -37,20 +37,26 @@
 //   from registers) is branch-free straight-line code so the scheduler can overlap the steps;
 //   at N = 16, bf16, pass 3 executed ~150 instructions and 18 MUFU per step and pass 1 ~108
 //   while the scan applied delta's softplus itself (~22 of them; see delta_projection.h),
-//   under the 128-register cap that gives 16 warps per SM. Both passes are bound by issue
-//   (ncu: 62-68% of issue slots busy, the exp unit below that), so per-step overhead counts
-//   as much as the exps: the tile copies are straight-line code per thread (a rolled copy loop
-//   cost ~20 instructions per step). Measured on the H200 at the shape above with 16 warps/SM:
-//   more registers with fewer warps were slower.
-//   Precision: exp via ex2.approx.ftz (max rel. error ~2^-22): the decay dA = exp(dt A) then
-//   has an absolute error ~2.4e-7, so the state's relative error is ~2.4e-7 / (dt |A|) in the
-//   worst case of a long memory, 2.4e-5 at dt |A| = 0.01; the CPU kernel's own exp is ~1e-7.
+//   under the 128-register cap that gives 16 warps per SM. On a ready delta (ncu, 64k): pass 1
+//   issued 85 instructions and 16 MUFU a step and was bound by the exp unit (80% busy: a warp's
+//   MUFU takes 8 of its cycles, so 16 are 128 cycles against 85 issue slots) with the FMA pipe
+//   at 33%; so 2 of every 16 decays a step go to the FMA pipe (exp2_poly, 11 instructions;
+//   HVLM_SCAN_POLY_EXPS), which balanced the two (pass 1 473 -> 453 us; 3 or 4 were slower).
+//   Pass 3 issues ~126 a step against 17 MUFU and sits at ~65% of both; its y go out through
+//   shared memory, one 16-byte store per lane per group (see store_staged_y). Per-step
+//   overhead counts as much as the exps: the tile copies are straight-line code per thread (a
+//   rolled copy loop cost ~20 instructions per step). Measured on the H200 at the shape above
+//   with 16 warps/SM: more registers with fewer warps were slower.
+//   Precision: exp via ex2.approx.ftz (max rel. error ~2^-22; exp2_poly's 1.9e-7 is no worse):
+//   the decay dA = exp(dt A) then has an absolute error ~2.4e-7, so the state's relative error
+//   is ~2.4e-7 / (dt |A|) in the worst case of a long memory, 2.4e-5 at dt |A| = 0.01; the CPU
+//   kernel's own exp is ~1e-7.
 //   Softplus (float32 only; 2-byte dtypes get delta ready from delta_projection) is
 //   softplus_approx (fast_math.cuh, relative error ~2e-6). Nothing relies on --use_fast_math
 //   (the intrinsics used are explicit), so the file may be built with or without it.
 //
-// Causal conv: one thread per (batch, channel or channel pair, tile of 32 steps), lanes over
-// channels; the tile's 32 inputs and the kernel - 1 before it are loaded into registers, so
+// Causal conv: one thread per (batch, channel or channel pair, tile of 16 steps), lanes over
+// channels; the tile's 16 inputs and the kernel - 1 before it are loaded into registers, so
 // every input is read about once (~50 MB of traffic at the shape above). 2-byte dtypes take
 // channel pairs (one 4-byte load or store for two values) where the layout allows.
 //
@@ -59,7 +65,10 @@
 // staged by cp.async 192 / 1352 us; with straight-line tile copies 184 / 1240 us; with groups
 // of 8 and the one-MUFU gate 178 / 1208 us (scripts/mamba-scan-variants.sh); softplus_approx
 // instead of the exact log1p 173 / 1161 us; on a ready delta (delta_projection.h, the path of
-// 2-byte dtypes) 164 / 1094 us. Conv 24 us (2.1 TB/s) and 139 us; with channel pairs 23 / 135. Floors: the scan's two passes need ~105 us of exp unit time at 8192;
+// 2-byte dtypes) 164 / 1094 us; with 2 decays of 16 on the FMA pipe and y staged 162 / 1069 us.
+// Conv 24 us (2.1 TB/s) and 139 us; with channel pairs 23 / 135; 16 steps a thread instead of
+// 32 (fewer registers, more warps) 22 / 123. Floors: the scan's two passes need ~105 us of exp
+// unit time at 8192;
 // the conv ~12 us of memory time. A one-pass time-parallel scan (a warp per channel, lanes over
 // time, a warp scan of (decay, state) pairs per state; commit a11967f, reverted) computes each
 // exp once but ran 242 / 1867 us: ~19 instructions per state update against ~18 for both
