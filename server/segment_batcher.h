@@ -50,7 +50,8 @@ class SegmentBatcher {
   };
   using Clock = std::chrono::steady_clock;
   /// Called once per segment with its outcome and the batch's timings (compute and memory
-  /// update; queue_micros = time from submit() to the batch's start).
+  /// update; queue_micros = time from submit() to the batch's start, plus the time from the
+  /// batch's end until a completion worker runs this).
   using Done = std::function<void(SegmentOutcome, StageTimings)>;
   /// Throws (the error the segment then completes with) when its caller no longer wants it;
   /// called just before its batch runs.

@@ -1,6 +1,7 @@
-// StageTimings: where one request's time went, filled in as it passes the stages (queue wait
-// for a worker, decoding the request, the forward pass, the memory-bank update, encoding the
-// response). Reported back to clients and to the metrics. Plain value type.
+// StageTimings: where one request's time went, filled in as it passes the stages (queue: every
+// wait, for a worker to take the request, for a batch and, batched, for a worker to answer;
+// decoding the request, the forward pass, the memory-bank update, encoding the response).
+// Reported back to clients and to the metrics. Plain value type.
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,78 @@
+// SegmentBatcher's timings without gRPC: every wait a batched segment goes through is counted
+// as queueing, the wait for a worker to answer after its pass included (the completions share
+// the request workers, so under load a finished segment can wait there).
+#include "server/metrics.h"
+#include "server/segment_batcher.h"
+#include "server/service_metrics.h"
+#include "server/session_store.h"
+#include "server/stack_registry.h"
+#include "server/worker_pool.h"
+#include "tests/server/server_test_util.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <future>
+#include <optional>
+#include <string>
+#include <thread>
+
+namespace hvlm::testing {
+namespace {
+
+TEST(SegmentBatcher, TheWaitForAWorkerToAnswerCountsAsQueueing) {
+  ServerConfig config = test_config({{"all", all_blocks_spec()}});
+  config.log_level = "error";
+  const auto stacks = StackRegistry::create(config);
+  const HostedStack* stack = stacks->find("all");
+  SessionStore store({});
+  metrics::Registry registry;
+  ServiceMetrics metrics(registry, BuildInfo{"test", "test", "cpu"});
+  metrics.add_stack("all");
+  WorkerPool::Options pool_options;
+  pool_options.threads = 1;
+  WorkerPool completions(pool_options);
+  SegmentBatcher::Options options;
+  options.max_batch_size = 1;  // no wait for company
+  SegmentBatcher batcher(options, store, completions, metrics);
+
+  // The only completion worker is busy until `release` is set.
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::promise<void> blocking;
+  ASSERT_TRUE(completions.try_submit([released, &blocking] {
+    blocking.set_value();
+    released.wait();
+  }));
+  blocking.get_future().wait();
+
+  const std::string id = store.open(*stack, "").session_id;
+  std::promise<std::pair<SegmentOutcome, StageTimings>> answered;
+  const auto submitted = std::chrono::steady_clock::now();
+  ASSERT_TRUE(batcher.submit(prepare_segment(store, id, std::nullopt, at::randn({1, 8, 32}), nullptr),
+                             [&answered](SegmentOutcome outcome, StageTimings t) {
+                               answered.set_value({std::move(outcome), t});
+                             }));
+  // The pass runs and the session is committed while the answer waits for the worker.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (store.info(id).segments_seen == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(store.info(id).segments_seen, 1u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  release.set_value();
+
+  auto [outcome, timings] = answered.get_future().get();
+  const auto total_micros =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - submitted).count();
+  EXPECT_FALSE(outcome.error);
+  EXPECT_GE(timings.queue_micros, 200000) << "the 200 ms the answer waited for the worker";
+  EXPECT_GT(timings.compute_micros, 0);
+  // The stages cover the segment's time once each: their sum is at most the time it took.
+  EXPECT_LE(timings.queue_micros + timings.compute_micros + timings.memory_update_micros, total_micros);
+  batcher.shutdown();
+}
+
+}  // namespace
+}  // namespace hvlm::testing
