@@ -21,6 +21,25 @@
 namespace hvlm::testing {
 namespace {
 
+// Opens once: by open(), or on destruction.
+class WorkerGate {
+ public:
+  WorkerGate() : opened_(promise_.get_future().share()) {}
+  ~WorkerGate() { open(); }
+  std::shared_future<void> opened() const { return opened_; }
+  void open() {
+    if (!open_) {
+      open_ = true;
+      promise_.set_value();
+    }
+  }
+
+ private:
+  std::promise<void> promise_;
+  std::shared_future<void> opened_;
+  bool open_ = false;
+};
+
 TEST(SegmentBatcher, TheWaitForAWorkerToAnswerCountsAsQueueing) {
   ServerConfig config = test_config({{"all", all_blocks_spec()}});
   config.log_level = "error";
@@ -30,6 +49,9 @@ TEST(SegmentBatcher, TheWaitForAWorkerToAnswerCountsAsQueueing) {
   metrics::Registry registry;
   ServiceMetrics metrics(registry, BuildInfo{"test", "test", "cpu"});
   metrics.add_stack("all");
+  // Declared before the pool and the batcher, which may still call into them as they stop.
+  std::promise<void> blocking;
+  std::promise<std::pair<SegmentOutcome, StageTimings>> answered;
   WorkerPool::Options pool_options;
   pool_options.threads = 1;
   WorkerPool completions(pool_options);
@@ -37,10 +59,10 @@ TEST(SegmentBatcher, TheWaitForAWorkerToAnswerCountsAsQueueing) {
   options.max_batch_size = 1;  // no wait for company
   SegmentBatcher batcher(options, store, completions, metrics);
 
-  // The only completion worker is busy until `release` is set.
-  std::promise<void> release;
-  std::shared_future<void> released = release.get_future().share();
-  std::promise<void> blocking;
+  // The only completion worker is busy until the gate opens (at the latest when the test ends,
+  // so that a failed assertion cannot leave the pool's destructor waiting for it).
+  WorkerGate gate;
+  std::shared_future<void> released = gate.opened();
   ASSERT_TRUE(completions.try_submit([released, &blocking] {
     blocking.set_value();
     released.wait();
@@ -48,7 +70,6 @@ TEST(SegmentBatcher, TheWaitForAWorkerToAnswerCountsAsQueueing) {
   blocking.get_future().wait();
 
   const std::string id = store.open(*stack, "").session_id;
-  std::promise<std::pair<SegmentOutcome, StageTimings>> answered;
   const auto submitted = std::chrono::steady_clock::now();
   ASSERT_TRUE(batcher.submit(prepare_segment(store, id, std::nullopt, at::randn({1, 8, 32}), nullptr),
                              [&answered](SegmentOutcome outcome, StageTimings t) {
@@ -61,7 +82,7 @@ TEST(SegmentBatcher, TheWaitForAWorkerToAnswerCountsAsQueueing) {
   }
   ASSERT_EQ(store.info(id).segments_seen, 1u);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  release.set_value();
+  gate.open();
 
   auto [outcome, timings] = answered.get_future().get();
   const auto total_micros =
