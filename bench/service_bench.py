@@ -197,7 +197,7 @@ def main():
     for r in results["runs"]:
         inside, outside = r.get("server_total_ms") or {}, r.get("outside_server_ms") or {}
         print(f"round trip split, batching {r['batching']}, {r['sessions']} sessions: in the server p50 "
-              f"{inside.get('p50')} p99 {inside.get('p99')} ms; outside it (gRPC both ways, the client) p50 "
+              f"{inside.get('p50')} p99 {inside.get('p99')} ms; outside its stages (gRPC both ways, the client) p50 "
               f"{outside.get('p50')} p99 {outside.get('p99')} ms")
     if "in_process" in results:
         base = results["in_process"]["latency_ms"]["p50"]

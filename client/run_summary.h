@@ -46,8 +46,9 @@ struct RunSummary {
   LatencySummary server_compute_ms;
   /// All the server's stages of the same segments, summed (SegmentStream::Exchange::server_ms).
   LatencySummary server_total_ms;
-  /// Per segment, the round trip less server_total: gRPC both ways and the client. (Negative
-  /// only where a server reports more time than the round trip took.)
+  /// Per segment, the round trip less server_total: gRPC both ways, the client and the server's
+  /// bookkeeping outside its stages. (Negative only where a server reports more time than the
+  /// round trip took.)
   LatencySummary outside_server_ms;
   /// Failed RPCs (load: at most one stream and one CloseSession per session).
   int64_t errors = 0;

@@ -33,7 +33,8 @@ class SegmentStream {
     double round_trip_ms = 0;
     // The server's stages of this segment as its response reports them (queue, decode,
     // compute, memory update, encode), summed: its time from receiving the request to
-    // answering. round_trip_ms - server_ms is the rest: gRPC both ways and this client.
+    // answering, less its bookkeeping. round_trip_ms - server_ms is the rest: gRPC both ways,
+    // this client, and that bookkeeping (metrics and logs, microseconds).
     double server_ms = 0;
   };
 

@@ -447,6 +447,7 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
       if (SegmentBatcher* batcher = service_->batcher_) {
         PreparedSegment prepared = prepare_segment(service_->sessions_, session_id_, request_.sequence(),
                                                    in.tokens, binding_.get());
+        t.decode_micros = micros_between(start, Clock::now());  // preparing it for its batch included
         auto done = [this](SegmentOutcome outcome, StageTimings batch) {
           timings_.queue_micros += batch.queue_micros;
           timings_.compute_micros = batch.compute_micros;

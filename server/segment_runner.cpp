@@ -141,6 +141,9 @@ struct LaunchedBatch {
 #endif
   int64_t forward_micros = 0;
   int64_t update_micros = 0;
+  // When launch returned: compute runs on from here until finish sees the device done, so a
+  // batch waiting for the finisher (the one before it still finishing) is in its compute time.
+  Clock::time_point launched_at;
 };
 
 std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>& segments) {
@@ -246,6 +249,7 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
   });
   batch->forward_micros += micros_since(start);
   batch->segments = std::move(segments);
+  batch->launched_at = Clock::now();
   return batch;
 }
 
@@ -255,7 +259,6 @@ std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, Launche
   std::vector<PreparedSegment>& segments = batch.segments;
   std::vector<SegmentOutcome> outcomes(segments.size());
   const HostedStack& stack = *batch.stack;
-  auto start = Clock::now();
   std::exception_ptr device_error;
   try {
 #if HVLM_WITH_CUDA
@@ -264,9 +267,9 @@ std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, Launche
   } catch (...) {
     device_error = std::current_exception();
   }
-  if (timings) timings->compute_micros = batch.forward_micros + micros_since(start);
+  if (timings) timings->compute_micros = batch.forward_micros + micros_since(batch.launched_at);
 
-  start = Clock::now();
+  const auto start = Clock::now();
   const bool single = segments.size() == 1;
   const bool* row_finite = batch.finite.data_ptr<bool>();
   // From here on each segment succeeds or fails alone: a failure (its memory budget, its

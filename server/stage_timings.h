@@ -1,7 +1,9 @@
-// StageTimings: where one request's time went, filled in as it passes the stages (queue: every
-// wait, for a worker to take the request, for a batch and, batched, for a worker to answer;
-// decoding the request, the forward pass, the memory-bank update, encoding the response).
-// Reported back to clients and to the metrics. Plain value type.
+// StageTimings: where one request's time went, filled in as it passes the stages (queue: the
+// waits for a worker to take the request and, batched, for its batch to start and for a worker
+// to answer; decoding the request; the forward pass; the memory-bank update; encoding the
+// response). Their sum is the server's time from the request's arrival to handing gRPC the
+// response, less some bookkeeping (metrics, logs). Reported back to clients and to the
+// metrics. Plain value type.
 #pragma once
 
 #include <cstdint>

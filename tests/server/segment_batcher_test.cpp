@@ -75,16 +75,20 @@ TEST(SegmentBatcher, TheWaitForAWorkerToAnswerCountsAsQueueing) {
                              [&answered](SegmentOutcome outcome, StageTimings t) {
                                answered.set_value({std::move(outcome), t});
                              }));
-  // The pass runs and the session is committed while the answer waits for the worker.
+  // The pass runs, the session is committed and the answer is handed to the pool, where it
+  // waits behind the blocked worker.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (store.info(id).segments_seen == 0 && std::chrono::steady_clock::now() < deadline) {
+  while (completions.queued() == 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  ASSERT_EQ(store.info(id).segments_seen, 1u);
+  ASSERT_EQ(completions.queued(), 1u);
+  EXPECT_EQ(store.info(id).segments_seen, 1u);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   gate.open();
 
-  auto [outcome, timings] = answered.get_future().get();
+  std::future<std::pair<SegmentOutcome, StageTimings>> answer = answered.get_future();
+  ASSERT_EQ(answer.wait_for(std::chrono::seconds(20)), std::future_status::ready);
+  auto [outcome, timings] = answer.get();
   const auto total_micros =
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - submitted).count();
   EXPECT_FALSE(outcome.error);
