@@ -95,7 +95,8 @@ def cpu_times():
 
 
 def busy_cores(before, after):
-    """Host cores busy on average between two cpu_times() (server and load client together)."""
+    """Host cores busy on average between two cpu_times() (server and load client together, and
+    anything else on the host; all of its cores, whatever --server-cpus / --client-cpus say)."""
     if before is None or after is None or after[1] <= before[1]:
         return None
     return round(os.cpu_count() * (after[0] - before[0]) / (after[1] - before[1]), 2)
@@ -149,8 +150,9 @@ def main():
         if not args.skip_in_process:
             out = os.path.join(tmp, "inprocess.json")
             results["in_process"] = run_json(
-                [os.path.join(args.build, "bench", "hvlm-session-bench"), "--config", args.config,
-                 "--stack", args.stack, "--segment", str(args.segment), "--segments", "60", "--json", out], out)
+                [*pinned(args.server_cpus), os.path.join(args.build, "bench", "hvlm-session-bench"),
+                 "--config", args.config, "--stack", args.stack, "--segment", str(args.segment),
+                 "--segments", "60", "--json", out], out)
         for batching in modes:
             config = args.config if batching is None else config_with_batching(args.config, batching, tmp)
             proc, address, metrics_address = start_server(args.build, config, tmp, args.server_cpus)

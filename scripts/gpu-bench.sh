@@ -69,10 +69,13 @@ if has service; then
   tail -20 "$out/service.log"
   # 256 sessions with batching again: twice more as above (its p99 varies from run to run by
   # several ms), and with bfloat16 features on the wire (the stack's dtype). SERVICE_VARIANTS
-  # replaces the list: "name:service_bench.py flags" entries separated by ';'.
-  IFS=';' read -ra variants <<< "${SERVICE_VARIANTS:-repeat2:;repeat3:;bf16wire:--wire-dtype bfloat16}"
+  # replaces the list: "name:service_bench.py flags" entries separated by ';' (empty: none).
+  IFS=';' read -ra variants <<< "${SERVICE_VARIANTS-repeat2:;repeat3:;bf16wire:--wire-dtype bfloat16}"
   for variant in "${variants[@]}"; do
     name=${variant%%:*}
+    if [[ $variant != *:* || -z $name || ! $name =~ ^[A-Za-z0-9_-]+$ ]]; then
+      echo "SERVICE_VARIANTS: '$variant' is not name:flags (name of letters, digits, _ or -)"; continue
+    fi
     # shellcheck disable=SC2086
     python3 bench/service_bench.py --build build-cuda --config configs/gpu.yaml --sessions 256 --batching on \
       --duration 8 --warmup ${SERVICE_WARMUP:-20} --skip-in-process ${variant#*:} \

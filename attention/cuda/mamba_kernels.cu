@@ -57,8 +57,9 @@
 //
 // Causal conv: one thread per (batch, channel or channel pair, tile of 16 steps), lanes over
 // channels; the tile's 16 inputs and the kernel - 1 before it are loaded into registers, so
-// every input is read about once (~50 MB of traffic at the shape above). 2-byte dtypes take
-// channel pairs (one 4-byte load or store for two values) where the layout allows.
+// every input is read about once (the kernel - 1 history steps add ~19% at 16 steps, mostly from
+// L2; ~50 MB of traffic at the shape above). 2-byte dtypes take channel pairs (one 4-byte load
+// or store for two values) where the layout allows.
 //
 // Measured on the H200 (CUDA 13.0, batch 1, 1536 channels, 16 states, bf16, median of 50),
 // length 8192 / 65536 (44 chunks): u/delta/z loaded into registers a group ahead 215 / 1506 us;
@@ -351,7 +352,8 @@ __device__ __forceinline__ void load_smem_row(const float* src, float (&dst)[NS]
 // (kAsync) instead of loaded a group ahead into registers: the loads then have a whole tile of
 // math to arrive in, and the registers they held are free. For 2-byte dtypes and state sizes
 // <= 16 (the tiles of 32 steps x 256 channels x 3 streams take 96 KB, two buffers), when the
-// channel count and every row start allow 16-byte copies.
+// channel count and every row start allow 16-byte copies (and y's start allows the staged
+// 16-byte stores of pass 3; an unaligned y takes the register path for both passes).
 #ifndef HVLM_SCAN_ASYNC
 #define HVLM_SCAN_ASYNC 1
 #endif
@@ -387,10 +389,11 @@ __host__ __device__ constexpr int scan_min_blocks() {
 }
 
 // States per 16 whose decay exp(dt A) a step computes on the FMA pipe (exp2_poly, 11
-// instructions) instead of the exp unit (one MUFU, 8 of its cycles per warp), in pass 1 and in
-// pass 3: pass 1 is bound by the exp unit (ncu at 64k: 80% busy, 85 instructions issued a step
-// against 16 MUFUs = 128 of its cycles), so moving a few exps to the idle FMA pipe balances the
-// two; pass 3 issues ~126 instructions a step against 17 MUFUs and gains less.
+// instructions) instead of the exp unit (one MUFU, 8 of its cycles per warp): HVLM_SCAN_POLY_EXPS
+// in pass 1, HVLM_SCAN_POLY_EXPS_FINAL in pass 3. Pass 1 is bound by the exp unit (ncu at 64k:
+// 80% busy, 85 instructions issued a step against 16 MUFUs = 128 of its cycles), so moving a
+// few exps to the idle FMA pipe balances the two; pass 3 issues ~126 instructions a step
+// against 17 MUFUs and gained nothing measurable from 1 (so 0).
 #ifndef HVLM_SCAN_POLY_EXPS
 #define HVLM_SCAN_POLY_EXPS 2
 #endif
@@ -792,7 +795,8 @@ void dispatch_scan(DType dtype, int64_t state_size, F&& f) {
 }
 
 // Whether the chunked scan can stage its streams by cp.async (see scan_stream_smem_bytes):
-// 16-byte copies need the channel count, z's row stride and the three base pointers aligned.
+// 16-byte copies need the channel count, z's row stride and the base pointers of u, delta and z
+// aligned; pass 3's staged stores need y aligned too (checked for both passes: one plan).
 template <typename T, int NS>
 bool scan_async_ok(const SelectiveScanArgs& a) {
   if constexpr (!HVLM_SCAN_ASYNC || sizeof(T) != 2 || NS > 16) {
