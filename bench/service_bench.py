@@ -198,9 +198,11 @@ def main():
         print(f"server stage means, batching {r['batching']}, {r['sessions']} sessions: {r.get('server_stage_means')}")
     for r in results["runs"]:
         inside, outside = r.get("server_total_ms") or {}, r.get("outside_server_ms") or {}
+        stages = r.get("server_stages_ms") or {}
+        stage_p99 = ", ".join(f"{name} {(stages.get(name) or {}).get('p99')}" for name in stages)
         print(f"round trip split, batching {r['batching']}, {r['sessions']} sessions: in the server p50 "
               f"{inside.get('p50')} p99 {inside.get('p99')} ms; outside its stages (gRPC both ways, the client) p50 "
-              f"{outside.get('p50')} p99 {outside.get('p99')} ms")
+              f"{outside.get('p50')} p99 {outside.get('p99')} ms; server stages p99 ms: {stage_p99}")
     if "in_process" in results:
         base = results["in_process"]["latency_ms"]["p50"]
         single = next(r for r in results["runs"] if r["sessions"] == 1)

@@ -1,7 +1,7 @@
 #include "client/load_test.h"
 
 #include "client/attention_client.h"
-#include "client/latency_stats.h"
+#include "client/segment_times.h"
 #include "client/synthetic_features.h"
 #include "client/tensor_codec.h"
 
@@ -46,10 +46,7 @@ class ErrorLog {
 
 // What one session measured; written only by its own thread, read after join.
 struct SessionResult {
-  LatencyStats round_trips;
-  LatencyStats server_compute;
-  LatencyStats server_total;
-  LatencyStats outside_server;
+  SegmentTimes times;
   // Completion of its last measured segment, if any.
   bool measured_any = false;
   Clock::time_point last_done;
@@ -119,11 +116,7 @@ class LoadRun {
           break;
         }
         const SegmentStream::Exchange exchange = stream->exchange(segment(index, sent++));
-        result.round_trips.add(exchange.round_trip_ms);
-        result.server_compute.add(
-            static_cast<double>(exchange.response.timings().compute_micros()) / 1e3);
-        result.server_total.add(exchange.server_ms);
-        result.outside_server.add(exchange.round_trip_ms - exchange.server_ms);
+        result.times.add(exchange);
         result.measured_any = true;
         result.last_done = Clock::now();
       }
@@ -142,14 +135,11 @@ class LoadRun {
   }
 
   RunSummary summarize() {
-    LatencyStats round_trips, server_compute, server_total, outside_server;
+    SegmentTimes times;
     bool measured_any = false;
     Clock::time_point last_done;
     for (const SessionResult& result : results_) {
-      round_trips.merge(result.round_trips);
-      server_compute.merge(result.server_compute);
-      server_total.merge(result.server_total);
-      outside_server.merge(result.outside_server);
+      times.merge(result.times);
       if (result.measured_any) {
         last_done = measured_any ? std::max(last_done, result.last_done) : result.last_done;
         measured_any = true;
@@ -169,10 +159,7 @@ class LoadRun {
     summary.dtype = dtype_name(options_.dtype);
     summary.warmup_segments = options_.warmup_segments;
     summary.seconds = seconds;
-    summary.latency_ms = round_trips.summarize(seconds);
-    summary.server_compute_ms = server_compute.summarize(seconds);
-    summary.server_total_ms = server_total.summarize(seconds);
-    summary.outside_server_ms = outside_server.summarize(seconds);
+    times.summarize(seconds, summary);
     summary.errors = errors_.count();
     summary.first_error = errors_.first();
     return summary;

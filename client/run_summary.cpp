@@ -112,6 +112,10 @@ std::string summary_json(const RunSummary& s) {
   json += ", \"server_compute_ms\": " + json_stats(s.server_compute_ms);
   json += ", \"server_total_ms\": " + json_stats(s.server_total_ms);
   json += ", \"outside_server_ms\": " + json_stats(s.outside_server_ms);
+  const ServerStages& st = s.server_stages_ms;
+  json += ", \"server_stages_ms\": {\"queue\": " + json_stats(st.queue) + ", \"decode\": " + json_stats(st.decode) +
+          ", \"compute\": " + json_stats(st.compute) + ", \"memory_update\": " + json_stats(st.memory_update) +
+          ", \"encode\": " + json_stats(st.encode) + "}";
   json += ", \"errors\": " + std::to_string(s.errors);
   json += ", \"first_error\": " + json_string(s.first_error);
   return json + "}\n";
@@ -138,6 +142,10 @@ void print_summary(const RunSummary& s, std::ostream& out) {
   line("  server compute ms:  ", s.server_compute_ms);
   line("  server total ms:    ", s.server_total_ms);
   line("  outside server ms:  ", s.outside_server_ms);
+  const ServerStages& st = s.server_stages_ms;
+  out << "  server stages ms:   p99 queue " << ms(st.queue.p99) << "  decode " << ms(st.decode.p99)
+      << "  compute " << ms(st.compute.p99) << "  memory update " << ms(st.memory_update.p99) << "  encode "
+      << ms(st.encode.p99) << "\n";
   out << "  segments/s:         " << ms(s.latency_ms.per_second) << "\n";
   if (s.mode == "load" || s.errors > 0) {
     out << "  errors:             " << s.errors;

@@ -8,6 +8,8 @@
 //    "latency_ms": {"p50": 1.0, "p90": 2.0, "p99": 3.0, "mean": 1.5},
 //    "server_compute_ms": {"p50": 0.5, "p90": 0.9, "p99": 1.0, "mean": 0.6},
 //    "server_total_ms": {...}, "outside_server_ms": {...},
+//    "server_stages_ms": {"queue": {...}, "decode": {...}, "compute": {...},
+//                         "memory_update": {...}, "encode": {...}},
 //    "errors": 0, "first_error": ""}
 // Value type; thread-compatible.
 #pragma once
@@ -19,6 +21,11 @@
 #include <string>
 
 namespace hvlm::client {
+
+// The server's stages of a run's segments (StageTimings in the API), each summarised.
+struct ServerStages {
+  LatencySummary queue, decode, compute, memory_update, encode;
+};
 
 struct RunSummary {
   /// "stream" or "load".
@@ -50,6 +57,8 @@ struct RunSummary {
   /// bookkeeping outside its stages. (Negative only where a server reports more time than the
   /// round trip took.)
   LatencySummary outside_server_ms;
+  /// Each of the server's stages of the same segments (compute is server_compute_ms again).
+  ServerStages server_stages_ms;
   /// Failed RPCs (load: at most one stream and one CloseSession per session).
   int64_t errors = 0;
   /// The first failure, "<RPC>: <STATUS_CODE_NAME>: <message>"; empty without errors.

@@ -1,8 +1,8 @@
 #include "client/stream_session.h"
 
 #include "client/attention_client.h"
-#include "client/latency_stats.h"
 #include "client/npy.h"
+#include "client/segment_times.h"
 #include "client/synthetic_features.h"
 #include "client/tensor_codec.h"
 
@@ -128,7 +128,7 @@ RunSummary run_stream(const StreamOptions& options, std::ostream& out) {
         << options.warmup_segments << "); no statistics\n";
   }
 
-  LatencyStats round_trips, server_compute, server_total, outside_server;
+  SegmentTimes times;
   double measured_seconds = 0;
   try {
     // One timeout per segment, plus one for slack.
@@ -152,10 +152,7 @@ RunSummary run_stream(const StreamOptions& options, std::ostream& out) {
 
       const bool warmup = s < options.warmup_segments;
       if (!warmup) {
-        round_trips.add(exchange.round_trip_ms);
-        server_compute.add(static_cast<double>(timings.compute_micros()) / 1e3);
-        server_total.add(exchange.server_ms);
-        outside_server.add(exchange.round_trip_ms - exchange.server_ms);
+        times.add(exchange);
       }
       char frames_text[64];
       std::snprintf(frames_text, sizeof frames_text, "%lld..%lld",
@@ -199,10 +196,7 @@ RunSummary run_stream(const StreamOptions& options, std::ostream& out) {
   summary.dtype = dtype_name(options.dtype);
   summary.warmup_segments = options.warmup_segments;
   summary.seconds = measured_seconds;
-  summary.latency_ms = round_trips.summarize(measured_seconds);
-  summary.server_compute_ms = server_compute.summarize(measured_seconds);
-  summary.server_total_ms = server_total.summarize(measured_seconds);
-  summary.outside_server_ms = outside_server.summarize(measured_seconds);
+  times.summarize(measured_seconds, summary);
   print_summary(summary, out);
   if (!options.json_path.empty()) write_summary_json(summary, options.json_path);
   return summary;

@@ -55,6 +55,10 @@ TEST(LoadTest, CountsEveryMeasuredSegmentAndClosesEverySession) {
   EXPECT_DOUBLE_EQ(summary.server_total_ms.p50, 1.51);
   EXPECT_EQ(summary.outside_server_ms.count, 18u);
   EXPECT_NEAR(summary.outside_server_ms.mean, summary.latency_ms.mean - 1.51, 1e-9);
+  EXPECT_DOUBLE_EQ(summary.server_stages_ms.queue.p99, 0.01);
+  EXPECT_DOUBLE_EQ(summary.server_stages_ms.compute.p50, 1.5);
+  EXPECT_DOUBLE_EQ(summary.server_stages_ms.encode.p50, 0.0);
+  EXPECT_EQ(summary.server_stages_ms.memory_update.count, 18u);
   EXPECT_EQ(server.service().sessions_opened(), 6);
   EXPECT_EQ(server.service().sessions_closed(), 6);
   EXPECT_NE(out.str().find("load: 6 sessions on 1 channel,"), std::string::npos) << out.str();

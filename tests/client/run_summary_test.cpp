@@ -31,6 +31,11 @@ RunSummary example() {
   s.server_compute_ms = {12, 0.5, 0.75, 1, 0.625, 8};
   s.server_total_ms = {12, 0.75, 1, 1.25, 0.875, 8};
   s.outside_server_ms = {12, 0.5, 1.5, 2.5, 0.625, 8};
+  s.server_stages_ms.queue = {12, 0.125, 0.25, 0.5, 0.25, 8};
+  s.server_stages_ms.decode = {12, 0.0625, 0.0625, 0.0625, 0.0625, 8};
+  s.server_stages_ms.compute = s.server_compute_ms;
+  s.server_stages_ms.memory_update = {12, 0.25, 0.5, 0.75, 0.375, 8};
+  s.server_stages_ms.encode = {12, 0.0625, 0.125, 0.125, 0.0625, 8};
   s.errors = 1;
   s.first_error = "StreamSegments: INVALID_ARGUMENT: features must be [T, 768], got [64, 512]";
   return s;
@@ -49,6 +54,12 @@ TEST(RunSummary, JsonHasTheDocumentedLayout) {
             "\"mean\": 0.8750}, "
             "\"outside_server_ms\": {\"p50\": 0.5000, \"p90\": 1.5000, \"p99\": 2.5000, "
             "\"mean\": 0.6250}, "
+            "\"server_stages_ms\": {"
+            "\"queue\": {\"p50\": 0.1250, \"p90\": 0.2500, \"p99\": 0.5000, \"mean\": 0.2500}, "
+            "\"decode\": {\"p50\": 0.0625, \"p90\": 0.0625, \"p99\": 0.0625, \"mean\": 0.0625}, "
+            "\"compute\": {\"p50\": 0.5000, \"p90\": 0.7500, \"p99\": 1.0000, \"mean\": 0.6250}, "
+            "\"memory_update\": {\"p50\": 0.2500, \"p90\": 0.5000, \"p99\": 0.7500, \"mean\": 0.3750}, "
+            "\"encode\": {\"p50\": 0.0625, \"p90\": 0.1250, \"p99\": 0.1250, \"mean\": 0.0625}}, "
             "\"errors\": 1, \"first_error\": \"StreamSegments: INVALID_ARGUMENT: features must be "
             "[T, 768], got [64, 512]\"}\n");
 }

@@ -154,6 +154,8 @@ TEST_F(StreamSession, UsesTheGivenSessionIdAndWritesJson) {
   EXPECT_DOUBLE_EQ(json["server_compute_ms"]["p50"].get<double>(), 1.5);
   EXPECT_DOUBLE_EQ(json["server_total_ms"]["p50"].get<double>(), 1.51);
   EXPECT_TRUE(json["outside_server_ms"]["p99"].is_number());
+  EXPECT_DOUBLE_EQ(json["server_stages_ms"]["queue"]["p50"].get<double>(), 0.01);
+  EXPECT_DOUBLE_EQ(json["server_stages_ms"]["compute"]["p50"].get<double>(), 1.5);
 }
 
 TEST_F(StreamSession, ServerErrorIsReportedAndTheSessionStillClosed) {
