@@ -24,6 +24,14 @@ kernels::cuda::DType element_type(const at::Tensor& t, const char* name) {
   }
 }
 
+// Every tensor of `others` must be on `ref`'s device: the kernels read them through raw pointers.
+void check_same_device(const char* name, const at::Tensor& ref, std::initializer_list<const at::Tensor*> others) {
+  for (const at::Tensor* t : others) {
+    TORCH_CHECK(t->device() == ref.device(), name, ": every operand must be on ", ref.device(), ", got one on ",
+                t->device());
+  }
+}
+
 // Runs a kernel launcher, turning its std exceptions into c10::Errors.
 template <typename Launch>
 void launch(const char* what, Launch&& fn) {
@@ -129,11 +137,17 @@ at::Tensor performer_attention(const at::Tensor& q, const at::Tensor& k, const a
 at::Tensor mamba_conv(const at::Tensor& xz, const at::Tensor& conv_weight, const at::Tensor& conv_bias,
                       at::Tensor& conv_state) {
   TORCH_CHECK(xz.is_cuda() && xz.dim() == 3 && xz.is_contiguous(), "mamba_conv: xz must be a contiguous [B, L, 2E] CUDA tensor");
-  const int64_t batch = xz.size(0), length = xz.size(1), channels = xz.size(2) / 2, kernel = conv_weight.size(0);
+  check_same_device("mamba_conv", xz, {&conv_weight, &conv_bias, &conv_state});
+  const int64_t batch = xz.size(0), length = xz.size(1), channels = xz.size(2) / 2;
   TORCH_CHECK(conv_weight.dim() == 2 && conv_weight.size(1) == channels && conv_weight.is_contiguous() &&
                   conv_bias.numel() == channels && conv_bias.is_contiguous() &&
                   conv_weight.scalar_type() == xz.scalar_type() && conv_bias.scalar_type() == xz.scalar_type(),
               "mamba_conv: conv_weight must be a contiguous [K, E] and conv_bias a contiguous [E] of xz's dtype");
+  const int64_t kernel = conv_weight.size(0);
+  TORCH_CHECK(conv_state.scalar_type() == at::kFloat &&
+                  conv_state.sizes() == at::IntArrayRef({batch, channels, kernel - 1}),
+              "mamba_conv: conv_state must be float32 [B, E, K - 1] = [", batch, ", ", channels, ", ", kernel - 1,
+              "], got ", conv_state.scalar_type(), " ", conv_state.sizes());
   const c10::cuda::CUDAGuard device_guard(xz.device());
   const auto state_in = conv_state.contiguous();
   auto state_out = at::empty_like(state_in);
@@ -164,11 +178,7 @@ at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Te
               "mamba_scan: u, x_dbl and xz must be contiguous CUDA tensors");
   TORCH_CHECK(ssm_state.scalar_type() == at::kFloat && ssm_state.is_contiguous(),
               "mamba_scan: ssm_state must be contiguous float32");
-  const std::initializer_list<const at::Tensor*> operands = {&x_dbl, &dt_weight, &dt_bias, &a, &d, &xz, &ssm_state};
-  for (const at::Tensor* t : operands) {
-    TORCH_CHECK(t->device() == u.device(), "mamba_scan: every operand must be on u's device (", u.device(),
-                "), got one on ", t->device());
-  }
+  check_same_device("mamba_scan", u, {&x_dbl, &dt_weight, &dt_bias, &a, &d, &xz, &ssm_state});
   TORCH_CHECK(u.dim() == 3 && a.dim() == 2 && dt_weight.dim() == 2,
               "mamba_scan: expected u [B, L, E], a [E, N] and dt_weight [E, R], got ", u.sizes(), ", ",
               a.sizes(), " and ", dt_weight.sizes());

@@ -49,8 +49,9 @@ at::Tensor mamba_conv(const at::Tensor& xz, const at::Tensor& conv_weight, const
 /// u [B, L, E]; x_dbl [B, L, R + 2N] (dt | B | C); dt_weight [E, R] (dt_proj.weight); dt_bias
 /// [E] float32 (dt_proj.bias: delta = softplus(x_dbl[..., :R] dt_weight^T + dt_bias); for
 /// bfloat16/float16 one kernel computes delta whole (attention/cuda/delta_projection.h), for
-/// float32 the scan applies the bias and softplus to the product); a [E, N] float32 (= -exp(A_log)); d [E] float32;
-/// xz as above (z = its second half); ssm_state [B, E, N] float32, updated in place.
+/// float32 the scan applies the bias and softplus to the product); a [E, N] float32
+/// (= -exp(A_log)); d [E] float32; xz as above (z = its second half); ssm_state [B, E, N]
+/// float32, updated in place. Operands of other shapes, dtypes or devices are refused.
 /// Returns y [B, L, E] (before out_proj).
 at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Tensor& dt_weight,
                       const at::Tensor& dt_bias, const at::Tensor& a, const at::Tensor& d, const at::Tensor& xz,

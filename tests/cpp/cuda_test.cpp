@@ -182,6 +182,12 @@ TEST(Cuda, MambaStreamingCarriesStateLikeCpu) {
 }
 
 #if HVLM_WITH_CUDA
+// A call the wrappers must refuse, given the state it would update.
+struct RefusedCall {
+  std::string what;
+  std::function<void(at::Tensor&)> call;
+};
+
 // The scan's kernels read their operands through raw pointers: every mismatched shape, dtype
 // or device is refused before any launch, and the state is left as it was.
 TEST(Cuda, MambaScanRefusesMismatchedOperands) {
@@ -196,11 +202,7 @@ TEST(Cuda, MambaScanRefusesMismatchedOperands) {
     const at::Tensor dt_bias = f32(randn({E})), a = f32(-randn({E, N}).abs()), d = f32(randn({E}));
     at::Tensor state = f32(randn({B, E, N}));
     const at::Tensor before = state.clone();
-    struct Case {
-      std::string what;
-      std::function<void(at::Tensor&)> call;
-    };
-    const std::vector<Case> cases = {
+    const std::vector<RefusedCall> cases = {
         {"short dt_weight", [&](at::Tensor& h) { hvlm::cuda::mamba_scan(u, x_dbl, dt_weight.narrow(0, 0, E - 1), dt_bias, a, d, xz, h); }},
         {"x_dbl too narrow", [&](at::Tensor& h) { hvlm::cuda::mamba_scan(u, x_dbl.narrow(2, 0, R + 2 * N - 1).contiguous(), dt_weight, dt_bias, a, d, xz, h); }},
         {"x_dbl too short", [&](at::Tensor& h) { hvlm::cuda::mamba_scan(u, x_dbl.narrow(1, 0, L - 1).contiguous(), dt_weight, dt_bias, a, d, xz, h); }},
@@ -218,7 +220,7 @@ TEST(Cuda, MambaScanRefusesMismatchedOperands) {
            hvlm::cuda::mamba_scan(u, x_dbl, dt_weight, dt_bias, a, d, xz, host);
          }},
     };
-    for (const Case& c : cases) {
+    for (const RefusedCall& c : cases) {
       EXPECT_THROW(c.call(state), c10::Error) << c.what << " in " << dtype;
       EXPECT_TRUE(at::equal(state, before)) << c.what << " changed the state";
     }
@@ -227,6 +229,44 @@ TEST(Cuda, MambaScanRefusesMismatchedOperands) {
     EXPECT_EQ(y.sizes(), u.sizes());
     EXPECT_FALSE(at::equal(state, before));
   }
+}
+
+TEST(Cuda, MambaConvRefusesMismatchedOperands) {
+  SKIP_WITHOUT_CUDA();
+  c10::InferenceMode guard;
+  const int64_t B = 2, L = 10, E = 8, K = 4;
+  const auto on = [](at::Tensor t) { return t.to(at::Device(at::kCUDA), at::kBFloat16); };
+  const at::Tensor xz = on(randn({B, L, 2 * E})), weight = on(randn({K, E})), bias = on(randn({E}));
+  at::Tensor state = randn({B, E, K - 1}).to(at::kCUDA);
+  const at::Tensor before = state.clone();
+  const std::vector<RefusedCall> cases = {
+      {"weight of E - 1 channels", [&](at::Tensor& s) { hvlm::cuda::mamba_conv(xz, weight.narrow(1, 0, E - 1).contiguous(), bias, s); }},
+      {"bias on the CPU", [&](at::Tensor& s) { hvlm::cuda::mamba_conv(xz, weight, bias.cpu(), s); }},
+      {"state of another batch", [&](at::Tensor& s) {
+         at::Tensor wrong = s.narrow(0, 0, 1).clone();
+         hvlm::cuda::mamba_conv(xz, weight, bias, wrong);
+       }},
+      {"state of K steps", [&](at::Tensor&) {
+         at::Tensor wrong = randn({B, E, K}).to(at::kCUDA);
+         hvlm::cuda::mamba_conv(xz, weight, bias, wrong);
+       }},
+      {"state in bfloat16", [&](at::Tensor&) {
+         at::Tensor wrong = before.to(at::kBFloat16);
+         hvlm::cuda::mamba_conv(xz, weight, bias, wrong);
+       }},
+      {"state on the CPU", [&](at::Tensor&) {
+         at::Tensor host = before.cpu();
+         hvlm::cuda::mamba_conv(xz, weight, bias, host);
+       }},
+  };
+  for (const RefusedCall& c : cases) {
+    EXPECT_THROW(c.call(state), c10::Error) << c.what;
+    EXPECT_TRUE(at::equal(state, before)) << c.what << " changed the state";
+  }
+  // The operands as given are accepted, and the conv then replaces the state.
+  const at::Tensor u = hvlm::cuda::mamba_conv(xz, weight, bias, state);
+  EXPECT_EQ(u.sizes(), (std::vector<int64_t>{B, L, E}));
+  EXPECT_FALSE(at::equal(state, before));
 }
 #endif
 
