@@ -329,11 +329,16 @@ std::vector<float> decode(DType t, const std::vector<uint8_t>& bytes, size_t n) 
 
 int g_failures = 0;
 
+// Counts a failed check; the label its line starts with.
+const char* verdict(bool ok) {
+  if (!ok) ++g_failures;
+  return ok ? "PASS" : "FAIL";
+}
+
 void report(const std::string& name, const char* what, const Compare& c, bool guards_ok,
             double tol) {
   const bool ok = c.bad == 0 && guards_ok && c.rel <= tol && std::isfinite(c.rel);
-  if (!ok) ++g_failures;
-  std::printf("  %-6s %-44s %-10s rel %.3e (tol %.1e)%s%s  %s\n", ok ? "PASS" : "FAIL",
+  std::printf("  %-6s %-44s %-10s rel %.3e (tol %.1e)%s%s  %s\n", verdict(ok),
               name.c_str(), what, c.rel, tol,
               c.bad ? (" unwritten/non-finite " + std::to_string(c.bad)).c_str() : "",
               guards_ok ? "" : " GUARD OVERWRITTEN", "");
@@ -551,8 +556,7 @@ void expect_rejects(const std::string& what, F call) {
   } catch (const std::invalid_argument&) {
     threw = true;
   }
-  std::printf("  %-6s rejects %s\n", threw ? "PASS" : "FAIL", what.c_str());
-  if (!threw) ++g_failures;
+  std::printf("  %-6s rejects %s\n", verdict(threw), what.c_str());
 }
 
 void check_rejects() {
@@ -606,9 +610,7 @@ void check_exp2_poly() {
     worst = std::max(worst, std::isfinite(rel) ? rel : 1e30);
     if (!(rel <= 1.9e-7) || (x[i] == 0.0f && y[i] != 1.0f)) ++bad;
   }
-  const bool ok = bad == 0;
-  if (!ok) ++g_failures;
-  std::printf("  %-6s exp2_poly over [-130, 130]: max rel %.2e (tol 1.9e-7), %d bad of %d\n", ok ? "PASS" : "FAIL",
+  std::printf("  %-6s exp2_poly over [-130, 130]: max rel %.2e (tol 1.9e-7), %d bad of %d\n", verdict(bad == 0),
               worst, bad, n);
 }
 
@@ -672,10 +674,8 @@ void check_delta_projection(DType t, int64_t rows, int64_t channels, int64_t ran
   std::snprintf(name, sizeof(name), "%s rows %lld E%lld R%lld stride %lld +%lld%s", dtype_name(t), (long long)rows,
                 (long long)channels, (long long)rank, (long long)stride, (long long)offset, with_bias ? " bias" : "");
   report(name, "delta", compare(got, ref), guards_ok, half_ulp);
-  const bool ok = max_rel <= max_tol;
-  if (!ok) ++g_failures;
-  std::printf("  %-6s %-44s %-10s max elementwise rel %.3e (tol %.2e)\n", ok ? "PASS" : "FAIL", name, "delta",
-              max_rel, max_tol);
+  std::printf("  %-6s %-44s %-10s max elementwise rel %.3e (tol %.2e)\n", verdict(max_rel <= max_tol), name,
+              "delta", max_rel, max_tol);
 }
 
 void check_delta_projection_all(Rng& rng) {
