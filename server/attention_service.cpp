@@ -17,10 +17,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-int64_t micros_between(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration_cast<std::chrono::microseconds>(b - a).count();
-}
-
 grpc::StatusCode grpc_code(ErrorCode code) {
   switch (code) {
     case ErrorCode::kInvalidArgument: return grpc::StatusCode::INVALID_ARGUMENT;

@@ -202,11 +202,11 @@ void SegmentBatcher::complete(std::vector<Job>& jobs, std::vector<SegmentOutcome
                               const StageTimings& shared, Clock::time_point start) {
   for (size_t j = 0; j < jobs.size(); ++j) {
     StageTimings t = shared;
-    t.queue_micros = std::chrono::duration_cast<std::chrono::microseconds>(start - jobs[j].submitted).count();
+    t.queue_micros = micros_between(jobs[j].submitted, start);
     // The wait for a worker to answer is queueing too, like the waits before the pass.
     auto deliver = [done = std::move(jobs[j].done), outcome = std::move(outcomes[j]), t,
                     handed = Clock::now()]() mutable {
-      t.queue_micros += std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - handed).count();
+      t.queue_micros += micros_since(handed);
       done(std::move(outcome), t);
     };
     // The pool takes copies; when it refuses (full or stopping), deliver here.

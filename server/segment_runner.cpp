@@ -23,10 +23,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-int64_t micros_since(Clock::time_point start) {
-  return std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count();
-}
-
 // Checks x against the stack and converts it to the stack's dtype where it is (on the host for
 // requests; it moves to the stack's device with its batch, see to_stack_device). A value finite
 // in the wire dtype may overflow the stack's (3e38 in bfloat16, 7e4 in float16): that is the

@@ -6,9 +6,17 @@
 // metrics. Plain value type.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 
 namespace hvlm {
+
+// The stages' clock, and the spans they record in whole microseconds.
+using StageClock = std::chrono::steady_clock;
+inline int64_t micros_between(StageClock::time_point a, StageClock::time_point b) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(b - a).count();
+}
+inline int64_t micros_since(StageClock::time_point start) { return micros_between(start, StageClock::now()); }
 
 struct StageTimings {
   int64_t queue_micros = 0;
