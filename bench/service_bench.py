@@ -131,7 +131,7 @@ def main():
                     help="seconds of load per session count (default: 60 segments in all)")
     ap.add_argument("--skip-in-process", action="store_true")
     ap.add_argument("--channels", type=int, default=0,
-                    help="connections the load client spreads its sessions over (0: its default, 64 sessions each)")
+                    help="connections the load client spreads its sessions over (0: its default, one per session)")
     ap.add_argument("--wire-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                     help="dtype of the features and outputs on the wire")
     ap.add_argument("--warmup", type=int, default=2,

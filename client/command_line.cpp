@@ -84,7 +84,7 @@ hvlm-client load --stack NAME --sessions N --segment T
   --seed S                    synthetic features' seed (default 0)
   --warmup K                  unmeasured segments per session first (default 2)
   --channels C                spread the sessions over C channels, each its own connection
-                              (default: one per 64 sessions)
+                              (default: one per session, as independent clients have)
   --json FILE                 write the summary as JSON
 )";
 

@@ -30,7 +30,7 @@ constexpr int64_t kMaxSessions = 1024;
 constexpr double kMaxDurationSeconds = 3600;
 constexpr int64_t kMaxSegmentsPerSession = 1000000;
 constexpr int64_t kMaxWarmupSegments = 1000000;
-constexpr int64_t kMaxChannels = 64;
+constexpr int64_t kMaxChannels = kMaxSessions;
 // Most float elements of synthetic stream features ([B, N, D]): 4 GiB as float32.
 constexpr int64_t kMaxSyntheticElements = int64_t{1} << 30;
 // Most elements of one synthetic load segment ([B, T, D]).
@@ -91,7 +91,7 @@ struct LoadOptions {
   /// --warmup: segments per session before measurement starts.
   int64_t warmup_segments = 2;
   /// --channels: gRPC channels (each its own connection) the sessions spread over; 0 for
-  /// one per 64 sessions.
+  /// one per session.
   int64_t channels = 0;
   /// --json: where to write the JSON summary; empty for nowhere.
   std::string json_path;

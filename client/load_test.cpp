@@ -5,6 +5,8 @@
 #include "client/synthetic_features.h"
 #include "client/tensor_codec.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <memory>
 #include <string>
@@ -19,9 +21,6 @@ using Clock = std::chrono::steady_clock;
 
 // Distinct synthetic segments the sessions cycle through.
 constexpr int64_t kSegmentPoolSize = 8;
-// Sessions per channel when --channels is not given.
-constexpr int64_t kSessionsPerChannel = 64;
-
 // The failures of a run: how many, and the first one's message. Thread-safe.
 class ErrorLog {
  public:
@@ -51,6 +50,20 @@ struct SessionResult {
   bool measured_any = false;
   Clock::time_point last_done;
 };
+
+// A connection per channel needs a descriptor each; where the soft limit would not leave room
+// for them (1024 is common), raises it toward the hard limit. Beyond that, a session whose
+// connection cannot open fails with UNAVAILABLE and is counted like any other failure.
+void make_room_for_connections(int64_t connections) {
+  constexpr rlim_t kSpare = 64;  // stdio, the --json file, gRPC's own wakeup descriptors
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  const rlim_t wanted = static_cast<rlim_t>(connections) + kSpare;
+  if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < wanted) {
+    limit.rlim_cur = limit.rlim_max == RLIM_INFINITY ? wanted : std::min(wanted, limit.rlim_max);
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
 
 // One load run: the shared, read-only inputs of its sessions and the outputs they fill.
 class LoadRun {
@@ -206,9 +219,12 @@ std::chrono::steady_clock::time_point StartGate::open_time() {
 RunSummary run_load(const LoadOptions& options, std::ostream& out) {
   if (!options.json_path.empty()) check_output_path("--json", options.json_path);
   const ConnectionOptions& connection = options.connection;
-  const int64_t channel_count =
-      options.channels > 0 ? options.channels
-                           : (options.sessions + kSessionsPerChannel - 1) / kSessionsPerChannel;
+  // Without --channels, a connection per session, as when each session is its own client.
+  // Sessions that share a connection share its HTTP/2 transport, which on gRPC 1.51 carried
+  // ~2,500 segments of 64 x 768 float32 a second each way whatever the cores
+  // (docs/benchmarks.md, "Service").
+  const int64_t channel_count = options.channels > 0 ? options.channels : options.sessions;
+  make_room_for_connections(channel_count);
   std::vector<std::unique_ptr<AttentionClient>> clients;
   for (int64_t c = 0; c < channel_count; ++c) {
     clients.push_back(std::make_unique<AttentionClient>(make_channel(connection, channel_count > 1),
