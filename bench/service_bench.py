@@ -102,6 +102,73 @@ def busy_cores(before, after):
     return round(os.cpu_count() * (after[0] - before[0]) / (after[1] - before[1]), 2)
 
 
+def thread_times(pid):
+    """{tid: (thread name, CPU jiffies)} of process `pid`'s threads now, from /proc (empty where
+    it cannot be read, as off Linux)."""
+    times = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return times
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # the thread ended
+        # "tid (name) state ...": the name may hold spaces and parentheses; utime and stime are
+        # the 12th and 13th fields after it.
+        fields = stat[stat.rindex(")") + 2:].split()
+        times[tid] = (stat[stat.index("(") + 1:stat.rindex(")")], int(fields[11]) + int(fields[12]))
+    return times
+
+
+def busiest_threads(before, after, seconds, top=5):
+    """Between two thread_times() `seconds` apart, per thread name: [name, threads, cores busy in
+    all, the busiest thread's share of one core], busiest names first. A serial bottleneck shows
+    as a thread near 1.0."""
+    if seconds <= 0:
+        return []
+    tick = os.sysconf("SC_CLK_TCK")
+    names = {}
+    for tid, (name, jiffies) in after.items():
+        cores = (jiffies - before.get(tid, (name, 0))[1]) / tick / seconds
+        entry = names.setdefault(name, [name, 0, 0.0, 0.0])
+        entry[1] += 1
+        entry[2] += cores
+        entry[3] = max(entry[3], cores)
+    ranked = sorted(names.values(), key=lambda e: -e[2])[:top]
+    return [[n, count, round(total, 2), round(peak, 2)] for n, count, total, peak in ranked]
+
+
+def run_load_sampled(cmd, out_path, server_pid, settle=1.0, period=0.25):
+    """Runs the load client `cmd` like run_json, sampling its and the server's threads' CPU
+    times: from `settle` s after its start (past the warm-up at the default settings) to the last
+    sample before its session threads start to end. Returns (its JSON, {"seconds": the span,
+    "server": busiest_threads, "client": busiest_threads})."""
+    client = subprocess.Popen(cmd)
+    start = time.time()
+    first = last = None
+    while client.poll() is None:
+        time.sleep(period)
+        sample = (time.time(), thread_times(server_pid), thread_times(client.pid))
+        if sample[2] and sample[0] - start >= settle:
+            first = first or sample
+            if len(sample[2]) < len(first[2]):
+                continue  # sessions are ending; their threads' times leave with them
+            last = sample
+    if client.returncode != 0:
+        raise subprocess.CalledProcessError(client.returncode, cmd)
+    with open(out_path) as f:
+        result = json.load(f)
+    threads = {}
+    if first is not None and last is not first:
+        seconds = last[0] - first[0]
+        threads = {"seconds": round(seconds, 2), "server": busiest_threads(first[1], last[1], seconds),
+                   "client": busiest_threads(first[2], last[2], seconds)}
+    return result, threads
+
+
 def config_with_batching(config, enabled, tmp):
     """A copy of `config` (paths resolved against its folder) with batching.enabled set."""
     with open(config) as f:
@@ -163,12 +230,13 @@ def main():
                               ["--segments-per-session", str(max(3, 60 // n))])
                     before = stage_totals(metrics_address)
                     cpu_before = cpu_times()
-                    run = run_json([*pinned(args.client_cpus), os.path.join(args.build, "client", "hvlm-client"),
-                                    "load", "--server", address,
-                                    "--stack", args.stack, "--sessions", str(n), "--segment", str(args.segment),
-                                    "--warmup", str(args.warmup), "--dtype", args.wire_dtype,
-                                    *(["--channels", str(min(args.channels, n))] if args.channels > 0 else []),
-                                    *amount, "--json", out], out)
+                    run, threads = run_load_sampled(
+                        [*pinned(args.client_cpus), os.path.join(args.build, "client", "hvlm-client"),
+                         "load", "--server", address,
+                         "--stack", args.stack, "--sessions", str(n), "--segment", str(args.segment),
+                         "--warmup", str(args.warmup), "--dtype", args.wire_dtype,
+                         *(["--channels", str(min(args.channels, n))] if args.channels > 0 else []),
+                         *amount, "--json", out], out, proc.pid)
                     # (Warm-up included; the load client and the server share the host.)
                     run["host_busy_cores"] = busy_cores(cpu_before, cpu_times())
                     run["batching"] = batching
@@ -178,6 +246,8 @@ def main():
                     run["client_cpus"] = args.client_cpus or "any"
                     # Server-side means over the run (warm-up included): where a segment's time goes.
                     run["server_stage_means"] = stage_means(before, stage_totals(metrics_address))
+                    # CPU per thread name, server and client: [name, threads, cores, busiest thread].
+                    run["busiest_threads"] = threads
                     results["runs"].append(run)
             finally:
                 proc.send_signal(signal.SIGTERM)
@@ -203,6 +273,12 @@ def main():
         print(f"round trip split, batching {r['batching']}, {r['sessions']} sessions: in the server p50 "
               f"{inside.get('p50')} p99 {inside.get('p99')} ms; outside its stages (gRPC both ways, the client) p50 "
               f"{outside.get('p50')} p99 {outside.get('p99')} ms; server stages p99 ms: {stage_p99}")
+    for r in results["runs"]:
+        threads = r.get("busiest_threads") or {}
+        for side in ("server", "client"):
+            listed = "; ".join(f"{name} x{count} {cores} cores (busiest {peak})"
+                               for name, count, cores, peak in threads.get(side, []))
+            print(f"busiest threads, batching {r['batching']}, {r['sessions']} sessions, {side}: {listed}")
     if "in_process" in results:
         base = results["in_process"]["latency_ms"]["p50"]
         single = next(r for r in results["runs"] if r["sessions"] == 1)

@@ -1,5 +1,7 @@
 #include "server/segment_batcher.h"
 
+#include "server/thread_name.h"
+
 #include <c10/util/Exception.h>
 
 #include <sys/resource.h>
@@ -28,11 +30,13 @@ SegmentBatcher::SegmentBatcher(Options options, SessionStore& sessions, WorkerPo
                                ServiceMetrics& metrics)
     : options_(options), sessions_(sessions), completions_(completions), metrics_(metrics) {
   finisher_ = std::thread([this] {
+    name_this_thread("hvlm-finisher");
     raise_thread_priority();
     if (options_.thread_init) options_.thread_init();
     finish_loop();
   });
   thread_ = std::thread([this] {
+    name_this_thread("hvlm-batcher");
     raise_thread_priority();
     if (options_.thread_init) options_.thread_init();
     loop();

@@ -3,6 +3,7 @@
 #include "server/dial_address.h"
 #include "server/log.h"
 #include "server/process_metrics.h"
+#include "server/thread_name.h"
 
 #include <ATen/Parallel.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -148,6 +149,7 @@ bool Server::ready(std::string* reason) const {
 std::string Server::address() const { return dial_address(host_, port_); }
 
 void Server::expiry_loop() {
+  name_this_thread("hvlm-expiry");
   const double ttl = config_.limits.session_idle_ttl_seconds;
   const auto period = std::chrono::duration<double>(std::clamp(ttl / 4, 0.05, 1.0));
   std::unique_lock<std::mutex> lock(mu_);

@@ -1,5 +1,7 @@
 #include "server/worker_pool.h"
 
+#include "server/thread_name.h"
+
 namespace hvlm {
 
 WorkerPool::WorkerPool(Options options) : options_(std::move(options)) {
@@ -35,6 +37,7 @@ size_t WorkerPool::queued() {
 }
 
 void WorkerPool::run() {
+  name_this_thread(options_.name.c_str());
   if (options_.thread_init) options_.thread_init();
   for (;;) {
     std::function<void()> task;

@@ -9,6 +9,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -21,6 +22,8 @@ class WorkerPool {
     int64_t threads = 1;
     /// Most tasks waiting for a worker.
     int64_t max_queued = 1024;
+    /// The threads' name (15 bytes are kept).
+    std::string name = "hvlm-worker";
     /// Runs first on every worker thread (e.g. to set LibTorch's intra-op thread count).
     std::function<void()> thread_init;
   };
