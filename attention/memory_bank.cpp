@@ -94,10 +94,15 @@ void check_update_inputs(const MemoryBank& bank, const at::Tensor& segment) {
               "tokens)");
 }
 
-// Length of adaptive average pooling's window i when T rows are pooled to P:
-// rows floor(i*T/P) .. ceil((i+1)*T/P)-1.
-int64_t pooling_window(int64_t i, int64_t t, int64_t p) {
-  return ((i + 1) * t + p - 1) / p - (i * t) / p;
+// Lengths of adaptive average pooling's P windows when T rows are pooled to P, as float32 on
+// `device`: window i holds rows floor(i*T/P) .. ceil((i+1)*T/P)-1. Computed where the bank
+// lives: a host tensor copied to a GPU is a pageable copy, which waits for everything queued on
+// the stream, and so would stall the issue of every pass (the serving batcher's, above all).
+at::Tensor pooling_windows(int64_t t, int64_t p, const at::Device& device) {
+  const at::Tensor i = at::arange(p, at::TensorOptions().dtype(at::kLong).device(device));
+  const at::Tensor end = at::div((i + 1) * t + (p - 1), p, "floor");  // ceil((i+1)T/P)
+  const at::Tensor begin = at::div(i * t, p, "floor");
+  return (end - begin).to(at::kFloat);
 }
 
 MemoryBank fifo_update(const MemoryBank& bank, const at::Tensor& segment, int64_t capacity,
@@ -115,12 +120,7 @@ MemoryBank fifo_update(const MemoryBank& bank, const at::Tensor& segment, int64_
                  .transpose(1, 2)
                  .to(segment.scalar_type());
   }
-  std::vector<float> windows(static_cast<size_t>(p));
-  for (int64_t i = 0; i < p; ++i) windows[i] = static_cast<float>(pooling_window(i, t, p));
-  auto pooled_counts = at::tensor(windows, at::TensorOptions().dtype(at::kFloat))
-                           .to(bank.counts.device())
-                           .unsqueeze(0)
-                           .expand({b, p});
+  const at::Tensor pooled_counts = pooling_windows(t, p, bank.counts.device()).unsqueeze(0).expand({b, p});
 
   // Slice before concatenating: the cat copies only the kept tokens, into fresh storage.
   const int64_t keep_pooled = std::min(p, capacity);

@@ -12,7 +12,12 @@
 #include "attention/strided_attention.h"
 #include "tests/cpp/test_util.h"
 #if HVLM_WITH_CUDA
+#include "attention/batch_split.h"
 #include "attention/cuda_kernels.h"
+#include "attention/memory_bank.h"
+#include "attention/tensor_checks.h"
+
+#include <c10/cuda/CUDAFunctions.h>
 #endif
 
 #include <c10/core/InferenceMode.h>
@@ -301,6 +306,71 @@ TEST(Cuda, StackStreamingMatchesCpu) {
     }
   }
 }
+
+#if HVLM_WITH_CUDA
+// LibTorch's CUDA sync debug mode for a scope: with L_ERROR, every operation that waits for the
+// device (a copy from pageable memory, .item(), a stream synchronize) throws instead.
+class SyncDebugModeScope {
+ public:
+  explicit SyncDebugModeScope(c10::cuda::SyncDebugMode mode)
+      : before_(c10::cuda::warning_state().get_sync_debug_mode()) {
+    c10::cuda::warning_state().set_sync_debug_mode(mode);
+  }
+  ~SyncDebugModeScope() { c10::cuda::warning_state().set_sync_debug_mode(before_); }
+  SyncDebugModeScope(const SyncDebugModeScope&) = delete;
+  SyncDebugModeScope& operator=(const SyncDebugModeScope&) = delete;
+
+ private:
+  c10::cuda::SyncDebugMode before_;
+};
+
+// A serving pass queues all of its work without waiting for the device: the stack's forward
+// with a memory and Mamba states in, the fifo update of the memory bank (pooling, so its window
+// counts are built too) and the per-session copies of the results, once the values are known
+// to be finite as the server knows them. One wait would hold the batcher's issue of the next
+// pass until this one's device work is done (the fifo window counts once were a pageable copy
+// that did just that, and kept the batcher's thread busy).
+TEST(Cuda, ServingPassQueuesWithoutWaitingForTheDevice) {
+  SKIP_WITHOUT_CUDA();
+  c10::InferenceMode guard;
+  AttentionStack stack(StackSpec::parse(kStackSpec));
+  stack->eval();
+  stack->to(at::Device(at::kCUDA), at::kBFloat16);
+  const auto on_gpu = [](const at::Tensor& t) { return t.to(at::Device(at::kCUDA), at::kBFloat16); };
+  const at::Tensor x = on_gpu(randn({2, 20, 64}));
+  std::vector<at::Tensor> memories(5);
+  memories[1] = on_gpu(randn({2, 12, 64}));
+  const MemoryBank bank{memories[1], at::rand({2, 12}).add(1).to(at::kCUDA)};
+  MemoryBankOptions fifo;
+  fifo.capacity = 16;
+  fifo.tokens_per_segment = 6;  // 20 rows pooled to 6 windows; 2 bank tokens drop out
+  // A first pass outside the check: one-time setup (handles, kernel attributes) may wait.
+  std::vector<MambaState> states = stack->forward(x, memories, std::vector<MambaState>(5)).states;
+  torch::cuda::synchronize();
+
+  StackOutput out;
+  MemoryBank next;
+  std::vector<at::Tensor> per_session;
+  {
+    const FiniteValuesChecked checked;
+    const SyncDebugModeScope no_waits(c10::cuda::SyncDebugMode::L_ERROR);
+    EXPECT_NO_THROW({
+      out = stack->forward(x, memories, states);
+      next = update_memory_bank(bank, out.memory_inputs[1], fifo);
+      per_session = split_batch_copies(next.tokens, {1, 1});
+    });
+  }
+  ASSERT_TRUE(next.tokens.defined());
+  // The same update on the CPU: the counts (the oldest 10 bank counts, then the 6 windows'
+  // lengths) exactly, the tokens within bfloat16 rounding.
+  const MemoryBank want = update_memory_bank({bank.tokens.cpu().to(at::kFloat), bank.counts.cpu()},
+                                             out.memory_inputs[1].cpu().to(at::kFloat), fifo);
+  EXPECT_TRUE(at::equal(next.counts.cpu(), want.counts));
+  EXPECT_LE(relative_error(next.tokens, want.tokens), kBFloat16Tolerance);
+  ASSERT_EQ(per_session.size(), 2u);
+  EXPECT_TRUE(at::equal(per_session[1].cpu(), next.tokens.narrow(0, 1, 1).cpu()));
+}
+#endif
 
 }  // namespace
 }  // namespace hvlm
