@@ -72,6 +72,16 @@ def stage_totals(metrics_address):
     return totals
 
 
+def counter_total(metrics_address, family):
+    """The sum over all label sets of counter `family` now (0 where the server exports none)."""
+    if not metrics_address:
+        return 0.0
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(family + "{") or line.startswith(family + " "))
+
+
 def stage_means(before, after):
     """Mean per stage (ms; the batch size as is) over what happened between two stage_totals."""
     means = {}
@@ -229,6 +239,7 @@ def main():
                     amount = (["--duration", str(args.duration)] if args.duration > 0 else
                               ["--segments-per-session", str(max(3, 60 // n))])
                     before = stage_totals(metrics_address)
+                    issue_before, wall_before = counter_total(metrics_address, "hvlm_batch_issue_seconds_total"), time.time()
                     cpu_before = cpu_times()
                     run, threads = run_load_sampled(
                         [*pinned(args.client_cpus), os.path.join(args.build, "client", "hvlm-client"),
@@ -246,6 +257,11 @@ def main():
                     run["client_cpus"] = args.client_cpus or "any"
                     # Server-side means over the run (warm-up included): where a segment's time goes.
                     run["server_stage_means"] = stage_means(before, stage_totals(metrics_address))
+                    # Share of the run's wall time the batcher thread spent issuing passes (warm-up
+                    # included): near 1, that one thread bounds throughput.
+                    run["batcher_issue_busy"] = round(
+                        (counter_total(metrics_address, "hvlm_batch_issue_seconds_total") - issue_before)
+                        / max(time.time() - wall_before, 1e-9), 3)
                     # CPU per thread name, server and client: [name, threads, cores, busiest thread].
                     run["busiest_threads"] = threads
                     results["runs"].append(run)
@@ -265,7 +281,8 @@ def main():
               f"{lat['p90']:.2f} | {lat['p99']:.2f} | {r.get('server_compute_ms', {}).get('p50', float('nan')):.2f} "
               f"| {r['errors']} |")
     for r in results["runs"]:
-        print(f"server stage means, batching {r['batching']}, {r['sessions']} sessions: {r.get('server_stage_means')}")
+        print(f"server stage means, batching {r['batching']}, {r['sessions']} sessions: {r.get('server_stage_means')}; "
+              f"batcher busy issuing {r.get('batcher_issue_busy')} of the time")
     for r in results["runs"]:
         inside, outside = r.get("server_total_ms") or {}, r.get("outside_server_ms") or {}
         stages = r.get("server_stages_ms") or {}

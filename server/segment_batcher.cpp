@@ -53,12 +53,18 @@ SegmentBatcher::~SegmentBatcher() { shutdown(); }
 bool SegmentBatcher::submit(PreparedSegment segment, Done done, StillWanted still_wanted) {
   Job job{std::move(segment), {}, std::move(done), std::move(still_wanted), Clock::now()};
   job.key = batch_key(job.segment);
+  bool wake = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_ || static_cast<int64_t>(queue_.size()) >= options_.max_queued) return false;
     queue_.push_back(std::move(job));
+    // The batcher waits for a first segment, then for a full batch or the deadline: only a
+    // push that can end one of those waits wakes it. (Waking it for every segment cost it a
+    // wake-up and a scan of the queue per segment, on the thread every batch goes through.)
+    const size_t queued = queue_.size();
+    wake = queued == 1 || queued >= static_cast<size_t>(std::max<int64_t>(1, options_.max_batch_size));
   }
-  cv_.notify_one();
+  if (wake) cv_.notify_one();
   return true;
 }
 
@@ -139,6 +145,7 @@ void SegmentBatcher::run(std::vector<Job>& batch) {
   const std::string stack = segments.front().lease->stack().name;
   try {
     Launched launched{launch_segment_batch(segments), std::move(batch), start, stack};
+    metrics_.batch_issued(stack, std::chrono::duration<double>(Clock::now() - start).count());
     {
       std::lock_guard<std::mutex> lock(finish_mu_);
       ++in_flight_;

@@ -46,6 +46,11 @@ ServiceMetrics::ServiceMetrics(metrics::Registry& registry, const BuildInfo& bui
                                      "Requests' segments run together in one forward pass (1 without "
                                      "cross-session batching).",
                                      {"stack"}, {1, 2, 4, 8, 16, 32, 64, 128, 256})),
+      batch_issue_seconds_(registry.counter("hvlm_batch_issue_seconds_total",
+                                            "Time the batcher thread spent issuing batched forward passes "
+                                            "(every batch goes through that one thread: a rate near 1 means it "
+                                            "bounds throughput).",
+                                            {"stack"})),
       active_streams_(registry.gauge("hvlm_active_streams", "StreamSegments calls open now.").get()) {
   registry.gauge("hvlm_build_info", "Always 1; the labels say which build is running.",
                  {"version", "libtorch_version", "device"})
@@ -69,7 +74,8 @@ void ServiceMetrics::add_stack(const std::string& stack) {
   auto stage = [&](const char* name) { return &stage_seconds_.labels({stack, name}); };
   stacks_[stack] = PerStack{&segments_.labels({stack}), &tokens_.labels({stack}), stage("queue"),
                             stage("decode"),           stage("compute"),         stage("memory_update"),
-                            stage("encode"),           &bank_length_.labels({stack}), &batch_size_.labels({stack})};
+                            stage("encode"),           &bank_length_.labels({stack}), &batch_size_.labels({stack}),
+                            &batch_issue_seconds_.labels({stack})};
 }
 
 const ServiceMetrics::PerStack* ServiceMetrics::find(const std::string& stack) const {
@@ -130,6 +136,10 @@ void ServiceMetrics::request_done(const std::string& rpc, const std::string& sta
 
 void ServiceMetrics::batch_done(const std::string& stack, int64_t segments) {
   if (const PerStack* s = find(stack)) s->batch_size->observe(static_cast<double>(segments));
+}
+
+void ServiceMetrics::batch_issued(const std::string& stack, double seconds) {
+  if (const PerStack* s = find(stack)) s->batch_issue_seconds->inc(seconds);
 }
 
 void ServiceMetrics::segment_done(const std::string& stack, int64_t tokens, const StageTimings& t,

@@ -52,6 +52,9 @@ class ServiceMetrics {
   void request_done(const std::string& rpc, const std::string& stack, int grpc_code, double seconds);
   /// A forward pass over `segments` requests' segments (1 until cross-session batching).
   void batch_done(const std::string& stack, int64_t segments);
+  /// The batcher thread spent `seconds` issuing one batched pass (gathering the sessions' state,
+  /// queueing the pass on the device).
+  void batch_issued(const std::string& stack, double seconds);
   /// A segment processed: `tokens` = B * T, its stage timings, and for a session's segment the
   /// lengths of its memory banks after the update (nullptr for a stateless Forward, which has
   /// no memory-update stage).
@@ -71,6 +74,7 @@ class ServiceMetrics {
     metrics::Histogram* encode;
     metrics::Histogram* bank_length;
     metrics::Histogram* batch_size;
+    metrics::Counter* batch_issue_seconds;
   };
   const PerStack* find(const std::string& stack) const;
 
@@ -82,6 +86,7 @@ class ServiceMetrics {
   metrics::Family<metrics::Counter>& tokens_;
   metrics::Family<metrics::Histogram>& bank_length_;
   metrics::Family<metrics::Histogram>& batch_size_;
+  metrics::Family<metrics::Counter>& batch_issue_seconds_;
   metrics::Gauge& active_streams_;
   std::map<std::string, PerStack> stacks_;  // written by add_stack() before serving only
 };

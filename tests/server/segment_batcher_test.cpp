@@ -1,17 +1,20 @@
-// SegmentBatcher's timings without gRPC: every wait a batched segment goes through is counted
-// as queueing, the wait for a worker to answer after its pass included (the completions share
-// the request workers, so under load a finished segment can wait there).
+// SegmentBatcher without gRPC: every wait a batched segment goes through is counted as
+// queueing, the wait for a worker to answer after its pass included (the completions share the
+// request workers, so under load a finished segment can wait there); a full batch starts
+// without waiting out the queue delay; the batcher's issue time is exported.
 #include "server/metrics.h"
 #include "server/segment_batcher.h"
 #include "server/service_metrics.h"
 #include "server/session_store.h"
 #include "server/stack_registry.h"
 #include "server/worker_pool.h"
+#include "tests/server/observability_test_util.h"
 #include "tests/server/server_test_util.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <optional>
@@ -96,6 +99,50 @@ TEST(SegmentBatcher, TheWaitForAWorkerToAnswerCountsAsQueueing) {
   EXPECT_GT(timings.compute_micros, 0);
   // The stages cover the segment's time once each: their sum is at most the time it took.
   EXPECT_LE(timings.queue_micros + timings.compute_micros + timings.memory_update_micros, total_micros);
+  batcher.shutdown();
+}
+
+// The batcher is woken only by a first segment and by a full batch (not by every segment): the
+// segment that fills a batch must still start it at once, long before the queue delay.
+TEST(SegmentBatcher, AFullBatchStartsWithoutWaitingOutTheDelay) {
+  ServerConfig config = test_config({{"all", all_blocks_spec()}});
+  config.log_level = "error";
+  const auto stacks = StackRegistry::create(config);
+  const HostedStack* stack = stacks->find("all");
+  SessionStore store({});
+  metrics::Registry registry;
+  ServiceMetrics metrics(registry, BuildInfo{"test", "test", "cpu"});
+  metrics.add_stack("all");
+  constexpr int kSegments = 3;
+  std::promise<void> all_answered;
+  std::atomic<int> answered{0}, failed{0};
+  WorkerPool::Options pool_options;
+  pool_options.threads = 1;
+  WorkerPool completions(pool_options);
+  SegmentBatcher::Options options;
+  options.max_batch_size = kSegments;
+  options.max_queue_delay_seconds = 600;  // only a full batch can start in time
+  SegmentBatcher batcher(options, store, completions, metrics);
+
+  const auto submitted = std::chrono::steady_clock::now();
+  for (int i = 0; i < kSegments; ++i) {
+    const std::string id = store.open(*stack, "").session_id;
+    ASSERT_TRUE(batcher.submit(prepare_segment(store, id, std::nullopt, at::randn({1, 8, 32}), nullptr),
+                               [&](SegmentOutcome outcome, StageTimings) {
+                                 if (outcome.error) ++failed;
+                                 if (++answered == kSegments) all_answered.set_value();
+                               }));
+  }
+  ASSERT_EQ(all_answered.get_future().wait_for(std::chrono::seconds(60)), std::future_status::ready)
+      << "the full batch waited for its queue delay";
+  EXPECT_LT(std::chrono::steady_clock::now() - submitted, std::chrono::seconds(60));
+  EXPECT_EQ(failed.load(), 0);
+  const std::string text = registry.render();
+  EXPECT_EQ(sample_value(text, "hvlm_batch_size_count{stack=\"all\"}"), 1.0) << "one pass for all three";
+  EXPECT_EQ(sample_value(text, "hvlm_batch_size_sum{stack=\"all\"}"), 3.0);
+  const std::optional<double> issued = sample_value(text, "hvlm_batch_issue_seconds_total{stack=\"all\"}");
+  ASSERT_TRUE(issued.has_value()) << text;
+  EXPECT_GT(*issued, 0.0);
   batcher.shutdown();
 }
 
