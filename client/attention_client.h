@@ -61,9 +61,10 @@ class AttentionClient {
 
   double timeout_seconds() const { return timeout_seconds_; }
 
- private:
-  // now + seconds, saturating far in the future.
+  /// now + seconds, saturating far in the future.
   static std::chrono::system_clock::time_point deadline_after(double seconds);
+
+ private:
 
   std::unique_ptr<hvlm::v1::AttentionService::Stub> stub_;
   double timeout_seconds_;
