@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -140,6 +141,32 @@ TEST(LoadTest, TooLargeSegmentsFromTheStacksDimAreAUsageError) {
   std::ostringstream out;
   EXPECT_THROW(run_load(options, out), UsageError);
   EXPECT_EQ(server.service().sessions_opened(), 0);
+}
+
+// The load connects every session's channel before it starts, but a server that refuses
+// connections is given up on after a retry, not waited for until the (long) timeout; each
+// session then fails and is counted.
+TEST(LoadTest, AServerThatRefusesConnectionsIsNotWaitedForUntilTheTimeout) {
+  std::string address;
+  {
+    FakeServer gone;  // its port, free again once it has stopped
+    address = gone.address();
+  }
+  LoadOptions options;
+  options.connection.server = address;
+  options.connection.timeout_seconds = 300;
+  options.stack = "echo";
+  options.dim = kFakeDim;  // no ListStacks: the sessions' own calls meet the refusal
+  options.sessions = 4;
+  options.segment_frames = 4;
+  options.segments_per_session = 1;
+  std::ostringstream out;
+  const auto start = std::chrono::steady_clock::now();
+  const RunSummary summary = run_load(options, out);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(100));
+  EXPECT_EQ(summary.errors, 4);
+  EXPECT_NE(summary.first_error.find("UNAVAILABLE"), std::string::npos) << summary.first_error;
+  EXPECT_EQ(summary.latency_ms.count, 0u);
 }
 
 TEST(StartGate, OpensOnTheLastArrivalForEveryWaiter) {
