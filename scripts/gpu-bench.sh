@@ -58,6 +58,12 @@ fi
 if has bench; then
   ./build-cuda/bench/hvlm-gpu-bench --json "$out/gpu-bench.json" > "$out/gpu-bench.log" 2>&1 || echo "hvlm-gpu-bench failed"
   tail -40 "$out/gpu-bench.log"
+  # The batcher's pass as hvlm-server runs it (configs/gpu.yaml): the host's issue time, which
+  # bounds throughput at 256 sessions, for passes of 64 and 128 sessions' segments.
+  for sessions in 64 128; do
+    ./build-cuda/bench/hvlm-session-bench --config configs/gpu.yaml --batch "$sessions" --warmup 20 \
+      --segments 30 --json "$out/batched-pass-$sessions.json" || echo "hvlm-session-bench --batch $sessions failed"
+  done
 fi
 if has service; then
   # Warm-up 20 segments per session: the banks (capacity 256, 16 tokens per segment) fill
