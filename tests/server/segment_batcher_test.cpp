@@ -43,24 +43,38 @@ class WorkerGate {
   bool open_ = false;
 };
 
-TEST(SegmentBatcher, TheWaitForAWorkerToAnswerCountsAsQueueing) {
-  ServerConfig config = test_config({{"all", all_blocks_spec()}});
-  config.log_level = "error";
-  const auto stacks = StackRegistry::create(config);
-  const HostedStack* stack = stacks->find("all");
-  SessionStore store({});
+// What a batcher works with: the test config's "all" stack, a session store, and the
+// service's metrics with that stack's series.
+struct BatcherInputs {
+  BatcherInputs() { metrics.add_stack("all"); }
+  static ServerConfig make_config() {
+    ServerConfig c = test_config({{"all", all_blocks_spec()}});
+    c.log_level = "error";
+    return c;
+  }
+  const ServerConfig config = make_config();
+  const std::unique_ptr<StackRegistry> stacks = StackRegistry::create(config);
+  const HostedStack* const stack = stacks->find("all");
+  SessionStore store{SessionStore::Options{}};
   metrics::Registry registry;
-  ServiceMetrics metrics(registry, BuildInfo{"test", "test", "cpu"});
-  metrics.add_stack("all");
+  ServiceMetrics metrics{registry, BuildInfo{"test", "test", "cpu"}};
+};
+
+WorkerPool::Options one_worker() {
+  WorkerPool::Options options;
+  options.threads = 1;
+  return options;
+}
+
+TEST(SegmentBatcher, TheWaitForAWorkerToAnswerCountsAsQueueing) {
+  BatcherInputs in;
   // Declared before the pool and the batcher, which may still call into them as they stop.
   std::promise<void> blocking;
   std::promise<std::pair<SegmentOutcome, StageTimings>> answered;
-  WorkerPool::Options pool_options;
-  pool_options.threads = 1;
-  WorkerPool completions(pool_options);
+  WorkerPool completions(one_worker());
   SegmentBatcher::Options options;
   options.max_batch_size = 1;  // no wait for company
-  SegmentBatcher batcher(options, store, completions, metrics);
+  SegmentBatcher batcher(options, in.store, completions, in.metrics);
 
   // The only completion worker is busy until the gate opens (at the latest when the test ends,
   // so that a failed assertion cannot leave the pool's destructor waiting for it).
@@ -72,9 +86,9 @@ TEST(SegmentBatcher, TheWaitForAWorkerToAnswerCountsAsQueueing) {
   }));
   blocking.get_future().wait();
 
-  const std::string id = store.open(*stack, "").session_id;
+  const std::string id = in.store.open(*in.stack, "").session_id;
   const auto submitted = std::chrono::steady_clock::now();
-  ASSERT_TRUE(batcher.submit(prepare_segment(store, id, std::nullopt, at::randn({1, 8, 32}), nullptr),
+  ASSERT_TRUE(batcher.submit(prepare_segment(in.store, id, std::nullopt, at::randn({1, 8, 32}), nullptr),
                              [&answered](SegmentOutcome outcome, StageTimings t) {
                                answered.set_value({std::move(outcome), t});
                              }));
@@ -85,7 +99,7 @@ TEST(SegmentBatcher, TheWaitForAWorkerToAnswerCountsAsQueueing) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   ASSERT_EQ(completions.queued(), 1u);
-  EXPECT_EQ(store.info(id).segments_seen, 1u);
+  EXPECT_EQ(in.store.info(id).segments_seen, 1u);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   gate.open();
 
@@ -105,29 +119,20 @@ TEST(SegmentBatcher, TheWaitForAWorkerToAnswerCountsAsQueueing) {
 // The batcher is woken only by a first segment and by a full batch (not by every segment): the
 // segment that fills a batch must still start it at once, long before the queue delay.
 TEST(SegmentBatcher, AFullBatchStartsWithoutWaitingOutTheDelay) {
-  ServerConfig config = test_config({{"all", all_blocks_spec()}});
-  config.log_level = "error";
-  const auto stacks = StackRegistry::create(config);
-  const HostedStack* stack = stacks->find("all");
-  SessionStore store({});
-  metrics::Registry registry;
-  ServiceMetrics metrics(registry, BuildInfo{"test", "test", "cpu"});
-  metrics.add_stack("all");
+  BatcherInputs in;
   constexpr int kSegments = 3;
   std::promise<void> all_answered;
   std::atomic<int> answered{0}, failed{0};
-  WorkerPool::Options pool_options;
-  pool_options.threads = 1;
-  WorkerPool completions(pool_options);
+  WorkerPool completions(one_worker());
   SegmentBatcher::Options options;
   options.max_batch_size = kSegments;
   options.max_queue_delay_seconds = 600;  // only a full batch can start in time
-  SegmentBatcher batcher(options, store, completions, metrics);
+  SegmentBatcher batcher(options, in.store, completions, in.metrics);
 
   const auto submitted = std::chrono::steady_clock::now();
   for (int i = 0; i < kSegments; ++i) {
-    const std::string id = store.open(*stack, "").session_id;
-    ASSERT_TRUE(batcher.submit(prepare_segment(store, id, std::nullopt, at::randn({1, 8, 32}), nullptr),
+    const std::string id = in.store.open(*in.stack, "").session_id;
+    ASSERT_TRUE(batcher.submit(prepare_segment(in.store, id, std::nullopt, at::randn({1, 8, 32}), nullptr),
                                [&](SegmentOutcome outcome, StageTimings) {
                                  if (outcome.error) ++failed;
                                  if (++answered == kSegments) all_answered.set_value();
@@ -137,7 +142,7 @@ TEST(SegmentBatcher, AFullBatchStartsWithoutWaitingOutTheDelay) {
       << "the full batch waited for its queue delay";
   EXPECT_LT(std::chrono::steady_clock::now() - submitted, std::chrono::seconds(60));
   EXPECT_EQ(failed.load(), 0);
-  const std::string text = registry.render();
+  const std::string text = in.registry.render();
   EXPECT_EQ(sample_value(text, "hvlm_batch_size_count{stack=\"all\"}"), 1.0) << "one pass for all three";
   EXPECT_EQ(sample_value(text, "hvlm_batch_size_sum{stack=\"all\"}"), 3.0);
   const std::optional<double> issued = sample_value(text, "hvlm_batch_issue_seconds_total{stack=\"all\"}");
