@@ -53,13 +53,17 @@ def start_server(build, config, tmp, cpus=""):
     return proc, lines[0], (lines[1] if len(lines) > 1 else "")  # gRPC and metrics addresses
 
 
-def stage_totals(metrics_address):
-    """{series: (sum seconds, count)} of the server's stage and batch-size histograms now."""
-    totals = {}
+def scrape(metrics_address):
+    """The server's /metrics text now ("" without a metrics address)."""
     if not metrics_address:
-        return totals
+        return ""
     with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as response:
-        text = response.read().decode()
+        return response.read().decode()
+
+
+def stage_totals(text):
+    """{series: (sum seconds, count)} of the stage and batch-size histograms in a scrape()."""
+    totals = {}
     for line in text.splitlines():
         for kind in ("_sum", "_count"):
             for family in ("hvlm_stage_duration_seconds", "hvlm_batch_size"):
@@ -72,12 +76,8 @@ def stage_totals(metrics_address):
     return totals
 
 
-def counter_total(metrics_address, family):
-    """The sum over all label sets of counter `family` now (0 where the server exports none)."""
-    if not metrics_address:
-        return 0.0
-    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as response:
-        text = response.read().decode()
+def counter_total(text, family):
+    """The sum over all label sets of counter `family` in a scrape() (0 where it has none)."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(family + "{") or line.startswith(family + " "))
 
@@ -238,8 +238,7 @@ def main():
                     out = os.path.join(tmp, f"load{n}.json")
                     amount = (["--duration", str(args.duration)] if args.duration > 0 else
                               ["--segments-per-session", str(max(3, 60 // n))])
-                    before = stage_totals(metrics_address)
-                    issue_before, wall_before = counter_total(metrics_address, "hvlm_batch_issue_seconds_total"), time.time()
+                    metrics_before, wall_before = scrape(metrics_address), time.time()
                     cpu_before = cpu_times()
                     run, threads = run_load_sampled(
                         [*pinned(args.client_cpus), os.path.join(args.build, "client", "hvlm-client"),
@@ -256,12 +255,14 @@ def main():
                     run["server_cpus"] = args.server_cpus or "any"
                     run["client_cpus"] = args.client_cpus or "any"
                     # Server-side means over the run (warm-up included): where a segment's time goes.
-                    run["server_stage_means"] = stage_means(before, stage_totals(metrics_address))
+                    metrics_after, wall_after = scrape(metrics_address), time.time()
+                    run["server_stage_means"] = stage_means(stage_totals(metrics_before), stage_totals(metrics_after))
                     # Share of the run's wall time the batcher thread spent issuing passes (warm-up
                     # included): near 1, that one thread bounds throughput.
+                    issued = "hvlm_batch_issue_seconds_total"
                     run["batcher_issue_busy"] = round(
-                        (counter_total(metrics_address, "hvlm_batch_issue_seconds_total") - issue_before)
-                        / max(time.time() - wall_before, 1e-9), 3)
+                        (counter_total(metrics_after, issued) - counter_total(metrics_before, issued))
+                        / max(wall_after - wall_before, 1e-9), 3)
                     # CPU per thread name, server and client: [name, threads, cores, busiest thread].
                     run["busiest_threads"] = threads
                     results["runs"].append(run)
