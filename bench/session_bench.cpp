@@ -140,7 +140,7 @@ int main(int argc, char** argv) {
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
       if (s >= warmup) ms.push_back(elapsed);
     }
-    const double p50 = percentile(ms, 0.5), p90 = percentile(ms, 0.9), p99 = percentile(ms, 0.99);
+    const auto [p50, p90, p99] = percentiles(ms);
     std::printf("in-process session segment, stack %s, %lld x %lld, %d intra-op threads: "
                 "p50 %.2f ms, p90 %.2f ms, p99 %.2f ms over %d segments\n",
                 name.c_str(), static_cast<long long>(t), static_cast<long long>(stack->dim()), threads,
