@@ -54,6 +54,9 @@ std::string bench_batched(hvlm::SessionStore& sessions, const hvlm::HostedStack&
   std::vector<std::string> ids;
   for (int64_t i = 0; i < batch; ++i) ids.push_back(sessions.open(stack, "").session_id);
   std::vector<double> issue_ms, finish_ms;
+  // The issue's phases (hvlm::BatchIssueTimings), in its order.
+  const char* const phase_names[] = {"gather", "inputs", "forward", "update", "split", "outputs"};
+  std::vector<double> phase_ms[6];
   for (int pass = 0; pass < warmup + passes; ++pass) {
     std::vector<hvlm::PreparedSegment> segments;
     for (const std::string& id : ids) {
@@ -71,6 +74,9 @@ std::string bench_batched(hvlm::SessionStore& sessions, const hvlm::HostedStack&
     if (pass >= warmup) {
       issue_ms.push_back(std::chrono::duration<double, std::milli>(issued - start).count());
       finish_ms.push_back(std::chrono::duration<double, std::milli>(finished - issued).count());
+      const hvlm::BatchIssueTimings& t = hvlm::issue_timings(*launched);
+      const int64_t phases[] = {t.gather, t.inputs, t.forward, t.update, t.split, t.outputs};
+      for (int i = 0; i < 6; ++i) phase_ms[i].push_back(phases[i] * 1e-3);
     }
   }
   const Percentiles issue = percentiles(issue_ms), finish = percentiles(finish_ms);
@@ -79,13 +85,23 @@ std::string bench_batched(hvlm::SessionStore& sessions, const hvlm::HostedStack&
               stack.name.c_str(), static_cast<long long>(batch), static_cast<long long>(tokens),
               static_cast<long long>(stack.dim()), stack.device.str().c_str(), issue.p50, issue.p90,
               finish.p50, finish.p90, passes);
+  std::string phases_json;
+  std::printf("  issue by phase, p50 ms:");
+  for (int i = 0; i < 6; ++i) {
+    const double p50 = percentile(phase_ms[i], 0.5);
+    std::printf(" %s %.3f", phase_names[i], p50);
+    char item[64];
+    std::snprintf(item, sizeof item, "%s\"%s\": %.4f", i ? ", " : "", phase_names[i], p50);
+    phases_json += item;
+  }
+  std::printf("\n");
   char fields[256];
   std::snprintf(fields, sizeof fields,
                 "\"batch\": %lld, \"issue_ms\": {\"p50\": %.4f, \"p90\": %.4f, \"p99\": %.4f}, "
                 "\"finish_ms\": {\"p50\": %.4f, \"p90\": %.4f, \"p99\": %.4f}",
                 static_cast<long long>(batch), issue.p50, issue.p90, issue.p99, finish.p50, finish.p90,
                 finish.p99);
-  return fields;
+  return std::string(fields) + ", \"issue_phase_p50_ms\": {" + phases_json + "}";
 }
 
 }  // namespace

@@ -137,6 +137,7 @@ struct LaunchedBatch {
 #endif
   int64_t forward_micros = 0;
   int64_t update_micros = 0;
+  BatchIssueTimings issue;
   // When launch returned: compute runs on from here until finish sees the device done, so a
   // batch waiting for the finisher (the one before it still finishing) is in its compute time.
   Clock::time_point launched_at;
@@ -158,6 +159,14 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
     return at::cat(parts, 0);
   };
   for (const auto& s : segments) batch->rows.push_back(s.x.size(0));
+  BatchIssueTimings& issue = batch->issue;
+  auto phase_start = Clock::now();
+  // Ends a phase: its time into `field`, and the next phase starts.
+  auto phase_end = [&phase_start](int64_t& field) {
+    const auto now = Clock::now();
+    field = micros_between(phase_start, now);
+    phase_start = now;
+  };
 
   const size_t n = stack.module->num_blocks();
   const SessionState& first = segments.front().lease->state();
@@ -175,9 +184,11 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
     states[i] = {gather([block](const PreparedSegment& s) { return s.lease->state().states.at(block).conv_state; }),
                  gather([block](const PreparedSegment& s) { return s.lease->state().states.at(block).ssm_state; })};
   }
+  phase_end(issue.gather);
   std::vector<at::Tensor> inputs;
   for (const auto& s : segments) inputs.push_back(s.x);
   const at::Tensor x = to_stack_device(stack, inputs);
+  phase_end(issue.inputs);
 
   // Every request was checked on the host (decode rejects non-finite values, prepare() values
   // that overflow the stack's dtype, import non-finite states), so the library's value checks,
@@ -187,6 +198,7 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
   auto start = Clock::now();
   StackOutput out = run_stack(stack, x, memories, states);
   batch->forward_micros = micros_since(start);
+  phase_end(issue.forward);
 
   // The memory updates and each session's copies of its banks and states are queued behind the
   // forward pass on the device, so on a GPU the CPU issues them while the device computes.
@@ -202,6 +214,7 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
   }
   // Each session keeps its own copy of its rows, so that one session's state never pins the
   // whole batch's memory (all sessions' copies of one tensor are one multi-tensor copy).
+  phase_end(issue.update);
   auto split = [&](const at::Tensor& t) {
     return single ? std::vector<at::Tensor>{t} : split_batch_copies(t, batch->rows);
   };
@@ -218,6 +231,7 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
     return 0;
   });
   batch->update_micros = micros_since(start);
+  phase_end(issue.split);
   start = Clock::now();
   // One copy of y for the whole batch, into pinned memory on a GPU (a direct DMA), and beside
   // it which batch rows came out finite, output and next state alike (reduced on the device): a
@@ -244,10 +258,13 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
     return 0;
   });
   batch->forward_micros += micros_since(start);
+  phase_end(issue.outputs);
   batch->segments = std::move(segments);
   batch->launched_at = Clock::now();
   return batch;
 }
+
+const BatchIssueTimings& issue_timings(const LaunchedBatch& batch) { return batch.issue; }
 
 std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, LaunchedBatch& batch,
                                                  StageTimings* timings) {

@@ -81,6 +81,15 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
 std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, LaunchedBatch& batch,
                                                  StageTimings* timings);
 
+// Where the host's time went while launch_segment_batch issued a batch, in microseconds, by
+// phase in order (on a GPU the device runs on behind them): gathering the sessions' banks and
+// states, staging the inputs and sending them, the stack's forward, the bank updates, each
+// session's copies of its next state, and the finite check and the copies back.
+struct BatchIssueTimings {
+  int64_t gather = 0, inputs = 0, forward = 0, update = 0, split = 0, outputs = 0;
+};
+const BatchIssueTimings& issue_timings(const LaunchedBatch& batch);
+
 // Runs `x` as the next segment of session `session_id` and commits the session's next state
 // (prepare_segment + run_segment_batch of one). On any error the session is unchanged.
 SegmentResult run_segment(SessionStore& sessions, const std::string& session_id,
