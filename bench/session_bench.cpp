@@ -55,8 +55,9 @@ std::string bench_batched(hvlm::SessionStore& sessions, const hvlm::HostedStack&
   for (int64_t i = 0; i < batch; ++i) ids.push_back(sessions.open(stack, "").session_id);
   std::vector<double> issue_ms, finish_ms;
   // The issue's phases (hvlm::BatchIssueTimings), in its order.
-  const char* const phase_names[] = {"gather", "inputs", "forward", "update", "split", "outputs"};
-  std::vector<double> phase_ms[6];
+  const char* const phase_names[] = {"gather", "inputs", "forward", "update", "outputs"};
+  constexpr int kPhases = 5;
+  std::vector<double> phase_ms[kPhases];
   for (int pass = 0; pass < warmup + passes; ++pass) {
     std::vector<hvlm::PreparedSegment> segments;
     for (const std::string& id : ids) {
@@ -75,8 +76,8 @@ std::string bench_batched(hvlm::SessionStore& sessions, const hvlm::HostedStack&
       issue_ms.push_back(std::chrono::duration<double, std::milli>(issued - start).count());
       finish_ms.push_back(std::chrono::duration<double, std::milli>(finished - issued).count());
       const hvlm::BatchIssueTimings& t = hvlm::issue_timings(*launched);
-      const int64_t phases[] = {t.gather, t.inputs, t.forward, t.update, t.split, t.outputs};
-      for (int i = 0; i < 6; ++i) phase_ms[i].push_back(phases[i] * 1e-3);
+      const int64_t phases[kPhases] = {t.gather, t.inputs, t.forward, t.update, t.outputs};
+      for (int i = 0; i < kPhases; ++i) phase_ms[i].push_back(phases[i] * 1e-3);
     }
   }
   const Percentiles issue = percentiles(issue_ms), finish = percentiles(finish_ms);
@@ -87,7 +88,7 @@ std::string bench_batched(hvlm::SessionStore& sessions, const hvlm::HostedStack&
               finish.p50, finish.p90, passes);
   std::string phases_json;
   std::printf("  issue by phase, p50 ms:");
-  for (int i = 0; i < 6; ++i) {
+  for (int i = 0; i < kPhases; ++i) {
     const double p50 = percentile(phase_ms[i], 0.5);
     std::printf(" %s %.3f", phase_names[i], p50);
     char item[64];

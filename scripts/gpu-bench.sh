@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # On a CUDA host (the device tool's H200): builds hvlm against PyTorch 2.x's LibTorch with our
 # CUDA kernels (HVLM_CUDA=auto), checks them, and measures. Stages, in order, as arguments
-# (default: all): build, kernels, test, bench, service. Logs and JSON go to $OUT.
+# (default: all): build, kernels, test, bench, pass, service. Logs and JSON go to $OUT.
 #   scripts/gpu-bench.sh build test        # build, then the C++ suites (incl. Cuda.*)
 set -euo pipefail
 out=${OUT:-/tmp/hvlm-gpu}
 mkdir -p "$out" build-cuda
-stages=${*:-build kernels test bench service}
+stages=${*:-build kernels test bench pass service}
 has() { [[ " $stages " == *" $1 "* ]]; }
 source .gpu-deps/activate.sh
 export OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1
@@ -58,11 +58,13 @@ fi
 if has bench; then
   ./build-cuda/bench/hvlm-gpu-bench --json "$out/gpu-bench.json" > "$out/gpu-bench.log" 2>&1 || echo "hvlm-gpu-bench failed"
   tail -40 "$out/gpu-bench.log"
+fi
+if has pass; then
   # The batcher's pass as hvlm-server runs it (configs/gpu.yaml): the host's issue time, which
-  # bounds throughput at 256 sessions, for passes of 64 and 128 sessions' segments.
-  for sessions in 64 128; do
+  # bounds throughput at 256 sessions, by phase, for passes of 64, 128 and 256 sessions' segments.
+  for sessions in 64 128 256; do
     ./build-cuda/bench/hvlm-session-bench --config configs/gpu.yaml --batch "$sessions" --warmup 20 \
-      --segments 30 --json "$out/batched-pass-$sessions.json" || echo "hvlm-session-bench --batch $sessions failed"
+      --segments 30 --json "$out/batched-pass-$sessions.json" | tail -2 || echo "hvlm-session-bench --batch $sessions failed"
   done
 fi
 if has service; then

@@ -8,12 +8,16 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #if HVLM_WITH_CUDA
+#include "attention/cuda_kernels.h"
+
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDAGuard.h>
 #endif
 
 #include <algorithm>
 #include <chrono>
+#include <exception>
 #include <functional>
 #include <optional>
 #include <string>
@@ -24,7 +28,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // Checks x against the stack and converts it to the stack's dtype where it is (on the host for
-// requests; it moves to the stack's device with its batch, see to_stack_device). A value finite
+// requests; it moves to the stack's device with its batch, see to_stack_device): for a GPU
+// stack into pinned memory, from which the device reads it directly. A value finite
 // in the wire dtype may overflow the stack's (3e38 in bfloat16, 7e4 in float16): that is the
 // caller's input error, caught here rather than inside a (possibly batched) forward pass.
 at::Tensor prepare(const HostedStack& stack, const at::Tensor& x, const char* what) {
@@ -33,7 +38,10 @@ at::Tensor prepare(const HostedStack& stack, const at::Tensor& x, const char* wh
          stack.dim(), "] for stack '", stack.name, "', got last dimension ",
          x.dim() > 0 ? x.size(-1) : 0);
   }
-  at::Tensor converted = x.to(stack.dtype);
+  at::Tensor converted =
+      stack.device.is_cuda() && x.is_cpu()
+          ? at::empty(x.sizes(), x.options().dtype(stack.dtype).pinned_memory(true)).copy_(x)
+          : x.to(stack.dtype);
   if (stack.dtype != x.scalar_type() && !all_finite(converted)) {
     fail(ErrorCode::kInvalidArgument, what, " has values outside the range of the stack's ",
          c10::toString(stack.dtype), " (they overflow to infinity)");
@@ -42,21 +50,43 @@ at::Tensor prepare(const HostedStack& stack, const at::Tensor& x, const char* wh
 }
 
 // The inputs of `parts` (prepared, in the stack's dtype) concatenated along the batch, on the
-// stack's device. Host inputs bound for a GPU are gathered into pinned memory and go over in
-// one asynchronous copy: a copy from pageable memory would first wait for all the work queued
-// on the device's stream (the previous batch's), holding up the thread that issues it.
+// stack's device. For a GPU stack they come from the host's pinned memory (prepare) without a
+// wait for the device: one asynchronous copy for one part; for a batch, one kernel that reads
+// all parts across the bus (gather_pinned), where staging them into one buffer first was a
+// host memcpy of the whole batch on the thread that issues every pass. Either way the parts
+// must live until the device is past the copy: the batch holds its segments until it finished.
 at::Tensor to_stack_device(const HostedStack& stack, const std::vector<at::Tensor>& parts) {
+#if HVLM_WITH_CUDA
   const bool from_host = std::all_of(parts.begin(), parts.end(), [](const at::Tensor& p) { return p.is_cpu(); });
-  if (stack.device.is_cpu() || !from_host) {
-    return (parts.size() == 1 ? parts.front() : at::cat(parts, 0)).to(stack.device);
-  }
-  int64_t rows = 0;
-  for (const auto& p : parts) rows += p.size(0);
-  at::Tensor staged = at::empty({rows, parts.front().size(1), parts.front().size(2)},
-                                parts.front().options().pinned_memory(true));
-  at::cat_out(staged, parts, 0);
-  return staged.to(stack.device, /*non_blocking=*/true);
+  if (stack.device.is_cuda() && from_host && parts.size() > 1) return cuda::gather_pinned(parts, stack.device);
+#endif
+  return (parts.size() == 1 ? parts.front() : at::cat(parts, 0)).to(stack.device, /*non_blocking=*/true);
 }
+
+#if HVLM_WITH_CUDA
+// While alive, an exception leaving the scope first waits for the device's current stream, so
+// that what the queued work reads may be freed: a launch that fails hands its segments back to
+// the caller, whose inputs the device may still be reading (to_stack_device). Failures are
+// rare; the wait is then cheap.
+class WaitForDeviceOnFailure {
+ public:
+  explicit WaitForDeviceOnFailure(at::Device device)
+      : device_(device), exceptions_(std::uncaught_exceptions()) {}
+  ~WaitForDeviceOnFailure() {
+    if (!device_.is_cuda() || std::uncaught_exceptions() == exceptions_) return;
+    try {
+      at::cuda::getCurrentCUDAStream(device_.index()).synchronize();
+    } catch (...) {  // a broken device: nothing left to protect
+    }
+  }
+  WaitForDeviceOnFailure(const WaitForDeviceOnFailure&) = delete;
+  WaitForDeviceOnFailure& operator=(const WaitForDeviceOnFailure&) = delete;
+
+ private:
+  at::Device device_;
+  int exceptions_;
+};
+#endif
 
 // Runs a library call. Its failures are INTERNAL (inputs were checked before), named by
 // `context`; CUDA out-of-memory keeps its type, so the edge answers RESOURCE_EXHAUSTED.
@@ -127,13 +157,15 @@ struct LaunchedBatch {
   std::vector<PreparedSegment> segments;  // their leases are held until the end
   const HostedStack* stack = nullptr;
   std::vector<int64_t> rows;              // batch rows of each segment
-  // Per bank (cross_memory block) and per mamba block: each segment's own copy of its rows.
-  std::map<size_t, int64_t> bank_lengths;
-  std::map<size_t, std::vector<at::Tensor>> bank_tokens, bank_counts, conv_states, ssm_states;
+  // The whole batch's next banks (by cross_memory block) and Mamba states (by mamba block), on
+  // the stack's device; finish copies each session's rows out of them.
+  std::map<size_t, MemoryBank> next_banks;
+  std::map<size_t, MambaState> next_states;
   at::Tensor y;       // [rows, T, D] on the host (pinned on a GPU): complete once the device is
   at::Tensor finite;  // [rows] bool on the host: that row's output and next state are finite
 #if HVLM_WITH_CUDA
-  std::optional<at::cuda::CUDAEvent> copied;  // the device got past the copies of y and finite
+  std::optional<at::cuda::CUDAEvent> updated;  // the device got past the bank updates
+  std::optional<at::cuda::CUDAEvent> copied;   // the device got past the copies of y and finite
 #endif
   int64_t forward_micros = 0;
   int64_t update_micros = 0;
@@ -188,6 +220,9 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
   std::vector<at::Tensor> inputs;
   for (const auto& s : segments) inputs.push_back(s.x);
   const at::Tensor x = to_stack_device(stack, inputs);
+#if HVLM_WITH_CUDA
+  const WaitForDeviceOnFailure inputs_in_use(stack.device);
+#endif
   phase_end(issue.inputs);
 
   // Every request was checked on the host (decode rejects non-finite values, prepare() values
@@ -200,10 +235,10 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
   batch->forward_micros = micros_since(start);
   phase_end(issue.forward);
 
-  // The memory updates and each session's copies of its banks and states are queued behind the
-  // forward pass on the device, so on a GPU the CPU issues them while the device computes.
+  // The memory updates are queued behind the forward pass on the device, so on a GPU the CPU
+  // issues them while the device computes.
   start = Clock::now();
-  std::map<size_t, MemoryBank> next_banks;
+  std::map<size_t, MemoryBank>& next_banks = batch->next_banks;
   for (const auto& entry : banks) {
     const size_t i = entry.first;
     // Inside the FiniteValuesChecked scope above: the banks come from these updates or from an
@@ -212,26 +247,15 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
       return update_memory_bank(entry.second, out.memory_inputs[i], stack.memory.at(i));
     });
   }
-  // Each session keeps its own copy of its rows, so that one session's state never pins the
-  // whole batch's memory (all sessions' copies of one tensor are one multi-tensor copy).
-  phase_end(issue.update);
-  auto split = [&](const at::Tensor& t) {
-    return single ? std::vector<at::Tensor>{t} : split_batch_copies(t, batch->rows);
-  };
-  library_call("splitting the batch: ", [&] {
-    for (const auto& [i, bank] : next_banks) {
-      batch->bank_lengths[i] = bank.tokens.size(1);
-      batch->bank_tokens[i] = split(bank.tokens);
-      batch->bank_counts[i] = split(bank.counts);
-    }
-    for (size_t i : stack.mamba_blocks) {
-      batch->conv_states[i] = split(out.states[i].conv_state);
-      batch->ssm_states[i] = split(out.states[i].ssm_state);
-    }
-    return 0;
-  });
+  for (size_t i : stack.mamba_blocks) batch->next_states[i] = out.states[i];
+#if HVLM_WITH_CUDA
+  if (stack.device.is_cuda()) {
+    batch->updated.emplace();
+    batch->updated->record(at::cuda::getCurrentCUDAStream(stack.device.index()));
+  }
+#endif
   batch->update_micros = micros_since(start);
-  phase_end(issue.split);
+  phase_end(issue.update);
   start = Clock::now();
   // One copy of y for the whole batch, into pinned memory on a GPU (a direct DMA), and beside
   // it which batch rows came out finite, output and next state alike (reduced on the device): a
@@ -266,21 +290,89 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
 
 const BatchIssueTimings& issue_timings(const LaunchedBatch& batch) { return batch.issue; }
 
+namespace {
+
+// Each session's own copy of its rows of a batch's next banks and states.
+struct SessionCopies {
+  std::map<size_t, std::vector<at::Tensor>> bank_tokens, bank_counts, conv_states, ssm_states;
+#if HVLM_WITH_CUDA
+  std::optional<at::cuda::CUDAEvent> done;  // the device got past the copies (on a GPU)
+#endif
+};
+
+// Copies each session's rows out of the batch's next banks and states, so that one session's
+// state never pins the whole batch's memory (all sessions' copies of one tensor are one
+// multi-tensor copy). On a GPU the copies go on a second stream, after the bank updates: the
+// finisher issues them while the batcher issues the next batch, and they run beside that
+// batch's work rather than queued behind it. The batch holds the tensors read until finish has
+// waited for `done`, and the copies are read (by a session's next batch) only once committed,
+// after that wait.
+SessionCopies copy_per_session(LaunchedBatch& batch) {
+  SessionCopies copies;
+#if HVLM_WITH_CUDA
+  std::optional<c10::cuda::CUDAStreamGuard> on_side_stream;
+  if (batch.updated) {
+    const at::cuda::CUDAStream side = at::cuda::getStreamFromPool(/*isHighPriority=*/true, batch.stack->device.index());
+    batch.updated->block(side);
+    on_side_stream.emplace(side);
+  }
+  // A failure lets the copies queued so far (on the current stream, the second one) end before
+  // the batch's tensors they read may be freed.
+  const WaitForDeviceOnFailure copies_in_flight(batch.stack->device);
+#endif
+  auto split = [&](const at::Tensor& t) {
+    return batch.rows.size() == 1 ? std::vector<at::Tensor>{t} : split_batch_copies(t, batch.rows);
+  };
+  library_call("splitting the batch: ", [&] {
+    for (const auto& [i, bank] : batch.next_banks) {
+      copies.bank_tokens[i] = split(bank.tokens);
+      copies.bank_counts[i] = split(bank.counts);
+    }
+    for (const auto& [i, state] : batch.next_states) {
+      copies.conv_states[i] = split(state.conv_state);
+      copies.ssm_states[i] = split(state.ssm_state);
+    }
+#if HVLM_WITH_CUDA
+    if (on_side_stream) {
+      copies.done.emplace();
+      copies.done->record(on_side_stream->current_stream());
+    }
+#endif
+    return 0;
+  });
+  return copies;
+}
+
+}  // namespace
+
 std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, LaunchedBatch& batch,
                                                  StageTimings* timings) {
   c10::InferenceMode guard;
   std::vector<PreparedSegment>& segments = batch.segments;
   std::vector<SegmentOutcome> outcomes(segments.size());
   const HostedStack& stack = *batch.stack;
-  std::exception_ptr device_error;
+  std::exception_ptr device_error;  // the first failure of the copies or the device: every segment's
+  const auto copies_start = Clock::now();
+  SessionCopies copies;
   try {
-#if HVLM_WITH_CUDA
-    if (batch.copied) library_call("waiting for the device: ", [&] { batch.copied->synchronize(); return 0; });
-#endif
+    copies = copy_per_session(batch);
   } catch (...) {
     device_error = std::current_exception();
   }
-  if (timings) timings->compute_micros = batch.forward_micros + micros_since(batch.launched_at);
+  const int64_t copies_micros = micros_since(copies_start);
+  try {
+#if HVLM_WITH_CUDA
+    library_call("waiting for the device: ", [&] {
+      if (batch.copied) batch.copied->synchronize();
+      if (copies.done) copies.done->synchronize();
+      return 0;
+    });
+#endif
+  } catch (...) {
+    if (!device_error) device_error = std::current_exception();
+  }
+  // The copies' issue is the memory update's, not the compute's.
+  if (timings) timings->compute_micros = batch.forward_micros + micros_since(batch.launched_at) - copies_micros;
 
   const auto start = Clock::now();
   const bool single = segments.size() == 1;
@@ -296,11 +388,13 @@ std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, Launche
       SessionState next;
       next.batch = segment.lease->state().batch;
       SegmentResult& result = outcomes[j].result;
-      for (const auto& [i, length] : batch.bank_lengths) {
-        next.banks[i] = {batch.bank_tokens[i][j], batch.bank_counts[i][j]};
-        result.bank_lengths.push_back(length);
+      for (const auto& [i, bank] : batch.next_banks) {
+        next.banks[i] = {copies.bank_tokens[i][j], copies.bank_counts[i][j]};
+        result.bank_lengths.push_back(bank.tokens.size(1));
       }
-      for (size_t i : stack.mamba_blocks) next.states[i] = {batch.conv_states[i][j], batch.ssm_states[i][j]};
+      for (const auto& [i, state] : batch.next_states) {
+        next.states[i] = {copies.conv_states[i][j], copies.ssm_states[i][j]};
+      }
       result.output = single ? batch.y : batch.y.narrow(0, row, rows);
       if (!std::all_of(row_finite + row, row_finite + row + rows, [](bool f) { return f; })) {
         fail(ErrorCode::kInternal, "stack '", stack.name, "' produced non-finite values (the ",
@@ -314,7 +408,7 @@ std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, Launche
     }
     row += rows;
   }
-  if (timings) timings->memory_update_micros = batch.update_micros + micros_since(start);
+  if (timings) timings->memory_update_micros = batch.update_micros + copies_micros + micros_since(start);
   return outcomes;
 }
 

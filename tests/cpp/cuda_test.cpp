@@ -16,8 +16,7 @@
 #include "attention/cuda_kernels.h"
 #include "attention/memory_bank.h"
 #include "attention/tensor_checks.h"
-
-#include <c10/cuda/CUDAFunctions.h>
+#include "tests/cuda_sync_debug.h"
 #endif
 
 #include <c10/core/InferenceMode.h>
@@ -308,28 +307,45 @@ TEST(Cuda, StackStreamingMatchesCpu) {
 }
 
 #if HVLM_WITH_CUDA
-// LibTorch's CUDA sync debug mode for a scope: with L_ERROR, every operation that waits for the
-// device (a copy from pageable memory, .item(), a stream synchronize) throws instead.
-class SyncDebugModeScope {
- public:
-  explicit SyncDebugModeScope(c10::cuda::SyncDebugMode mode)
-      : before_(c10::cuda::warning_state().get_sync_debug_mode()) {
-    c10::cuda::warning_state().set_sync_debug_mode(mode);
+using testing::SyncDebugModeScope;
+
+// gather_pinned gives what at::cat gives, for rows of whole 16-byte words (copied as words)
+// and of other sizes (copied byte by byte), with empty parts, over more parts than one launch
+// takes; it refuses a part in pageable memory, which the device could not read.
+TEST(Cuda, GatherPinnedConcatenatesPinnedHostParts) {
+  SKIP_WITHOUT_CUDA();
+  const at::Device gpu(at::kCUDA);
+  struct Case {
+    at::ScalarType dtype;
+    std::vector<int64_t> row;  // the sizes past dim 0
+  };
+  for (const Case& c : {Case{at::kBFloat16, {4, 8}}, Case{at::kFloat, {3, 5}}}) {
+    std::vector<at::Tensor> parts;
+    for (int64_t i = 0; i < 70; ++i) {
+      std::vector<int64_t> sizes{i % 3};
+      sizes.insert(sizes.end(), c.row.begin(), c.row.end());
+      parts.push_back(randn(sizes).to(c.dtype).pin_memory());
+    }
+    const at::Tensor got = cuda::gather_pinned(parts, gpu);
+    EXPECT_TRUE(got.is_cuda());
+    EXPECT_TRUE(at::equal(got.cpu(), at::cat(parts, 0))) << c.dtype;
   }
-  ~SyncDebugModeScope() { c10::cuda::warning_state().set_sync_debug_mode(before_); }
-  SyncDebugModeScope(const SyncDebugModeScope&) = delete;
-  SyncDebugModeScope& operator=(const SyncDebugModeScope&) = delete;
+  try {
+    cuda::gather_pinned({randn({2, 4}).pin_memory(), randn({1, 4})}, gpu);
+    ADD_FAILURE() << "a pageable part was taken";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("part 1 must be a contiguous tensor in pinned host memory"), std::string::npos)
+        << e.what();
+  }
+}
 
- private:
-  c10::cuda::SyncDebugMode before_;
-};
-
-// A serving pass queues all of its work without waiting for the device: the stack's forward
-// with a memory and Mamba states in, the fifo update of the memory bank (pooling, so its window
-// counts are built too) and the per-session copies of the results, once the values are known
-// to be finite as the server knows them. One wait would hold the batcher's issue of the next
-// pass until this one's device work is done (the fifo window counts once were a pageable copy
-// that did just that, and kept the batcher's thread busy).
+// A serving pass queues all of its work without waiting for the device: its inputs gathered
+// from pinned host memory, the stack's forward with a memory and Mamba states in, the fifo
+// update of the memory bank (pooling, so its window counts are built too) and the per-session
+// copies of the results, once the values are known to be finite as the server knows them. One
+// wait would hold the batcher's issue of the next pass until this one's device work is done
+// (the fifo window counts once were a pageable copy that did just that, and kept the batcher's
+// thread busy).
 TEST(Cuda, ServingPassQueuesWithoutWaitingForTheDevice) {
   SKIP_WITHOUT_CUDA();
   c10::InferenceMode guard;
@@ -351,16 +367,21 @@ TEST(Cuda, ServingPassQueuesWithoutWaitingForTheDevice) {
   StackOutput out;
   MemoryBank next;
   std::vector<at::Tensor> per_session;
+  const std::vector<at::Tensor> pinned_inputs{randn({1, 20, 64}).to(at::kBFloat16).pin_memory(),
+                                              randn({1, 20, 64}).to(at::kBFloat16).pin_memory()};
+  at::Tensor gathered;
   {
     const FiniteValuesChecked checked;
     const SyncDebugModeScope no_waits(c10::cuda::SyncDebugMode::L_ERROR);
     EXPECT_NO_THROW({
+      gathered = cuda::gather_pinned(pinned_inputs, at::Device(at::kCUDA));
       out = stack->forward(x, memories, states);
       next = update_memory_bank(bank, out.memory_inputs[1], fifo);
       per_session = split_batch_copies(next.tokens, {1, 1});
     });
   }
   ASSERT_TRUE(next.tokens.defined());
+  EXPECT_TRUE(at::equal(gathered.cpu(), at::cat(pinned_inputs, 0)));
   // The same update on the CPU: the counts (the oldest 10 bank counts, then the 6 windows'
   // lengths) exactly, the tokens within bfloat16 rounding.
   const MemoryBank want = update_memory_bank({bank.tokens.cpu().to(at::kFloat), bank.counts.cpu()},

@@ -1,0 +1,88 @@
+// The kernel of host_gather.h. Grid: x = blocks striding over one piece, y = the piece. Each
+// thread keeps kUnroll independent 16-byte loads in flight: a read across the bus takes a
+// microsecond or two, so throughput needs many outstanding requests.
+#include "attention/cuda/host_gather.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace hvlm::kernels::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kUnroll = 4;
+constexpr int kMaxBlocksPerPiece = 64;
+
+struct PieceTable {
+  HostPiece pieces[kCopyHostMaxPieces];
+};
+
+__global__ void __launch_bounds__(kThreads) copy_host_pieces_kernel(const PieceTable table, char* dst) {
+  const HostPiece piece = table.pieces[blockIdx.y];
+  char* out = dst + piece.dst_offset;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  const bool words = (reinterpret_cast<uintptr_t>(piece.src) | static_cast<uintptr_t>(piece.bytes) |
+                      static_cast<uintptr_t>(piece.dst_offset) | reinterpret_cast<uintptr_t>(dst)) % 16 == 0;
+  if (words) {
+    const uint4* src = static_cast<const uint4*>(piece.src);
+    uint4* to = reinterpret_cast<uint4*>(out);
+    const int64_t n = piece.bytes / 16;
+    for (int64_t i = first; i < n; i += kUnroll * stride) {
+      uint4 v[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t j = i + u * stride;
+        if (j < n) v[u] = src[j];
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t j = i + u * stride;
+        if (j < n) to[j] = v[u];
+      }
+    }
+  } else {
+    const char* src = static_cast<const char*>(piece.src);
+    for (int64_t i = first; i < piece.bytes; i += stride) out[i] = src[i];
+  }
+}
+
+}  // namespace
+
+void copy_host_pieces(const HostPiece* pieces, int64_t count, void* dst, void* stream) {
+  auto fail = [](const std::string& what) {
+    throw std::invalid_argument("hvlm::kernels::cuda::copy_host_pieces: " + what);
+  };
+  if (count < 0) fail("negative piece count");
+  if (count == 0) return;
+  if (pieces == nullptr || dst == nullptr) fail("null pointer");
+  for (int64_t i = 0; i < count; ++i) {
+    if (pieces[i].bytes < 0 || pieces[i].dst_offset < 0) fail("negative size or offset of piece " + std::to_string(i));
+    if (pieces[i].bytes > 0 && pieces[i].src == nullptr) fail("null source of piece " + std::to_string(i));
+  }
+  for (int64_t first = 0; first < count; first += kCopyHostMaxPieces) {
+    const int n = static_cast<int>(std::min<int64_t>(kCopyHostMaxPieces, count - first));
+    PieceTable table{};
+    int64_t largest = 0;
+    for (int i = 0; i < n; ++i) {
+      table.pieces[i] = pieces[first + i];
+      largest = std::max(largest, pieces[first + i].bytes);
+    }
+    if (largest == 0) continue;
+    const int64_t per_block = static_cast<int64_t>(kThreads) * kUnroll * 16;
+    const unsigned blocks = static_cast<unsigned>(
+        std::clamp<int64_t>((largest + per_block - 1) / per_block, 1, kMaxBlocksPerPiece));
+    copy_host_pieces_kernel<<<dim3(blocks, n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        table, static_cast<char*>(dst));
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) {
+      throw std::runtime_error(std::string("hvlm copy_host_pieces: launch failed: ") + cudaGetErrorString(err));
+    }
+  }
+}
+
+}  // namespace hvlm::kernels::cuda
