@@ -1,13 +1,14 @@
 #include "attention/cuda_kernels.h"
 
 #include "attention/cuda/delta_projection.h"
-#include "attention/cuda/host_gather.h"
 #include "attention/cuda/mamba_kernels.h"
 #include "attention/cuda/performer_kernels.h"
+#include "attention/cuda/piece_copy.h"
 #include "attention/cuda/window_attention.h"
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/util/accumulate.h>
 
@@ -312,20 +313,21 @@ at::Tensor local_global_attention(const at::Tensor& q, const at::Tensor& k, cons
   return out.transpose(1, 2);
 }
 
-at::Tensor gather_pinned(const std::vector<at::Tensor>& parts, at::Device device) {
-  TORCH_CHECK(device.is_cuda(), "gather_pinned: the destination must be a CUDA device, got ", device);
-  TORCH_CHECK(!parts.empty(), "gather_pinned: no parts");
+at::Tensor concat_rows(const std::vector<at::Tensor>& parts, at::Device device) {
+  TORCH_CHECK(device.is_cuda(), "concat_rows: the destination must be a CUDA device, got ", device);
+  TORCH_CHECK(!parts.empty(), "concat_rows: no parts");
+  const at::Device target = device.has_index() ? device : at::Device(at::kCUDA, c10::cuda::current_device());
   const at::Tensor& first = parts.front();
-  std::vector<kernels::cuda::HostPiece> pieces(parts.size());
+  std::vector<kernels::cuda::CopyPiece> pieces(parts.size());
   const int64_t row_bytes = c10::multiply_integers(first.sizes().slice(1)) * static_cast<int64_t>(first.element_size());
   int64_t rows = 0;
   for (size_t i = 0; i < parts.size(); ++i) {
     const at::Tensor& p = parts[i];
-    TORCH_CHECK(p.is_cpu() && p.is_contiguous() && (p.numel() == 0 || p.is_pinned()), "gather_pinned: part ", i,
-                " must be a contiguous tensor in pinned host memory");
+    TORCH_CHECK(p.is_contiguous() && (p.device() == target || (p.is_cpu() && (p.numel() == 0 || p.is_pinned()))),
+                "concat_rows: part ", i, " must be a contiguous tensor on ", target, " or in pinned host memory");
     TORCH_CHECK(p.dim() == first.dim() && p.dim() > 0 && p.scalar_type() == first.scalar_type() &&
                     p.sizes().slice(1) == first.sizes().slice(1),
-                "gather_pinned: part ", i, " is ", p.scalar_type(), " ", p.sizes(), ", part 0 ", first.scalar_type(),
+                "concat_rows: part ", i, " is ", p.scalar_type(), " ", p.sizes(), ", part 0 ", first.scalar_type(),
                 " ", first.sizes(), ": they must match past dim 0");
     pieces[i].src = p.data_ptr();
     pieces[i].bytes = static_cast<int64_t>(p.nbytes());
@@ -334,11 +336,11 @@ at::Tensor gather_pinned(const std::vector<at::Tensor>& parts, at::Device device
   }
   std::vector<int64_t> sizes = first.sizes().vec();
   sizes[0] = rows;
-  const c10::cuda::CUDAGuard device_guard(device);
-  at::Tensor out = at::empty(sizes, first.options().device(device));
-  launch("gather_pinned", [&] {
-    kernels::cuda::copy_host_pieces(pieces.data(), static_cast<int64_t>(pieces.size()), out.data_ptr(),
-                                    at::cuda::getCurrentCUDAStream(device.index()).stream());
+  const c10::cuda::CUDAGuard device_guard(target);
+  at::Tensor out = at::empty(sizes, first.options().device(target));
+  launch("concat_rows", [&] {
+    kernels::cuda::copy_pieces(pieces.data(), static_cast<int64_t>(pieces.size()), out.data_ptr(),
+                               at::cuda::getCurrentCUDAStream(target.index()).stream());
   });
   return out;
 }

@@ -58,10 +58,12 @@ at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Te
                       at::Tensor& ssm_state);
 
 /// Concatenates `parts` along dim 0 into a new contiguous tensor on `device` (a CUDA device),
-/// reading them from pinned host memory directly, one kernel per 64 parts on the current stream,
-/// not waited for (attention/cuda/host_gather.h): a batch's inputs without a staging copy on the
-/// host. Every part: a contiguous pinned CPU tensor, one dtype, one shape past dim 0. The caller
-/// keeps the parts alive and unchanged until the stream is past the copy.
-at::Tensor gather_pinned(const std::vector<at::Tensor>& parts, at::Device device);
+/// one kernel per 64 parts on the current stream, not waited for (attention/cuda/piece_copy.h):
+/// a batch's per-session tensors with the host cost of a launch rather than of a copy (or of
+/// at::cat's work) per part. Every part: contiguous, one dtype, one shape past dim 0, either
+/// on `device` or in pinned host memory, which is read across the bus directly (no staging copy
+/// on the host). The caller keeps the parts alive and unchanged until the stream is past the
+/// copy.
+at::Tensor concat_rows(const std::vector<at::Tensor>& parts, at::Device device);
 
 }  // namespace hvlm::cuda

@@ -49,18 +49,27 @@ at::Tensor prepare(const HostedStack& stack, const at::Tensor& x, const char* wh
   return converted;
 }
 
-// The inputs of `parts` (prepared, in the stack's dtype) concatenated along the batch, on the
-// stack's device. For a GPU stack they come from the host's pinned memory (prepare) without a
-// wait for the device: one asynchronous copy for one part; for a batch, one kernel that reads
-// all parts across the bus (gather_pinned), where staging them into one buffer first was a
-// host memcpy of the whole batch on the thread that issues every pass. Either way the parts
-// must live until the device is past the copy: the batch holds its segments until it finished.
-at::Tensor to_stack_device(const HostedStack& stack, const std::vector<at::Tensor>& parts) {
+// `parts` (of one dtype and shape past dim 0) concatenated along dim 0 on `device`. On a GPU
+// one kernel per 64 parts (concat_rows), whose host cost does not grow with the parts' sizes
+// (at::cat costs about a microsecond a part); it reads parts in pinned host memory across the
+// bus, where staging them into one buffer first was a host memcpy of the whole batch on the
+// thread that issues every pass. The parts must live until the device is past the copy: a
+// batch holds its segments until it finished.
+at::Tensor concat_on(at::Device device, const std::vector<at::Tensor>& parts) {
 #if HVLM_WITH_CUDA
-  const bool from_host = std::all_of(parts.begin(), parts.end(), [](const at::Tensor& p) { return p.is_cpu(); });
-  if (stack.device.is_cuda() && from_host && parts.size() > 1) return cuda::gather_pinned(parts, stack.device);
+  const bool direct = std::all_of(parts.begin(), parts.end(), [&](const at::Tensor& p) {
+    return p.is_contiguous() && (p.is_cpu() || p.device() == device);
+  });
+  if (device.is_cuda() && parts.size() > 1 && direct) return cuda::concat_rows(parts, device);
 #endif
-  return (parts.size() == 1 ? parts.front() : at::cat(parts, 0)).to(stack.device, /*non_blocking=*/true);
+  return (parts.size() == 1 ? parts.front() : at::cat(parts, 0)).to(device, /*non_blocking=*/true);
+}
+
+// The inputs of `parts` (prepared, in the stack's dtype) concatenated along the batch, on the
+// stack's device. For a GPU stack they come from the host's pinned memory (prepare), so neither
+// one part's asynchronous copy nor a batch's concat_rows waits for the device.
+at::Tensor to_stack_device(const HostedStack& stack, const std::vector<at::Tensor>& parts) {
+  return concat_on(stack.device, parts);
 }
 
 #if HVLM_WITH_CUDA
@@ -157,15 +166,13 @@ struct LaunchedBatch {
   std::vector<PreparedSegment> segments;  // their leases are held until the end
   const HostedStack* stack = nullptr;
   std::vector<int64_t> rows;              // batch rows of each segment
-  // The whole batch's next banks (by cross_memory block) and Mamba states (by mamba block), on
-  // the stack's device; finish copies each session's rows out of them.
+  // The whole batch's output and next banks (by cross_memory block) and Mamba states (by mamba
+  // block), on the stack's device; finish copies them out (copy_out).
+  at::Tensor y;
   std::map<size_t, MemoryBank> next_banks;
   std::map<size_t, MambaState> next_states;
-  at::Tensor y;       // [rows, T, D] on the host (pinned on a GPU): complete once the device is
-  at::Tensor finite;  // [rows] bool on the host: that row's output and next state are finite
 #if HVLM_WITH_CUDA
   std::optional<at::cuda::CUDAEvent> updated;  // the device got past the bank updates
-  std::optional<at::cuda::CUDAEvent> copied;   // the device got past the copies of y and finite
 #endif
   int64_t forward_micros = 0;
   int64_t update_micros = 0;
@@ -188,7 +195,7 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
     std::vector<at::Tensor> parts;
     parts.reserve(segments.size());
     for (const auto& s : segments) parts.push_back(get(s));
-    return at::cat(parts, 0);
+    return concat_on(parts.front().device(), parts);
   };
   for (const auto& s : segments) batch->rows.push_back(s.x.size(0));
   BatchIssueTimings& issue = batch->issue;
@@ -254,35 +261,9 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
     batch->updated->record(at::cuda::getCurrentCUDAStream(stack.device.index()));
   }
 #endif
+  batch->y = out.y;
   batch->update_micros = micros_since(start);
   phase_end(issue.update);
-  start = Clock::now();
-  // One copy of y for the whole batch, into pinned memory on a GPU (a direct DMA), and beside
-  // it which batch rows came out finite, output and next state alike (reduced on the device): a
-  // segment that overflowed fails alone, and its session keeps a finite state. On a GPU both
-  // copies are queued and finish_segment_batch waits for them.
-  const bool on_gpu = out.y.is_cuda();
-  batch->y = at::empty(out.y.sizes(), out.y.options().device(at::kCPU).pinned_memory(on_gpu));
-  library_call("copying the output: ", [&] {
-    auto rows_finite = [](const at::Tensor& t) { return at::isfinite(t).flatten(1).all(1); };
-    at::Tensor all = rows_finite(out.y);
-    for (const auto& entry : next_banks) all = all.logical_and(rows_finite(entry.second.tokens));
-    for (size_t i : stack.mamba_blocks) {
-      all = all.logical_and(rows_finite(out.states[i].conv_state)).logical_and(rows_finite(out.states[i].ssm_state));
-    }
-    batch->finite = at::empty(all.sizes(), all.options().device(at::kCPU).pinned_memory(on_gpu));
-    batch->finite.copy_(all, /*non_blocking=*/on_gpu);
-    batch->y.copy_(out.y, /*non_blocking=*/on_gpu);
-#if HVLM_WITH_CUDA
-    if (on_gpu) {
-      batch->copied.emplace();
-      batch->copied->record(at::cuda::getCurrentCUDAStream(out.y.device().index()));
-    }
-#endif
-    return 0;
-  });
-  batch->forward_micros += micros_since(start);
-  phase_end(issue.outputs);
   batch->segments = std::move(segments);
   batch->launched_at = Clock::now();
   return batch;
@@ -292,23 +273,30 @@ const BatchIssueTimings& issue_timings(const LaunchedBatch& batch) { return batc
 
 namespace {
 
-// Each session's own copy of its rows of a batch's next banks and states.
-struct SessionCopies {
+// What finish takes out of a launched batch.
+struct BatchCopies {
+  at::Tensor y;       // [rows, T, D] on the host (pinned on a GPU)
+  at::Tensor finite;  // [rows] bool on the host: that row's output and next state are finite
+  // Each session's own copy of its rows of the next banks and states.
   std::map<size_t, std::vector<at::Tensor>> bank_tokens, bank_counts, conv_states, ssm_states;
 #if HVLM_WITH_CUDA
-  std::optional<at::cuda::CUDAEvent> done;  // the device got past the copies (on a GPU)
+  std::optional<at::cuda::CUDAEvent> done;  // the device got past all of the above (on a GPU)
 #endif
 };
 
-// Copies each session's rows out of the batch's next banks and states, so that one session's
-// state never pins the whole batch's memory (all sessions' copies of one tensor are one
-// multi-tensor copy). On a GPU the copies go on a second stream, after the bank updates: the
-// finisher issues them while the batcher issues the next batch, and they run beside that
-// batch's work rather than queued behind it. The batch holds the tensors read until finish has
-// waited for `done`, and the copies are read (by a session's next batch) only once committed,
-// after that wait.
-SessionCopies copy_per_session(LaunchedBatch& batch) {
-  SessionCopies copies;
+// Copies a launched batch's results out: y for the whole batch in one copy (into pinned memory
+// on a GPU, a direct DMA), beside it which batch rows came out finite, output and next state
+// alike (reduced on the device: a segment that overflowed fails alone, and its session keeps a
+// finite state), and each session's own copy of its rows of the next banks and states, so that
+// one session's state never pins the whole batch's memory (all sessions' copies of one tensor
+// are one multi-tensor copy). On a GPU all of it goes on a second stream after the bank
+// updates: the finisher issues it while the batcher issues the next batch, and it runs beside
+// that batch's work rather than queued behind it. The batch holds the tensors read until
+// finish has waited for `done`, and the session copies are read (by a session's next batch)
+// only once committed, after that wait.
+BatchCopies copy_out(LaunchedBatch& batch) {
+  BatchCopies copies;
+  const bool on_gpu = batch.y.is_cuda();
 #if HVLM_WITH_CUDA
   std::optional<c10::cuda::CUDAStreamGuard> on_side_stream;
   if (batch.updated) {
@@ -323,15 +311,23 @@ SessionCopies copy_per_session(LaunchedBatch& batch) {
   auto split = [&](const at::Tensor& t) {
     return batch.rows.size() == 1 ? std::vector<at::Tensor>{t} : split_batch_copies(t, batch.rows);
   };
-  library_call("splitting the batch: ", [&] {
+  library_call("copying the results out: ", [&] {
+    auto rows_finite = [](const at::Tensor& t) { return at::isfinite(t).flatten(1).all(1); };
+    at::Tensor all = rows_finite(batch.y);
     for (const auto& [i, bank] : batch.next_banks) {
+      all = all.logical_and(rows_finite(bank.tokens));
       copies.bank_tokens[i] = split(bank.tokens);
       copies.bank_counts[i] = split(bank.counts);
     }
     for (const auto& [i, state] : batch.next_states) {
+      all = all.logical_and(rows_finite(state.conv_state)).logical_and(rows_finite(state.ssm_state));
       copies.conv_states[i] = split(state.conv_state);
       copies.ssm_states[i] = split(state.ssm_state);
     }
+    copies.finite = at::empty(all.sizes(), all.options().device(at::kCPU).pinned_memory(on_gpu));
+    copies.finite.copy_(all, /*non_blocking=*/on_gpu);
+    copies.y = at::empty(batch.y.sizes(), batch.y.options().device(at::kCPU).pinned_memory(on_gpu));
+    copies.y.copy_(batch.y, /*non_blocking=*/on_gpu);
 #if HVLM_WITH_CUDA
     if (on_side_stream) {
       copies.done.emplace();
@@ -353,20 +349,16 @@ std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, Launche
   const HostedStack& stack = *batch.stack;
   std::exception_ptr device_error;  // the first failure of the copies or the device: every segment's
   const auto copies_start = Clock::now();
-  SessionCopies copies;
+  BatchCopies copies;
   try {
-    copies = copy_per_session(batch);
+    copies = copy_out(batch);
   } catch (...) {
     device_error = std::current_exception();
   }
   const int64_t copies_micros = micros_since(copies_start);
   try {
 #if HVLM_WITH_CUDA
-    library_call("waiting for the device: ", [&] {
-      if (batch.copied) batch.copied->synchronize();
-      if (copies.done) copies.done->synchronize();
-      return 0;
-    });
+    if (copies.done) library_call("waiting for the device: ", [&] { copies.done->synchronize(); return 0; });
 #endif
   } catch (...) {
     if (!device_error) device_error = std::current_exception();
@@ -376,7 +368,7 @@ std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, Launche
 
   const auto start = Clock::now();
   const bool single = segments.size() == 1;
-  const bool* row_finite = batch.finite.data_ptr<bool>();
+  const bool* row_finite = device_error ? nullptr : copies.finite.data_ptr<bool>();
   // From here on each segment succeeds or fails alone: a failure (its memory budget, its
   // session closed meanwhile) must not touch the segments already committed.
   int64_t row = 0;
@@ -395,7 +387,7 @@ std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, Launche
       for (const auto& [i, state] : batch.next_states) {
         next.states[i] = {copies.conv_states[i][j], copies.ssm_states[i][j]};
       }
-      result.output = single ? batch.y : batch.y.narrow(0, row, rows);
+      result.output = single ? copies.y : copies.y.narrow(0, row, rows);
       if (!std::all_of(row_finite + row, row_finite + row + rows, [](bool f) { return f; })) {
         fail(ErrorCode::kInternal, "stack '", stack.name, "' produced non-finite values (the ",
              dtype_name(stack.dtype), " range overflowed) in its output or memory; the session is unchanged");

@@ -309,10 +309,11 @@ TEST(Cuda, StackStreamingMatchesCpu) {
 #if HVLM_WITH_CUDA
 using testing::SyncDebugModeScope;
 
-// gather_pinned gives what at::cat gives, for rows of whole 16-byte words (copied as words)
-// and of other sizes (copied byte by byte), with empty parts, over more parts than one launch
-// takes; it refuses a part in pageable memory, which the device could not read.
-TEST(Cuda, GatherPinnedConcatenatesPinnedHostParts) {
+// concat_rows gives what at::cat gives, for parts in pinned host memory and on the device
+// (mixed), rows of whole 16-byte words (copied as words) and of other sizes (copied byte by
+// byte), empty parts, over more parts than one launch takes; it refuses a part in pageable
+// memory, which the device could not read.
+TEST(Cuda, ConcatRowsConcatenatesPinnedHostAndDeviceParts) {
   SKIP_WITHOUT_CUDA();
   const at::Device gpu(at::kCUDA);
   struct Case {
@@ -324,17 +325,21 @@ TEST(Cuda, GatherPinnedConcatenatesPinnedHostParts) {
     for (int64_t i = 0; i < 70; ++i) {
       std::vector<int64_t> sizes{i % 3};
       sizes.insert(sizes.end(), c.row.begin(), c.row.end());
-      parts.push_back(randn(sizes).to(c.dtype).pin_memory());
+      const at::Tensor part = randn(sizes).to(c.dtype);
+      parts.push_back(i % 4 == 1 ? part.to(gpu) : part.pin_memory());
     }
-    const at::Tensor got = cuda::gather_pinned(parts, gpu);
+    const at::Tensor got = cuda::concat_rows(parts, gpu);
     EXPECT_TRUE(got.is_cuda());
-    EXPECT_TRUE(at::equal(got.cpu(), at::cat(parts, 0))) << c.dtype;
+    std::vector<at::Tensor> on_host;
+    for (const auto& p : parts) on_host.push_back(p.cpu());
+    EXPECT_TRUE(at::equal(got.cpu(), at::cat(on_host, 0))) << c.dtype;
   }
   try {
-    cuda::gather_pinned({randn({2, 4}).pin_memory(), randn({1, 4})}, gpu);
+    cuda::concat_rows({randn({2, 4}).pin_memory(), randn({1, 4})}, gpu);
     ADD_FAILURE() << "a pageable part was taken";
   } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("part 1 must be a contiguous tensor in pinned host memory"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("part 1 must be a contiguous tensor on cuda:0 or in pinned host memory"),
+              std::string::npos)
         << e.what();
   }
 }
@@ -374,7 +379,7 @@ TEST(Cuda, ServingPassQueuesWithoutWaitingForTheDevice) {
     const FiniteValuesChecked checked;
     const SyncDebugModeScope no_waits(c10::cuda::SyncDebugMode::L_ERROR);
     EXPECT_NO_THROW({
-      gathered = cuda::gather_pinned(pinned_inputs, at::Device(at::kCUDA));
+      gathered = cuda::concat_rows(pinned_inputs, at::Device(at::kCUDA));
       out = stack->forward(x, memories, states);
       next = update_memory_bank(bank, out.memory_inputs[1], fifo);
       per_session = split_batch_copies(next.tokens, {1, 1});

@@ -1,7 +1,7 @@
-// The kernel of host_gather.h. Grid: x = blocks striding over one piece, y = the piece. Each
+// The kernel of piece_copy.h. Grid: x = blocks striding over one piece, y = the piece. Each
 // thread keeps kUnroll independent 16-byte loads in flight: a read across the bus takes a
-// microsecond or two, so throughput needs many outstanding requests.
-#include "attention/cuda/host_gather.h"
+// microsecond or two (an access to the device's own memory, less), so throughput needs many outstanding requests.
+#include "attention/cuda/piece_copy.h"
 
 #include <cuda_runtime.h>
 
@@ -18,11 +18,11 @@ constexpr int kUnroll = 4;
 constexpr int kMaxBlocksPerPiece = 64;
 
 struct PieceTable {
-  HostPiece pieces[kCopyHostMaxPieces];
+  CopyPiece pieces[kCopyMaxPieces];
 };
 
-__global__ void __launch_bounds__(kThreads) copy_host_pieces_kernel(const PieceTable table, char* dst) {
-  const HostPiece piece = table.pieces[blockIdx.y];
+__global__ void __launch_bounds__(kThreads) copy_pieces_kernel(const PieceTable table, char* dst) {
+  const CopyPiece piece = table.pieces[blockIdx.y];
   char* out = dst + piece.dst_offset;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
@@ -53,9 +53,9 @@ __global__ void __launch_bounds__(kThreads) copy_host_pieces_kernel(const PieceT
 
 }  // namespace
 
-void copy_host_pieces(const HostPiece* pieces, int64_t count, void* dst, void* stream) {
+void copy_pieces(const CopyPiece* pieces, int64_t count, void* dst, void* stream) {
   auto fail = [](const std::string& what) {
-    throw std::invalid_argument("hvlm::kernels::cuda::copy_host_pieces: " + what);
+    throw std::invalid_argument("hvlm::kernels::cuda::copy_pieces: " + what);
   };
   if (count < 0) fail("negative piece count");
   if (count == 0) return;
@@ -64,8 +64,8 @@ void copy_host_pieces(const HostPiece* pieces, int64_t count, void* dst, void* s
     if (pieces[i].bytes < 0 || pieces[i].dst_offset < 0) fail("negative size or offset of piece " + std::to_string(i));
     if (pieces[i].bytes > 0 && pieces[i].src == nullptr) fail("null source of piece " + std::to_string(i));
   }
-  for (int64_t first = 0; first < count; first += kCopyHostMaxPieces) {
-    const int n = static_cast<int>(std::min<int64_t>(kCopyHostMaxPieces, count - first));
+  for (int64_t first = 0; first < count; first += kCopyMaxPieces) {
+    const int n = static_cast<int>(std::min<int64_t>(kCopyMaxPieces, count - first));
     PieceTable table{};
     int64_t largest = 0;
     for (int i = 0; i < n; ++i) {
@@ -76,11 +76,11 @@ void copy_host_pieces(const HostPiece* pieces, int64_t count, void* dst, void* s
     const int64_t per_block = static_cast<int64_t>(kThreads) * kUnroll * 16;
     const unsigned blocks = static_cast<unsigned>(
         std::clamp<int64_t>((largest + per_block - 1) / per_block, 1, kMaxBlocksPerPiece));
-    copy_host_pieces_kernel<<<dim3(blocks, n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+    copy_pieces_kernel<<<dim3(blocks, n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
         table, static_cast<char*>(dst));
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) {
-      throw std::runtime_error(std::string("hvlm copy_host_pieces: launch failed: ") + cudaGetErrorString(err));
+      throw std::runtime_error(std::string("hvlm copy_pieces: launch failed: ") + cudaGetErrorString(err));
     }
   }
 }
