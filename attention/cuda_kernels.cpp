@@ -338,6 +338,7 @@ at::Tensor concat_rows(const std::vector<at::Tensor>& parts, at::Device device) 
   sizes[0] = rows;
   const c10::cuda::CUDAGuard device_guard(target);
   at::Tensor out = at::empty(sizes, first.options().device(target));
+  if (out.numel() == 0) return out;  // (empty memory banks, before a session's first segment)
   launch("concat_rows", [&] {
     kernels::cuda::copy_pieces(pieces.data(), static_cast<int64_t>(pieces.size()), out.data_ptr(),
                                at::cuda::getCurrentCUDAStream(target.index()).stream());

@@ -55,8 +55,8 @@ std::string bench_batched(hvlm::SessionStore& sessions, const hvlm::HostedStack&
   for (int64_t i = 0; i < batch; ++i) ids.push_back(sessions.open(stack, "").session_id);
   std::vector<double> issue_ms, finish_ms;
   // The issue's phases (hvlm::BatchIssueTimings), in its order.
-  const char* const phase_names[] = {"gather", "inputs", "forward", "update"};
-  constexpr int kPhases = 4;
+  const char* const phase_names[] = {"gather", "inputs", "forward", "update", "copies"};
+  constexpr int kPhases = 5;
   std::vector<double> phase_ms[kPhases];
   for (int pass = 0; pass < warmup + passes; ++pass) {
     std::vector<hvlm::PreparedSegment> segments;
@@ -76,7 +76,7 @@ std::string bench_batched(hvlm::SessionStore& sessions, const hvlm::HostedStack&
       issue_ms.push_back(std::chrono::duration<double, std::milli>(issued - start).count());
       finish_ms.push_back(std::chrono::duration<double, std::milli>(finished - issued).count());
       const hvlm::BatchIssueTimings& t = hvlm::issue_timings(*launched);
-      const int64_t phases[kPhases] = {t.gather, t.inputs, t.forward, t.update};
+      const int64_t phases[kPhases] = {t.gather, t.inputs, t.forward, t.update, t.copies};
       for (int i = 0; i < kPhases; ++i) phase_ms[i].push_back(phases[i] * 1e-3);
     }
   }

@@ -12,7 +12,6 @@
 
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
-#include <c10/cuda/CUDAGuard.h>
 #endif
 
 #include <algorithm>
@@ -161,19 +160,69 @@ std::vector<int64_t> batch_key(const PreparedSegment& segment) {
   return key;
 }
 
+// A batch's results on their way out (copy_out).
+struct BatchCopies {
+  at::Tensor y;       // [rows, T, D] on the host (pinned on a GPU)
+  at::Tensor finite;  // [rows] bool on the host: that row's output and next state are finite
+  // Each session's own copy of its rows of the next banks and states.
+  std::map<size_t, std::vector<at::Tensor>> bank_tokens, bank_counts, conv_states, ssm_states;
+#if HVLM_WITH_CUDA
+  std::optional<at::cuda::CUDAEvent> done;  // the device got past all of the above (on a GPU)
+#endif
+};
+
+namespace {
+
+// Queues a batch's results out, behind its forward pass and bank updates: y for the whole
+// batch in one copy (into pinned memory on a GPU, a direct DMA), beside it which batch rows
+// came out finite, output and next state alike (reduced on the device: a segment that
+// overflowed fails alone, and its session keeps a finite state), and each session's own copy
+// of its rows of the next banks and states, so that one session's state never pins the whole
+// batch's memory (all sessions' copies of one tensor are one multi-tensor copy). On a GPU
+// finish_segment_batch waits for `done`.
+BatchCopies copy_out(const at::Tensor& y, const std::map<size_t, MemoryBank>& next_banks,
+                     const std::map<size_t, MambaState>& next_states, const std::vector<int64_t>& rows) {
+  BatchCopies copies;
+  const bool on_gpu = y.is_cuda();
+  auto split = [&](const at::Tensor& t) {
+    return rows.size() == 1 ? std::vector<at::Tensor>{t} : split_batch_copies(t, rows);
+  };
+  library_call("copying the results out: ", [&] {
+    auto rows_finite = [](const at::Tensor& t) { return at::isfinite(t).flatten(1).all(1); };
+    at::Tensor all = rows_finite(y);
+    for (const auto& [i, bank] : next_banks) {
+      all = all.logical_and(rows_finite(bank.tokens));
+      copies.bank_tokens[i] = split(bank.tokens);
+      copies.bank_counts[i] = split(bank.counts);
+    }
+    for (const auto& [i, state] : next_states) {
+      all = all.logical_and(rows_finite(state.conv_state)).logical_and(rows_finite(state.ssm_state));
+      copies.conv_states[i] = split(state.conv_state);
+      copies.ssm_states[i] = split(state.ssm_state);
+    }
+    copies.finite = at::empty(all.sizes(), all.options().device(at::kCPU).pinned_memory(on_gpu));
+    copies.finite.copy_(all, /*non_blocking=*/on_gpu);
+    copies.y = at::empty(y.sizes(), y.options().device(at::kCPU).pinned_memory(on_gpu));
+    copies.y.copy_(y, /*non_blocking=*/on_gpu);
+#if HVLM_WITH_CUDA
+    if (on_gpu) {
+      copies.done.emplace();
+      copies.done->record(at::cuda::getCurrentCUDAStream(y.device().index()));
+    }
+#endif
+    return 0;
+  });
+  return copies;
+}
+
+}  // namespace
+
 // A batch between launch_segment_batch and finish_segment_batch.
 struct LaunchedBatch {
   std::vector<PreparedSegment> segments;  // their leases are held until the end
   const HostedStack* stack = nullptr;
   std::vector<int64_t> rows;              // batch rows of each segment
-  // The whole batch's output and next banks (by cross_memory block) and Mamba states (by mamba
-  // block), on the stack's device; finish copies them out (copy_out).
-  at::Tensor y;
-  std::map<size_t, MemoryBank> next_banks;
-  std::map<size_t, MambaState> next_states;
-#if HVLM_WITH_CUDA
-  std::optional<at::cuda::CUDAEvent> updated;  // the device got past the bank updates
-#endif
+  BatchCopies copies;
   int64_t forward_micros = 0;
   int64_t update_micros = 0;
   BatchIssueTimings issue;
@@ -245,7 +294,7 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
   // The memory updates are queued behind the forward pass on the device, so on a GPU the CPU
   // issues them while the device computes.
   start = Clock::now();
-  std::map<size_t, MemoryBank>& next_banks = batch->next_banks;
+  std::map<size_t, MemoryBank> next_banks;
   for (const auto& entry : banks) {
     const size_t i = entry.first;
     // Inside the FiniteValuesChecked scope above: the banks come from these updates or from an
@@ -254,16 +303,12 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
       return update_memory_bank(entry.second, out.memory_inputs[i], stack.memory.at(i));
     });
   }
-  for (size_t i : stack.mamba_blocks) batch->next_states[i] = out.states[i];
-#if HVLM_WITH_CUDA
-  if (stack.device.is_cuda()) {
-    batch->updated.emplace();
-    batch->updated->record(at::cuda::getCurrentCUDAStream(stack.device.index()));
-  }
-#endif
-  batch->y = out.y;
-  batch->update_micros = micros_since(start);
   phase_end(issue.update);
+  std::map<size_t, MambaState> next_states;
+  for (size_t i : stack.mamba_blocks) next_states[i] = out.states[i];
+  batch->copies = copy_out(out.y, next_banks, next_states, batch->rows);
+  batch->update_micros = micros_since(start);
+  phase_end(issue.copies);
   batch->segments = std::move(segments);
   batch->launched_at = Clock::now();
   return batch;
@@ -271,75 +316,6 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
 
 const BatchIssueTimings& issue_timings(const LaunchedBatch& batch) { return batch.issue; }
 
-namespace {
-
-// What finish takes out of a launched batch.
-struct BatchCopies {
-  at::Tensor y;       // [rows, T, D] on the host (pinned on a GPU)
-  at::Tensor finite;  // [rows] bool on the host: that row's output and next state are finite
-  // Each session's own copy of its rows of the next banks and states.
-  std::map<size_t, std::vector<at::Tensor>> bank_tokens, bank_counts, conv_states, ssm_states;
-#if HVLM_WITH_CUDA
-  std::optional<at::cuda::CUDAEvent> done;  // the device got past all of the above (on a GPU)
-#endif
-};
-
-// Copies a launched batch's results out: y for the whole batch in one copy (into pinned memory
-// on a GPU, a direct DMA), beside it which batch rows came out finite, output and next state
-// alike (reduced on the device: a segment that overflowed fails alone, and its session keeps a
-// finite state), and each session's own copy of its rows of the next banks and states, so that
-// one session's state never pins the whole batch's memory (all sessions' copies of one tensor
-// are one multi-tensor copy). On a GPU all of it goes on a second stream after the bank
-// updates: the finisher issues it while the batcher issues the next batch, and it runs beside
-// that batch's work rather than queued behind it. The batch holds the tensors read until
-// finish has waited for `done`, and the session copies are read (by a session's next batch)
-// only once committed, after that wait.
-BatchCopies copy_out(LaunchedBatch& batch) {
-  BatchCopies copies;
-  const bool on_gpu = batch.y.is_cuda();
-#if HVLM_WITH_CUDA
-  std::optional<c10::cuda::CUDAStreamGuard> on_side_stream;
-  if (batch.updated) {
-    const at::cuda::CUDAStream side = at::cuda::getStreamFromPool(/*isHighPriority=*/true, batch.stack->device.index());
-    batch.updated->block(side);
-    on_side_stream.emplace(side);
-  }
-  // A failure lets the copies queued so far (on the current stream, the second one) end before
-  // the batch's tensors they read may be freed.
-  const WaitForDeviceOnFailure copies_in_flight(batch.stack->device);
-#endif
-  auto split = [&](const at::Tensor& t) {
-    return batch.rows.size() == 1 ? std::vector<at::Tensor>{t} : split_batch_copies(t, batch.rows);
-  };
-  library_call("copying the results out: ", [&] {
-    auto rows_finite = [](const at::Tensor& t) { return at::isfinite(t).flatten(1).all(1); };
-    at::Tensor all = rows_finite(batch.y);
-    for (const auto& [i, bank] : batch.next_banks) {
-      all = all.logical_and(rows_finite(bank.tokens));
-      copies.bank_tokens[i] = split(bank.tokens);
-      copies.bank_counts[i] = split(bank.counts);
-    }
-    for (const auto& [i, state] : batch.next_states) {
-      all = all.logical_and(rows_finite(state.conv_state)).logical_and(rows_finite(state.ssm_state));
-      copies.conv_states[i] = split(state.conv_state);
-      copies.ssm_states[i] = split(state.ssm_state);
-    }
-    copies.finite = at::empty(all.sizes(), all.options().device(at::kCPU).pinned_memory(on_gpu));
-    copies.finite.copy_(all, /*non_blocking=*/on_gpu);
-    copies.y = at::empty(batch.y.sizes(), batch.y.options().device(at::kCPU).pinned_memory(on_gpu));
-    copies.y.copy_(batch.y, /*non_blocking=*/on_gpu);
-#if HVLM_WITH_CUDA
-    if (on_side_stream) {
-      copies.done.emplace();
-      copies.done->record(on_side_stream->current_stream());
-    }
-#endif
-    return 0;
-  });
-  return copies;
-}
-
-}  // namespace
 
 std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, LaunchedBatch& batch,
                                                  StageTimings* timings) {
@@ -347,28 +323,20 @@ std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, Launche
   std::vector<PreparedSegment>& segments = batch.segments;
   std::vector<SegmentOutcome> outcomes(segments.size());
   const HostedStack& stack = *batch.stack;
-  std::exception_ptr device_error;  // the first failure of the copies or the device: every segment's
-  const auto copies_start = Clock::now();
-  BatchCopies copies;
-  try {
-    copies = copy_out(batch);
-  } catch (...) {
-    device_error = std::current_exception();
-  }
-  const int64_t copies_micros = micros_since(copies_start);
+  BatchCopies& copies = batch.copies;
+  std::exception_ptr device_error;
   try {
 #if HVLM_WITH_CUDA
     if (copies.done) library_call("waiting for the device: ", [&] { copies.done->synchronize(); return 0; });
 #endif
   } catch (...) {
-    if (!device_error) device_error = std::current_exception();
+    device_error = std::current_exception();
   }
-  // The copies' issue is the memory update's, not the compute's.
-  if (timings) timings->compute_micros = batch.forward_micros + micros_since(batch.launched_at) - copies_micros;
+  if (timings) timings->compute_micros = batch.forward_micros + micros_since(batch.launched_at);
 
   const auto start = Clock::now();
   const bool single = segments.size() == 1;
-  const bool* row_finite = device_error ? nullptr : copies.finite.data_ptr<bool>();
+  const bool* row_finite = copies.finite.data_ptr<bool>();
   // From here on each segment succeeds or fails alone: a failure (its memory budget, its
   // session closed meanwhile) must not touch the segments already committed.
   int64_t row = 0;
@@ -380,13 +348,11 @@ std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, Launche
       SessionState next;
       next.batch = segment.lease->state().batch;
       SegmentResult& result = outcomes[j].result;
-      for (const auto& [i, bank] : batch.next_banks) {
-        next.banks[i] = {copies.bank_tokens[i][j], copies.bank_counts[i][j]};
-        result.bank_lengths.push_back(bank.tokens.size(1));
+      for (const auto& [i, tokens] : copies.bank_tokens) {
+        next.banks[i] = {tokens[j], copies.bank_counts[i][j]};
+        result.bank_lengths.push_back(tokens[j].size(1));
       }
-      for (const auto& [i, state] : batch.next_states) {
-        next.states[i] = {copies.conv_states[i][j], copies.ssm_states[i][j]};
-      }
+      for (const auto& [i, conv] : copies.conv_states) next.states[i] = {conv[j], copies.ssm_states[i][j]};
       result.output = single ? copies.y : copies.y.narrow(0, row, rows);
       if (!std::all_of(row_finite + row, row_finite + row + rows, [](bool f) { return f; })) {
         fail(ErrorCode::kInternal, "stack '", stack.name, "' produced non-finite values (the ",
@@ -400,7 +366,7 @@ std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, Launche
     }
     row += rows;
   }
-  if (timings) timings->memory_update_micros = batch.update_micros + copies_micros + micros_since(start);
+  if (timings) timings->memory_update_micros = batch.update_micros + micros_since(start);
   return outcomes;
 }
 

@@ -70,12 +70,10 @@ std::vector<SegmentOutcome> run_segment_batch(SessionStore& sessions, std::vecto
                                               StageTimings* timings);
 
 // run_segment_batch in two halves, so that one thread can issue the next batch while another
-// waits for this one: launch issues the forward pass and the bank updates (on a GPU they run on
-// after it returns) and takes the segments, leases and all; it throws as run_segment_batch
-// does, `segments` then untouched. finish copies the output and each session's rows of the next
-// banks and states out (on a GPU on a second stream, beside the next batch's work), waits for
-// the device and commits each segment, with run_segment_batch's outcomes; the leases go when
-// the batch is destroyed.
+// waits for this one: launch issues the forward pass, the bank updates and the copies out (on
+// a GPU they run on after it returns) and takes the segments, leases and all; it throws as
+// run_segment_batch does, `segments` then untouched. finish waits for the device and commits
+// each segment, with run_segment_batch's outcomes; the leases go when the batch is destroyed.
 // A session's lease keeps its next segment out of any batch until this one committed, so
 // batches in flight together never share a session.
 struct LaunchedBatch;
@@ -85,9 +83,10 @@ std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, Launche
 
 // Where the host's time went while launch_segment_batch issued a batch, in microseconds, by
 // phase in order (on a GPU the device runs on behind them): gathering the sessions' banks and
-// states, sending the inputs, the stack's forward and the bank updates.
+// states, sending the inputs, the stack's forward, the bank updates, and the copies out (each
+// session's copy of its next state, the output and its finite check).
 struct BatchIssueTimings {
-  int64_t gather = 0, inputs = 0, forward = 0, update = 0;
+  int64_t gather = 0, inputs = 0, forward = 0, update = 0, copies = 0;
 };
 const BatchIssueTimings& issue_timings(const LaunchedBatch& batch);
 

@@ -59,10 +59,12 @@ void copy_pieces(const CopyPiece* pieces, int64_t count, void* dst, void* stream
   };
   if (count < 0) fail("negative piece count");
   if (count == 0) return;
-  if (pieces == nullptr || dst == nullptr) fail("null pointer");
+  if (pieces == nullptr) fail("null pieces");
   for (int64_t i = 0; i < count; ++i) {
     if (pieces[i].bytes < 0 || pieces[i].dst_offset < 0) fail("negative size or offset of piece " + std::to_string(i));
-    if (pieces[i].bytes > 0 && pieces[i].src == nullptr) fail("null source of piece " + std::to_string(i));
+    if (pieces[i].bytes > 0 && (pieces[i].src == nullptr || dst == nullptr)) {
+      fail("null source or destination of piece " + std::to_string(i));
+    }
   }
   for (int64_t first = 0; first < count; first += kCopyMaxPieces) {
     const int n = static_cast<int>(std::min<int64_t>(kCopyMaxPieces, count - first));

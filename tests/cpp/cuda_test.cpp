@@ -311,8 +311,8 @@ using testing::SyncDebugModeScope;
 
 // concat_rows gives what at::cat gives, for parts in pinned host memory and on the device
 // (mixed), rows of whole 16-byte words (copied as words) and of other sizes (copied byte by
-// byte), empty parts, over more parts than one launch takes; it refuses a part in pageable
-// memory, which the device could not read.
+// byte), empty parts and all parts empty, over more parts than one launch takes; it refuses a
+// part in pageable memory, which the device could not read.
 TEST(Cuda, ConcatRowsConcatenatesPinnedHostAndDeviceParts) {
   SKIP_WITHOUT_CUDA();
   const at::Device gpu(at::kCUDA);
@@ -334,6 +334,9 @@ TEST(Cuda, ConcatRowsConcatenatesPinnedHostAndDeviceParts) {
     for (const auto& p : parts) on_host.push_back(p.cpu());
     EXPECT_TRUE(at::equal(got.cpu(), at::cat(on_host, 0))) << c.dtype;
   }
+  // Parts that are all empty (a memory bank before a session's first segment): nothing to copy.
+  const at::Tensor empty = cuda::concat_rows({randn({1, 0, 8}).to(gpu), randn({1, 0, 8}).to(gpu)}, gpu);
+  EXPECT_EQ(empty.sizes(), (std::vector<int64_t>{2, 0, 8}));
   try {
     cuda::concat_rows({randn({2, 4}).pin_memory(), randn({1, 4})}, gpu);
     ADD_FAILURE() << "a pageable part was taken";

@@ -103,8 +103,7 @@ TEST_F(SegmentRunnerTest, AFailedLaunchKeepsItsSegmentsSoEachCanRunAlone) {
 // On a GPU (bfloat16), batched segments give each session what its segments give on the CPU
 // (float32, within the GPU issue's 2e-2 relative), and once warm the batcher's half of a pass
 // (launch) queues everything without one wait for the device: inputs read from pinned host
-// memory, banks and states gathered, the forward and the bank updates. (finish, on the
-// finisher's thread, then copies the results out on a second stream and waits for them.)
+// memory, banks and states gathered, the forward, the bank updates and the copies out.
 // Skipped where LibTorch sees no CUDA device.
 TEST_F(SegmentRunnerTest, OnAGpuABatchMatchesTheCpuAndItsLaunchNeverWaitsForTheDevice) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device visible";
