@@ -316,7 +316,6 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
 
 const BatchIssueTimings& issue_timings(const LaunchedBatch& batch) { return batch.issue; }
 
-
 std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, LaunchedBatch& batch,
                                                  StageTimings* timings) {
   c10::InferenceMode guard;
