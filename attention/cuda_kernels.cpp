@@ -318,6 +318,7 @@ at::Tensor concat_rows(const std::vector<at::Tensor>& parts, at::Device device) 
   TORCH_CHECK(!parts.empty(), "concat_rows: no parts");
   const at::Device target = device.has_index() ? device : at::Device(at::kCUDA, c10::cuda::current_device());
   const at::Tensor& first = parts.front();
+  TORCH_CHECK(first.defined() && first.dim() > 0, "concat_rows: part 0 must be a tensor of at least one dimension");
   std::vector<kernels::cuda::CopyPiece> pieces(parts.size());
   const int64_t row_bytes = c10::multiply_integers(first.sizes().slice(1)) * static_cast<int64_t>(first.element_size());
   int64_t rows = 0;

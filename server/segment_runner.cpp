@@ -37,10 +37,11 @@ at::Tensor prepare(const HostedStack& stack, const at::Tensor& x, const char* wh
          stack.dim(), "] for stack '", stack.name, "', got last dimension ",
          x.dim() > 0 ? x.size(-1) : 0);
   }
-  at::Tensor converted =
-      stack.device.is_cuda() && x.is_cpu()
-          ? at::empty(x.sizes(), x.options().dtype(stack.dtype).pinned_memory(true)).copy_(x)
-          : x.to(stack.dtype);
+  const bool to_pinned = stack.device.is_cuda() && x.is_cpu() &&
+                         !(x.scalar_type() == stack.dtype && x.is_contiguous() && x.is_pinned());
+  at::Tensor converted = to_pinned
+                             ? at::empty(x.sizes(), x.options().dtype(stack.dtype).pinned_memory(true)).copy_(x)
+                             : x.to(stack.dtype);
   if (stack.dtype != x.scalar_type() && !all_finite(converted)) {
     fail(ErrorCode::kInvalidArgument, what, " has values outside the range of the stack's ",
          c10::toString(stack.dtype), " (they overflow to infinity)");
@@ -56,8 +57,9 @@ at::Tensor prepare(const HostedStack& stack, const at::Tensor& x, const char* wh
 // batch holds its segments until it finished.
 at::Tensor concat_on(at::Device device, const std::vector<at::Tensor>& parts) {
 #if HVLM_WITH_CUDA
+  // concat_rows' own conditions (it reads host parts only in pinned memory); otherwise at::cat.
   const bool direct = std::all_of(parts.begin(), parts.end(), [&](const at::Tensor& p) {
-    return p.is_contiguous() && (p.is_cpu() || p.device() == device);
+    return p.is_contiguous() && (p.device() == device || (p.is_cpu() && (p.numel() == 0 || p.is_pinned())));
   });
   if (device.is_cuda() && parts.size() > 1 && direct) return cuda::concat_rows(parts, device);
 #endif
@@ -183,7 +185,13 @@ namespace {
 BatchCopies copy_out(const at::Tensor& y, const std::map<size_t, MemoryBank>& next_banks,
                      const std::map<size_t, MambaState>& next_states, const std::vector<int64_t>& rows) {
   BatchCopies copies;
+#if HVLM_WITH_CUDA
   const bool on_gpu = y.is_cuda();
+#else
+  // A GPU stack in a build without our CUDA code (HVLM_CUDA=off on a CUDA LibTorch): no event to
+  // wait for, so the copies back are synchronous.
+  const bool on_gpu = false;
+#endif
   auto split = [&](const at::Tensor& t) {
     return rows.size() == 1 ? std::vector<at::Tensor>{t} : split_batch_copies(t, rows);
   };
@@ -229,6 +237,22 @@ struct LaunchedBatch {
   // When launch returned: compute runs on from here until finish sees the device done, so a
   // batch waiting for the finisher (the one before it still finishing) is in its compute time.
   Clock::time_point launched_at;
+  bool finished = false;  // finish_segment_batch waited for the device
+
+  LaunchedBatch() = default;
+  LaunchedBatch(const LaunchedBatch&) = delete;
+  LaunchedBatch& operator=(const LaunchedBatch&) = delete;
+  // A batch dropped without finish (its issuer failed after the launch) still waits for the
+  // device before its segments' inputs, which the device may be reading, are freed.
+  ~LaunchedBatch() {
+#if HVLM_WITH_CUDA
+    if (finished || !copies.done) return;
+    try {
+      copies.done->synchronize();
+    } catch (...) {  // a broken device: nothing left to protect
+    }
+#endif
+  }
 };
 
 std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>& segments) {
@@ -237,6 +261,10 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
   auto batch = std::make_shared<LaunchedBatch>();
   const HostedStack& stack = segments.front().lease->stack();
   batch->stack = &stack;
+#if HVLM_WITH_CUDA
+  // From the first copy queued on (concat_on reads the segments' pinned inputs) to the return.
+  const WaitForDeviceOnFailure inputs_in_use(stack.device);
+#endif
   const bool single = segments.size() == 1;
   // Concatenates one per-session tensor along the batch (no copy for a batch of one).
   auto gather = [&](const std::function<at::Tensor(const PreparedSegment&)>& get) {
@@ -276,9 +304,6 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
   std::vector<at::Tensor> inputs;
   for (const auto& s : segments) inputs.push_back(s.x);
   const at::Tensor x = to_stack_device(stack, inputs);
-#if HVLM_WITH_CUDA
-  const WaitForDeviceOnFailure inputs_in_use(stack.device);
-#endif
   phase_end(issue.inputs);
 
   // Every request was checked on the host (decode rejects non-finite values, prepare() values
@@ -331,6 +356,7 @@ std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, Launche
   } catch (...) {
     device_error = std::current_exception();
   }
+  batch.finished = true;
   if (timings) timings->compute_micros = batch.forward_micros + micros_since(batch.launched_at);
 
   const auto start = Clock::now();
