@@ -313,10 +313,24 @@ at::Tensor local_global_attention(const at::Tensor& q, const at::Tensor& k, cons
   return out.transpose(1, 2);
 }
 
+namespace {
+
+// `device` with its index: the current device's where it has none.
+at::Device with_index(at::Device device) {
+  return device.has_index() ? device : at::Device(device.type(), c10::cuda::current_device());
+}
+
+}  // namespace
+
+bool concat_rows_reads(const at::Tensor& part, at::Device device) {
+  return part.is_contiguous() &&
+         (part.device() == with_index(device) || (part.is_cpu() && (part.numel() == 0 || part.is_pinned())));
+}
+
 at::Tensor concat_rows(const std::vector<at::Tensor>& parts, at::Device device) {
   TORCH_CHECK(device.is_cuda(), "concat_rows: the destination must be a CUDA device, got ", device);
   TORCH_CHECK(!parts.empty(), "concat_rows: no parts");
-  const at::Device target = device.has_index() ? device : at::Device(at::kCUDA, c10::cuda::current_device());
+  const at::Device target = with_index(device);
   const at::Tensor& first = parts.front();
   TORCH_CHECK(first.defined() && first.dim() > 0, "concat_rows: part 0 must be a tensor of at least one dimension");
   std::vector<kernels::cuda::CopyPiece> pieces(parts.size());
@@ -324,8 +338,8 @@ at::Tensor concat_rows(const std::vector<at::Tensor>& parts, at::Device device) 
   int64_t rows = 0;
   for (size_t i = 0; i < parts.size(); ++i) {
     const at::Tensor& p = parts[i];
-    TORCH_CHECK(p.is_contiguous() && (p.device() == target || (p.is_cpu() && (p.numel() == 0 || p.is_pinned()))),
-                "concat_rows: part ", i, " must be a contiguous tensor on ", target, " or in pinned host memory");
+    TORCH_CHECK(concat_rows_reads(p, target), "concat_rows: part ", i, " must be a contiguous tensor on ", target,
+                " or in pinned host memory");
     TORCH_CHECK(p.dim() == first.dim() && p.dim() > 0 && p.scalar_type() == first.scalar_type() &&
                     p.sizes().slice(1) == first.sizes().slice(1),
                 "concat_rows: part ", i, " is ", p.scalar_type(), " ", p.sizes(), ", part 0 ", first.scalar_type(),

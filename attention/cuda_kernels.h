@@ -65,5 +65,8 @@ at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Te
 /// on the host). The caller keeps the parts alive and unchanged until the stream is past the
 /// copy.
 at::Tensor concat_rows(const std::vector<at::Tensor>& parts, at::Device device);
+/// Whether concat_rows can read `part` for `device`: contiguous, and on that device (no index:
+/// the current one) or in pinned host memory (or empty on the host).
+bool concat_rows_reads(const at::Tensor& part, at::Device device);
 
 }  // namespace hvlm::cuda

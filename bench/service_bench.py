@@ -258,7 +258,8 @@ def main():
                     metrics_after, wall_after = scrape(metrics_address), time.time()
                     run["server_stage_means"] = stage_means(stage_totals(metrics_before), stage_totals(metrics_after))
                     # Share of the run's wall time the batcher thread spent issuing passes (warm-up
-                    # included): near 1, that one thread bounds throughput.
+                    # included): near 1, passes are issued back to back (a bound on throughput only
+                    # if the queue time grows too: docs/observability.md).
                     issued = "hvlm_batch_issue_seconds_total"
                     run["batcher_issue_busy"] = round(
                         (counter_total(metrics_after, issued) - counter_total(metrics_before, issued))

@@ -60,8 +60,8 @@ if has bench; then
   tail -40 "$out/gpu-bench.log"
 fi
 if has pass; then
-  # The batcher's pass as hvlm-server runs it (configs/gpu.yaml): the host's issue time, which
-  # bounds throughput at 256 sessions, by phase, for passes of 64, 128 and 256 sessions' segments.
+  # The batcher's pass as hvlm-server runs it (configs/gpu.yaml): the host's issue time (the
+  # batcher thread's work) by phase, for passes of 64, 128 and 256 sessions' segments.
   for sessions in 64 128 256; do
     ./build-cuda/bench/hvlm-session-bench --config configs/gpu.yaml --batch "$sessions" --warmup 20 \
       --segments 30 --json "$out/batched-pass-$sessions.json" | tail -2 || echo "hvlm-session-bench --batch $sessions failed"

@@ -57,11 +57,10 @@ at::Tensor prepare(const HostedStack& stack, const at::Tensor& x, const char* wh
 // batch holds its segments until it finished.
 at::Tensor concat_on(at::Device device, const std::vector<at::Tensor>& parts) {
 #if HVLM_WITH_CUDA
-  // concat_rows' own conditions (it reads host parts only in pinned memory); otherwise at::cat.
-  const bool direct = std::all_of(parts.begin(), parts.end(), [&](const at::Tensor& p) {
-    return p.is_contiguous() && (p.device() == device || (p.is_cpu() && (p.numel() == 0 || p.is_pinned())));
-  });
-  if (device.is_cuda() && parts.size() > 1 && direct) return cuda::concat_rows(parts, device);
+  if (device.is_cuda() && parts.size() > 1 &&
+      std::all_of(parts.begin(), parts.end(), [&](const at::Tensor& p) { return cuda::concat_rows_reads(p, device); })) {
+    return cuda::concat_rows(parts, device);
+  }
 #endif
   return (parts.size() == 1 ? parts.front() : at::cat(parts, 0)).to(device, /*non_blocking=*/true);
 }
@@ -231,9 +230,7 @@ struct LaunchedBatch {
   const HostedStack* stack = nullptr;
   std::vector<int64_t> rows;              // batch rows of each segment
   BatchCopies copies;
-  int64_t forward_micros = 0;
-  int64_t update_micros = 0;
-  BatchIssueTimings issue;
+  BatchIssueTimings issue;  // the forward's and the memory update's host time come from here
   // When launch returned: compute runs on from here until finish sees the device done, so a
   // batch waiting for the finisher (the one before it still finishing) is in its compute time.
   Clock::time_point launched_at;
@@ -311,14 +308,11 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
   // each a wait for the device, are skipped; a stack that itself overflows is caught below, on
   // the output and the next state.
   const FiniteValuesChecked checked;
-  auto start = Clock::now();
   StackOutput out = run_stack(stack, x, memories, states);
-  batch->forward_micros = micros_since(start);
   phase_end(issue.forward);
 
   // The memory updates are queued behind the forward pass on the device, so on a GPU the CPU
   // issues them while the device computes.
-  start = Clock::now();
   std::map<size_t, MemoryBank> next_banks;
   for (const auto& entry : banks) {
     const size_t i = entry.first;
@@ -332,7 +326,6 @@ std::shared_ptr<LaunchedBatch> launch_segment_batch(std::vector<PreparedSegment>
   std::map<size_t, MambaState> next_states;
   for (size_t i : stack.mamba_blocks) next_states[i] = out.states[i];
   batch->copies = copy_out(out.y, next_banks, next_states, batch->rows);
-  batch->update_micros = micros_since(start);
   phase_end(issue.copies);
   batch->segments = std::move(segments);
   batch->launched_at = Clock::now();
@@ -357,7 +350,7 @@ std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, Launche
     device_error = std::current_exception();
   }
   batch.finished = true;
-  if (timings) timings->compute_micros = batch.forward_micros + micros_since(batch.launched_at);
+  if (timings) timings->compute_micros = batch.issue.forward + micros_since(batch.launched_at);
 
   const auto start = Clock::now();
   const bool single = segments.size() == 1;
@@ -391,7 +384,7 @@ std::vector<SegmentOutcome> finish_segment_batch(SessionStore& sessions, Launche
     }
     row += rows;
   }
-  if (timings) timings->memory_update_micros = batch.update_micros + micros_since(start);
+  if (timings) timings->memory_update_micros = batch.issue.update + batch.issue.copies + micros_since(start);
   return outcomes;
 }
 

@@ -49,7 +49,8 @@ ServiceMetrics::ServiceMetrics(metrics::Registry& registry, const BuildInfo& bui
       batch_issue_seconds_(registry.counter("hvlm_batch_issue_seconds_total",
                                             "Time the batcher thread spent issuing batched forward passes "
                                             "(every batch goes through that one thread: a rate near 1 means it "
-                                            "bounds throughput).",
+                                            "issues passes back to back, which bounds throughput only if the "
+                                            "queue time grows too).",
                                             {"stack"})),
       active_streams_(registry.gauge("hvlm_active_streams", "StreamSegments calls open now.").get()) {
   registry.gauge("hvlm_build_info", "Always 1; the labels say which build is running.",
