@@ -22,33 +22,45 @@ struct PieceTable {
   CopyPiece pieces[kCopyMaxPieces];
 };
 
+// Copies n words of type W from src to to, each thread kUnroll words a round.
+template <typename W>
+__device__ __forceinline__ void copy_words(const W* src, W* to, int64_t n, int64_t first, int64_t stride) {
+  for (int64_t i = first; i < n; i += kUnroll * stride) {
+    W v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t j = i + u * stride;
+      if (j < n) v[u] = src[j];
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t j = i + u * stride;
+      if (j < n) to[j] = v[u];
+    }
+  }
+}
+
 __global__ void __launch_bounds__(kThreads) copy_pieces_kernel(const PieceTable table, char* dst) {
   const CopyPiece piece = table.pieces[blockIdx.y];
   char* out = dst + piece.dst_offset;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  const bool words = (reinterpret_cast<uintptr_t>(piece.src) | static_cast<uintptr_t>(piece.bytes) |
-                      static_cast<uintptr_t>(piece.dst_offset) | reinterpret_cast<uintptr_t>(dst)) % 16 == 0;
-  if (words) {
-    const uint4* src = static_cast<const uint4*>(piece.src);
-    uint4* to = reinterpret_cast<uint4*>(out);
-    const int64_t n = piece.bytes / 16;
-    for (int64_t i = first; i < n; i += kUnroll * stride) {
-      uint4 v[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int64_t j = i + u * stride;
-        if (j < n) v[u] = src[j];
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int64_t j = i + u * stride;
-        if (j < n) to[j] = v[u];
-      }
-    }
+  // The widest word that the source, the size and the destination all allow (the same for the
+  // whole block: no divergence).
+  const uintptr_t align = reinterpret_cast<uintptr_t>(piece.src) | static_cast<uintptr_t>(piece.bytes) |
+                          reinterpret_cast<uintptr_t>(out);
+  if (align % 16 == 0) {
+    copy_words(static_cast<const uint4*>(piece.src), reinterpret_cast<uint4*>(out), piece.bytes / 16, first, stride);
+  } else if (align % 8 == 0) {
+    copy_words(static_cast<const uint2*>(piece.src), reinterpret_cast<uint2*>(out), piece.bytes / 8, first, stride);
+  } else if (align % 4 == 0) {
+    copy_words(static_cast<const uint32_t*>(piece.src), reinterpret_cast<uint32_t*>(out), piece.bytes / 4, first,
+               stride);
+  } else if (align % 2 == 0) {
+    copy_words(static_cast<const uint16_t*>(piece.src), reinterpret_cast<uint16_t*>(out), piece.bytes / 2, first,
+               stride);
   } else {
-    const char* src = static_cast<const char*>(piece.src);
-    for (int64_t i = first; i < piece.bytes; i += stride) out[i] = src[i];
+    copy_words(static_cast<const uint8_t*>(piece.src), reinterpret_cast<uint8_t*>(out), piece.bytes, first, stride);
   }
 }
 

@@ -28,8 +28,9 @@ struct CopyPiece {
 /// Pieces per launch (kernel parameters); copy_pieces takes any count in several.
 constexpr int kCopyMaxPieces = 64;
 
-/// Copies every piece to dst + dst_offset (device memory of the current device). Pieces whose
-/// source, size and offset are 16-byte aligned move in 16-byte words, others byte by byte.
+/// Copies every piece to dst + dst_offset (device memory of the current device). Each piece moves
+/// in the widest words (16, 8, 4, 2 bytes or single bytes) that its source, size and
+/// destination are all aligned to.
 /// Destination ranges must not overlap.
 void copy_pieces(const CopyPiece* pieces, int64_t count, void* dst, void* stream);
 

@@ -320,12 +320,15 @@ TEST(Cuda, ConcatRowsConcatenatesPinnedHostAndDeviceParts) {
     at::ScalarType dtype;
     std::vector<int64_t> row;  // the sizes past dim 0
   };
-  for (const Case& c : {Case{at::kBFloat16, {4, 8}}, Case{at::kFloat, {3, 5}}}) {
+  // Rows of 64, 60, 24, 18 and 5 bytes: parts of 0-2 rows then move in words of 16, 4, 8, 2
+  // and 1 bytes (the widest their sizes and offsets allow).
+  for (const Case& c : {Case{at::kBFloat16, {4, 8}}, Case{at::kFloat, {3, 5}}, Case{at::kDouble, {3}},
+                        Case{at::kHalf, {3, 3}}, Case{at::kChar, {5}}}) {
     std::vector<at::Tensor> parts;
     for (int64_t i = 0; i < 70; ++i) {
       std::vector<int64_t> sizes{i % 3};
       sizes.insert(sizes.end(), c.row.begin(), c.row.end());
-      const at::Tensor part = randn(sizes).to(c.dtype);
+      const at::Tensor part = randn(sizes).mul(50).to(c.dtype);
       parts.push_back(i % 4 == 1 ? part.to(gpu) : part.pin_memory());
     }
     const at::Tensor got = cuda::concat_rows(parts, gpu);
