@@ -209,8 +209,9 @@ def main():
     ap.add_argument("--skip-in-process", action="store_true")
     ap.add_argument("--channels", type=int, default=0,
                     help="connections the load client spreads its sessions over (0: its default, one per session)")
-    ap.add_argument("--wire-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                    help="dtype of the features and outputs on the wire")
+    ap.add_argument("--wire-dtype", choices=["stack", "float32", "float16", "bfloat16"], default="stack",
+                    help="dtype of the features and outputs on the wire (stack: the stack's own, the load "
+                         "client's default)")
     ap.add_argument("--warmup", type=int, default=2,
                     help="unmeasured segments per session first (the memory banks fill during the first "
                          "capacity / tokens_per_segment segments; 20 covers the default stacks)")
@@ -244,13 +245,14 @@ def main():
                         [*pinned(args.client_cpus), os.path.join(args.build, "client", "hvlm-client"),
                          "load", "--server", address,
                          "--stack", args.stack, "--sessions", str(n), "--segment", str(args.segment),
-                         "--warmup", str(args.warmup), "--dtype", args.wire_dtype,
+                         "--warmup", str(args.warmup),
+                         *(["--dtype", args.wire_dtype] if args.wire_dtype != "stack" else []),
                          *(["--channels", str(min(args.channels, n))] if args.channels > 0 else []),
                          *amount, "--json", out], out, proc.pid)
                     # (Warm-up included; the load client and the server share the host.)
                     run["host_busy_cores"] = busy_cores(cpu_before, cpu_times())
                     run["batching"] = batching
-                    run["wire_dtype"] = args.wire_dtype
+                    run["wire_dtype"] = run["dtype"]  # as the client sent it
                     run["channels"] = args.channels
                     run["server_cpus"] = args.server_cpus or "any"
                     run["client_cpus"] = args.client_cpus or "any"

@@ -80,7 +80,10 @@ hvlm-client load --stack NAME --sessions N --segment T
   --segments-per-session K    measure K segments per session (default 10)
   --dim D                     features' dimension (default: the stack's dim)
   --batch B                   segments of shape [B, T, D] (default: [T, D])
-  --dtype DTYPE               features' wire dtype: float32 (default), float16 or bfloat16
+  --dtype DTYPE               features' wire dtype: float32, float16 or bfloat16 (default:
+                              the stack's dtype; a server rounds features to that dtype and
+                              widens outputs from it, so it gives the same outputs in the
+                              fewest bytes)
   --seed S                    synthetic features' seed (default 0)
   --warmup K                  unmeasured segments per session first (default 2)
   --channels C                spread the sessions over C channels, each its own connection
@@ -325,7 +328,9 @@ void check_load(const FlagTable& table, LoadOptions& o) {
     throw UsageError("--channels: " + std::to_string(o.channels) + " is more than --sessions (" +
                      std::to_string(o.sessions) + ")");
   }
-  if (o.dim > 0) check_load_size(o, o.dim);
+  // Without --dtype, the smallest wire dtype (2 bytes): what no dtype could run is refused now,
+  // the rest by run_load once it knows the stack's (and, without --dim, the dim).
+  if (o.dim > 0) check_load_size(o, o.dim, o.dtype.value_or(hvlm::v1::BFLOAT16));
 }
 
 bool is_help(const std::string& arg) { return arg == "-h" || arg == "--help"; }
@@ -345,7 +350,7 @@ std::string usage_text() {
          kExitStatus;
 }
 
-void check_load_size(const LoadOptions& options, int64_t dim) {
+void check_load_size(const LoadOptions& options, int64_t dim, hvlm::v1::DType dtype) {
   // Every factor is at most 2^20, so these products cannot overflow int64.
   const int64_t elements = std::max<int64_t>(options.batch, 1) * options.segment_frames * dim;
   if (elements > kMaxSegmentElements) {
@@ -353,7 +358,7 @@ void check_load_size(const LoadOptions& options, int64_t dim) {
                      " frames of dim " + std::to_string(dim) + " exceed " +
                      std::to_string(kMaxSegmentElements) + " elements");
   }
-  const int64_t bytes = elements * static_cast<int64_t>(dtype_size(options.dtype));
+  const int64_t bytes = elements * static_cast<int64_t>(dtype_size(dtype));
   if (bytes * options.sessions > kMaxLoadInFlightBytes) {
     throw UsageError("--sessions: " + std::to_string(options.sessions) + " sessions with " +
                      std::to_string(bytes) + "-byte segments exceed " +

@@ -9,6 +9,7 @@
 #include "hvlm/v1/attention_service.pb.h"
 
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -84,8 +85,8 @@ struct LoadOptions {
   int64_t dim = 0;
   /// --batch: B of [B, T, D] segments; 0 for [T, D] segments.
   int64_t batch = 0;
-  /// --dtype: the features' wire dtype.
-  hvlm::v1::DType dtype = hvlm::v1::FLOAT32;
+  /// --dtype: the features' wire dtype; unset for the stack's own (ListStacks' StackInfo.dtype).
+  std::optional<hvlm::v1::DType> dtype;
   /// --seed: seed of the synthetic features.
   uint64_t seed = 0;
   /// --warmup: segments per session before measurement starts.
@@ -119,8 +120,8 @@ Command parse_command_line(const std::vector<std::string>& args);
 std::string usage_text();
 
 // Throws UsageError (naming --segment or --sessions) when a load run of `options` with
-// features of dimension `dim` breaks kMaxSegmentElements or kMaxLoadInFlightBytes.
-void check_load_size(const LoadOptions& options, int64_t dim);
+// features of dimension `dim` in `dtype` breaks kMaxSegmentElements or kMaxLoadInFlightBytes.
+void check_load_size(const LoadOptions& options, int64_t dim, hvlm::v1::DType dtype);
 
 // Throws UsageError naming `flag` when `path` cannot be created: its directory is missing or
 // not a directory, or `path` itself is a directory. Run before the work whose result it holds.

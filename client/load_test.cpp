@@ -187,7 +187,7 @@ class LoadRun {
     summary.sessions = options_.sessions;
     summary.segment_tokens = options_.segment_frames;
     summary.batch = std::max<int64_t>(options_.batch, 1);
-    summary.dtype = dtype_name(options_.dtype);
+    summary.dtype = dtype_name(*options_.dtype);
     summary.warmup_segments = options_.warmup_segments;
     summary.seconds = seconds;
     times.summarize(seconds, summary);
@@ -260,12 +260,26 @@ RunSummary run_load(const LoadOptions& options, std::ostream& out) {
   for (const auto& channel : channels) {
     clients.push_back(std::make_unique<AttentionClient>(channel, connection.timeout_seconds));
   }
-  const int64_t dim = options.dim > 0 ? options.dim : clients[0]->find_stack(options.stack).dim();
+  // The run's options with the stack's dim and dtype filled in where not given.
+  LoadOptions resolved = options;
+  if (options.dim == 0 || !options.dtype) {
+    const hvlm::v1::StackInfo stack = clients[0]->find_stack(options.stack);
+    if (options.dim == 0) resolved.dim = stack.dim();
+    if (!options.dtype) {
+      resolved.dtype = parse_dtype(stack.dtype());
+      if (!resolved.dtype) {
+        throw std::runtime_error("stack '" + options.stack + "' reports dtype '" + stack.dtype() +
+                                 "', which is not a wire dtype; pass --dtype");
+      }
+    }
+  }
+  const int64_t dim = resolved.dim;
   if (dim < 1 || dim > kMaxDim) {
     throw std::runtime_error("stack '" + options.stack + "' reports dim " + std::to_string(dim) +
                              "; pass --dim");
   }
-  check_load_size(options, dim);
+  const hvlm::v1::DType dtype = *resolved.dtype;
+  check_load_size(resolved, dim, dtype);
 
   // A few distinct segments, encoded once and shared read-only by every session.
   std::vector<int64_t> shape = {options.segment_frames, dim};
@@ -278,12 +292,12 @@ RunSummary run_load(const LoadOptions& options, std::ostream& out) {
   std::vector<float> values(elements);
   for (hvlm::v1::Tensor& tensor : pool) {
     generator.fill(values.data(), values.size());
-    encode_tensor(values.data(), shape, options.dtype, &tensor);
+    encode_tensor(values.data(), shape, dtype, &tensor);
   }
 
   out << "load: " << options.sessions << " sessions on " << channel_count << " channel"
       << (channel_count == 1 ? "" : "s") << ", stack " << options.stack << ", segments "
-      << shape_string(shape) << " " << dtype_name(options.dtype) << ", "
+      << shape_string(shape) << " " << dtype_name(dtype) << ", "
       << options.warmup_segments << " warmup then ";
   if (options.duration_seconds > 0) {
     out << options.duration_seconds << " s";
@@ -292,7 +306,7 @@ RunSummary run_load(const LoadOptions& options, std::ostream& out) {
   }
   out << " per session" << std::endl;
 
-  RunSummary summary = LoadRun(options, std::move(clients), std::move(pool)).run();
+  RunSummary summary = LoadRun(resolved, std::move(clients), std::move(pool)).run();
   summary.dim = dim;
   print_summary(summary, out);
   if (!options.json_path.empty()) write_summary_json(summary, options.json_path);

@@ -42,9 +42,10 @@ class StartGate {
   std::chrono::steady_clock::time_point open_at_;  // guarded by mu_; valid once missing_ == 0
 };
 
-// Runs `load`; prints the summary to `out` and writes --json. Throws UsageError when the
-// segments would be too large, RpcError when ListStacks (for the dim) fails; session failures
-// are in the summary's errors instead.
+// Runs `load`; prints the summary to `out` and writes --json. Features go in options.dtype, or
+// without it in the stack's own dtype. Throws UsageError when the segments would be too large,
+// RpcError when ListStacks (for the dim or dtype) fails, std::runtime_error when the stack's
+// dim or dtype cannot be used; session failures are in the summary's errors instead.
 RunSummary run_load(const LoadOptions& options, std::ostream& out);
 
 }  // namespace hvlm::client

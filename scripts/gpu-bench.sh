@@ -76,10 +76,11 @@ if has service; then
     --json "$out/service-gpu.json" > "$out/service.log" 2>&1 || echo "service benchmark failed"
   tail -20 "$out/service.log"
   # 256 sessions with batching again: twice more as above (its p99 varies from run to run by
-  # several ms), with bfloat16 features on the wire (the stack's dtype), and with the sessions
-  # sharing 4 connections (64 each) instead of one each. SERVICE_VARIANTS replaces the list:
+  # several ms), with float32 features on the wire (the load client's default is the stack's
+  # dtype, bfloat16 here), and with the sessions sharing 4 connections (64 each) instead of one
+  # each. SERVICE_VARIANTS replaces the list:
   # "name:service_bench.py flags" entries separated by ';' (empty: none).
-  IFS=';' read -ra variants <<< "${SERVICE_VARIANTS-repeat2:;repeat3:;bf16wire:--wire-dtype bfloat16;4conn:--channels 4}"
+  IFS=';' read -ra variants <<< "${SERVICE_VARIANTS-repeat2:;repeat3:;f32wire:--wire-dtype float32;4conn:--channels 4}"
   for variant in "${variants[@]}"; do
     name=${variant%%:*}
     if [[ $variant != *:* || -z $name || ! $name =~ ^[A-Za-z0-9_-]+$ ]]; then

@@ -119,6 +119,9 @@ TEST(CommandLine, LoadOptionsAndDefaults) {
   EXPECT_EQ(d.segments_per_session, 10);
   EXPECT_EQ(d.duration_seconds, 0);
   EXPECT_EQ(d.channels, 0);
+  EXPECT_FALSE(d.dtype.has_value());  // the stack's own, found out at run time
+  EXPECT_EQ(parse({"load", "--stack", "v", "--sessions", "3", "--segment", "8", "--dtype", "float16"}).load.dtype,
+            hvlm::v1::FLOAT16);
 }
 
 TEST(CommandLine, LoadMistakesNameTheFlag) {
@@ -142,9 +145,16 @@ TEST(CommandLine, LoadMistakesNameTheFlag) {
   EXPECT_TRUE(RejectsWith({"load", "--stack", "v", "--sessions", "1024", "--segment", "8192",
                            "--dim", "4096"},
                           "--segment"));
+  // 1024 sessions of 1024 x 1024 features: 4 GiB in flight in float32, 2 GiB (the limit) in a
+  // 2-byte dtype; 8 GiB and 4 GiB at 2048 frames.
   EXPECT_TRUE(RejectsWith({"load", "--stack", "v", "--sessions", "1024", "--segment", "1024",
+                           "--dim", "1024", "--dtype", "float32"},
+                          "--sessions"));
+  EXPECT_TRUE(RejectsWith({"load", "--stack", "v", "--sessions", "1024", "--segment", "2048",
                            "--dim", "1024"},
                           "--sessions"));
+  // The stack's dtype may take 2 bytes: run_load decides.
+  EXPECT_NO_THROW(parse({"load", "--stack", "v", "--sessions", "1024", "--segment", "1024", "--dim", "1024"}));
 }
 
 TEST(CommandLine, HelpAndCommandMistakes) {

@@ -15,7 +15,7 @@ grpc::Status FakeAttentionService::ListStacks(grpc::ServerContext*,
   hvlm::v1::StackInfo* stack = response->add_stacks();
   stack->set_name("echo");
   stack->set_dim(kFakeDim);
-  stack->set_dtype("float32");
+  stack->set_dtype(options_.stack_dtype);
   stack->set_device("cpu");
   stack->set_weights_source("random init (seed 0)");
   stack->set_fingerprint("f00d");
@@ -116,10 +116,16 @@ grpc::Status FakeAttentionService::StreamSegments(
       std::lock_guard<std::mutex> lock(mu_);
       ++segments_seen_[session_id];
       ++served_;
+      ++served_by_dtype_[features.dtype];
     }
     if (!stream->Write(response)) break;
   }
   return grpc::Status::OK;
+}
+
+std::map<hvlm::v1::DType, int64_t> FakeAttentionService::served_by_dtype() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return served_by_dtype_;
 }
 
 std::vector<std::string> FakeAttentionService::requested_ids() const {

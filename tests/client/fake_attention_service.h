@@ -30,6 +30,8 @@ class FakeAttentionService final : public hvlm::v1::AttentionService::Service {
     int64_t bad_shape_at_sequence = -1;
     /// compute_micros reported for every segment.
     int64_t compute_micros = 1500;
+    /// The dtype ListStacks reports for the stack.
+    std::string stack_dtype = "float32";
   };
 
   FakeAttentionService() = default;
@@ -53,6 +55,8 @@ class FakeAttentionService final : public hvlm::v1::AttentionService::Service {
   int64_t sessions_opened() const;
   int64_t sessions_closed() const;
   int64_t segments_served() const;
+  // Segments served by the wire dtype of their features.
+  std::map<hvlm::v1::DType, int64_t> served_by_dtype() const;
   // Sessions open now.
   int64_t sessions_open() const;
 
@@ -63,6 +67,7 @@ class FakeAttentionService final : public hvlm::v1::AttentionService::Service {
   std::vector<std::string> requested_ids_;         // guarded by mu_
   int64_t next_id_ = 0;                            // guarded by mu_
   int64_t opened_ = 0, closed_ = 0, served_ = 0;   // guarded by mu_
+  std::map<hvlm::v1::DType, int64_t> served_by_dtype_;  // guarded by mu_
 };
 
 // A FakeAttentionService serving on 127.0.0.1:<free port> until destroyed.

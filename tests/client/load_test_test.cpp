@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -94,6 +95,36 @@ TEST(LoadTest, DurationRunsStopByThemselves) {
   std::remove(options.json_path.c_str());
 }
 
+// Without --dtype the features go in the stack's own dtype (a 16-bit stack's server would round
+// float32 ones to it anyway); --dtype overrides it; a stack dtype that is no wire dtype is an
+// error that names it.
+TEST(LoadTest, WithoutDtypeTheFeaturesGoInTheStacksOwn) {
+  FakeAttentionService::Options fake;
+  fake.stack_dtype = "bfloat16";
+  FakeServer server(fake);
+  LoadOptions options = options_for(server);
+  std::ostringstream out;
+  EXPECT_EQ(run_load(options, out).dtype, "bfloat16");
+  EXPECT_NE(out.str().find("[4, 8] bfloat16"), std::string::npos) << out.str();
+  EXPECT_EQ(server.service().served_by_dtype(), (std::map<hvlm::v1::DType, int64_t>{{hvlm::v1::BFLOAT16, 24}}));
+
+  options.dtype = hvlm::v1::FLOAT32;
+  EXPECT_EQ(run_load(options, out).dtype, "float32");
+  EXPECT_EQ(server.service().served_by_dtype().at(hvlm::v1::FLOAT32), 24);
+
+  FakeAttentionService::Options odd;
+  odd.stack_dtype = "float64";
+  FakeServer odd_server(odd);
+  LoadOptions odd_options = options_for(odd_server);
+  try {
+    run_load(odd_options, out);
+    ADD_FAILURE() << "a float64 stack was loaded without --dtype";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "stack 'echo' reports dtype 'float64', which is not a wire dtype; pass --dtype");
+  }
+  EXPECT_EQ(odd_server.service().sessions_opened(), 0);
+}
+
 TEST(LoadTest, FailedSessionsAreCountedWithTheFirstError) {
   FakeAttentionService::Options fake;
   fake.fail_at_sequence = 2;
@@ -126,7 +157,8 @@ TEST(LoadTest, UnknownStackFailsEveryOpenSession) {
   FakeServer server;
   LoadOptions options = options_for(server);
   options.stack = "missing";
-  options.dim = kFakeDim;
+  options.dim = kFakeDim;  // with the dtype: no ListStacks, the sessions' own calls fail
+  options.dtype = hvlm::v1::FLOAT32;
   std::ostringstream out;
   const RunSummary summary = run_load(options, out);
   EXPECT_EQ(summary.errors, 6);
@@ -156,7 +188,8 @@ TEST(LoadTest, AServerThatRefusesConnectionsIsNotWaitedForUntilTheTimeout) {
   options.connection.server = address;
   options.connection.timeout_seconds = 300;
   options.stack = "echo";
-  options.dim = kFakeDim;  // no ListStacks: the sessions' own calls meet the refusal
+  options.dim = kFakeDim;  // with the dtype: no ListStacks, the sessions' own calls meet the refusal
+  options.dtype = hvlm::v1::FLOAT32;
   options.sessions = 4;
   options.segment_frames = 4;
   options.segments_per_session = 1;
