@@ -60,7 +60,9 @@ hvlm-client stream --stack NAME (--input FILE.npy | --frames N [--dim D] [--batc
   --output FILE.npy     write the outputs, concatenated, as float32 .npy of the input's shape
   --session ID          open the session with this id (1 to 128 of [A-Za-z0-9._-];
                         default: the server issues one)
-  --dtype DTYPE         features' wire dtype: float32 (default), float16 or bfloat16
+  --dtype DTYPE         features' wire dtype: float32, float16 or bfloat16 (default: the
+                        stack's dtype, which gives the same outputs in the fewest bytes:
+                        the server rounds features to it and widens outputs from it)
   --warmup K            leave the first K segments out of the statistics (default 2)
   --json FILE           write the summary as JSON
 )";
@@ -81,9 +83,7 @@ hvlm-client load --stack NAME --sessions N --segment T
   --dim D                     features' dimension (default: the stack's dim)
   --batch B                   segments of shape [B, T, D] (default: [T, D])
   --dtype DTYPE               features' wire dtype: float32, float16 or bfloat16 (default:
-                              the stack's dtype; a server rounds features to that dtype and
-                              widens outputs from it, so it gives the same outputs in the
-                              fewest bytes)
+                              the stack's dtype, as for stream)
   --seed S                    synthetic features' seed (default 0)
   --warmup K                  unmeasured segments per session first (default 2)
   --channels C                spread the sessions over C channels, each its own connection

@@ -60,8 +60,8 @@ struct StreamOptions {
   std::string output_path;
   /// --session: the id to open the session with; empty for a server-issued one.
   std::string session_id;
-  /// --dtype: the features' wire dtype.
-  hvlm::v1::DType dtype = hvlm::v1::FLOAT32;
+  /// --dtype: the features' wire dtype; unset for the stack's own (ListStacks' StackInfo.dtype).
+  std::optional<hvlm::v1::DType> dtype;
   /// --warmup: leading segments left out of the statistics.
   int64_t warmup_segments = 2;
   /// --json: where to write the JSON summary; empty for nowhere.

@@ -265,13 +265,7 @@ RunSummary run_load(const LoadOptions& options, std::ostream& out) {
   if (options.dim == 0 || !options.dtype) {
     const hvlm::v1::StackInfo stack = clients[0]->find_stack(options.stack);
     if (options.dim == 0) resolved.dim = stack.dim();
-    if (!options.dtype) {
-      resolved.dtype = parse_dtype(stack.dtype());
-      if (!resolved.dtype) {
-        throw std::runtime_error("stack '" + options.stack + "' reports dtype '" + stack.dtype() +
-                                 "', which is not a wire dtype; pass --dtype");
-      }
-    }
+    if (!options.dtype) resolved.dtype = stack_wire_dtype(stack);
   }
   const int64_t dim = resolved.dim;
   if (dim < 1 || dim > kMaxDim) {

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 
 namespace hvlm::client {
@@ -96,16 +97,31 @@ RunSummary run_stream(const StreamOptions& options, std::ostream& out) {
   const ConnectionOptions& connection = options.connection;
   const AttentionClient client(make_channel(connection), connection.timeout_seconds);
 
+  // The stack's description, asked for once and only if needed (for the dim or the dtype).
+  std::optional<hvlm::v1::StackInfo> stack;
+  auto stack_info = [&]() -> const hvlm::v1::StackInfo& {
+    if (!stack) stack = client.find_stack(options.stack);
+    return *stack;
+  };
   FeatureArray features;
   if (!options.input_path.empty()) {
     features = read_features(options);
   } else {
-    const int64_t dim = options.dim > 0 ? options.dim : client.find_stack(options.stack).dim();
+    const int64_t dim = options.dim > 0 ? options.dim : stack_info().dim();
     if (dim < 1 || dim > kMaxDim) {
       throw std::runtime_error("stack '" + options.stack + "' reports dim " +
                                std::to_string(dim) + "; pass --dim");
     }
     features = synthesize_features(options, dim);
+  }
+  const hvlm::v1::DType dtype = options.dtype ? *options.dtype : stack_wire_dtype(stack_info());
+  // A value beyond a 16-bit dtype's range would reach the server as infinity and be refused as
+  // non-finite; saying so here names the real problem, before a session is opened.
+  if (const int64_t i = first_overflow(features.values.data(), features.values.size(), dtype); i >= 0) {
+    throw TensorCodecError("the features hold " + std::to_string(features.values[static_cast<size_t>(i)]) +
+                           " (element " + std::to_string(i) + "), beyond the range of " + dtype_name(dtype) +
+                           (options.dtype ? ", the wire dtype; --dtype float32 sends it unchanged"
+                                          : ", the stack's dtype and so the wire's: the stack cannot take it"));
   }
   // The outputs have the features' shape; their values are kept only to be written.
   const bool keep_outputs = !options.output_path.empty();
@@ -121,7 +137,7 @@ RunSummary run_stream(const StreamOptions& options, std::ostream& out) {
   const hvlm::v1::SessionInfo session = client.open_session(options.stack, options.session_id);
   const std::string& session_id = session.session_id();
   out << "session " << session_id << " on stack " << options.stack << ": features "
-      << shape_string(features.shape()) << " as " << dtype_name(options.dtype) << ", " << segments
+      << shape_string(features.shape()) << " as " << dtype_name(dtype) << ", " << segments
       << " segments of up to " << segment_frames << " frames\n";
   if (options.warmup_segments >= segments) {
     out << "note: all " << segments << " segments are warmup (--warmup "
@@ -141,7 +157,7 @@ RunSummary run_stream(const StreamOptions& options, std::ostream& out) {
       const int64_t count = std::min(segment_frames, features.frames - start);
       std::vector<int64_t> shape = {count, features.dim};
       if (features.rank == 3) shape.insert(shape.begin(), features.batch);
-      encode_tensor(features.slice_frames(start, count).data(), shape, options.dtype, &tensor);
+      encode_tensor(features.slice_frames(start, count).data(), shape, dtype, &tensor);
 
       if (s == options.warmup_segments) measure_start = Clock::now();
       const SegmentStream::Exchange exchange = stream->exchange(tensor);
@@ -193,7 +209,7 @@ RunSummary run_stream(const StreamOptions& options, std::ostream& out) {
   summary.segment_tokens = segment_frames;
   summary.batch = features.batch;
   summary.dim = features.dim;
-  summary.dtype = dtype_name(options.dtype);
+  summary.dtype = dtype_name(dtype);
   summary.warmup_segments = options.warmup_segments;
   summary.seconds = measured_seconds;
   times.summarize(measured_seconds, summary);

@@ -3,6 +3,7 @@
 #include "client/half_precision.h"
 #include "client/little_endian.h"
 
+#include <cmath>
 #include <cstring>
 
 namespace hvlm::client {
@@ -37,6 +38,30 @@ std::optional<hvlm::v1::DType> parse_dtype(const std::string& name) {
   if (name == "float16") return hvlm::v1::FLOAT16;
   if (name == "bfloat16") return hvlm::v1::BFLOAT16;
   return std::nullopt;
+}
+
+hvlm::v1::DType stack_wire_dtype(const hvlm::v1::StackInfo& stack) {
+  const std::optional<hvlm::v1::DType> dtype = parse_dtype(stack.dtype());
+  if (!dtype) {
+    throw TensorCodecError("stack '" + stack.name() + "' reports dtype '" + stack.dtype() +
+                           "', which is not a wire dtype; pass --dtype");
+  }
+  return *dtype;
+}
+
+int64_t first_overflow(const float* values, size_t count, hvlm::v1::DType dtype) {
+  // Whether a finite value becomes infinite when narrowed to `dtype`.
+  auto overflows = [dtype](float v) {
+    switch (dtype) {
+      case hvlm::v1::FLOAT16: return std::isinf(half_bits_to_float(float_to_half_bits(v)));
+      case hvlm::v1::BFLOAT16: return std::isinf(bfloat16_bits_to_float(float_to_bfloat16_bits(v)));
+      default: return false;
+    }
+  };
+  for (size_t i = 0; i < count; ++i) {
+    if (std::isfinite(values[i]) && overflows(values[i])) return static_cast<int64_t>(i);
+  }
+  return -1;
 }
 
 std::string shape_string(const std::vector<int64_t>& shape) {

@@ -32,6 +32,16 @@ std::string dtype_name(hvlm::v1::DType dtype);
 // The DType of "float32", "float16" or "bfloat16"; nullopt for any other text.
 std::optional<hvlm::v1::DType> parse_dtype(const std::string& name);
 
+// The wire dtype of a stack's own dtype (StackInfo.dtype): what a client sends by default, since
+// the server rounds features to the stack's dtype and widens its outputs from it (the same
+// outputs in the fewest bytes). Throws TensorCodecError naming the stack when its dtype is not
+// a wire dtype.
+hvlm::v1::DType stack_wire_dtype(const hvlm::v1::StackInfo& stack);
+
+// The index of the first of `count` values that is finite but would round to infinity as
+// `dtype` (beyond 65504 in magnitude for FLOAT16, about 3.39e38 for BFLOAT16), or -1 for none.
+int64_t first_overflow(const float* values, size_t count, hvlm::v1::DType dtype);
+
 // "[2, 64, 768]".
 std::string shape_string(const std::vector<int64_t>& shape);
 

@@ -8,6 +8,7 @@
 #include "client/npy.h"
 #include "client/rpc_error.h"
 #include "client/synthetic_features.h"
+#include "client/tensor_codec.h"
 #include "tests/client/fake_attention_service.h"
 #include "tests/client/temp_path.h"
 
@@ -16,6 +17,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -130,6 +132,62 @@ TEST_F(StreamSession, NarrowWireDtypesRoundTheFeatures) {
   EXPECT_EQ(output.values, expected);
 }
 
+// Without --dtype the features go in the stack's own dtype, and the outputs are written as
+// float32 all the same.
+TEST_F(StreamSession, WithoutDtypeTheFeaturesGoInTheStacksOwn) {
+  FakeAttentionService::Options fake;
+  fake.stack_dtype = "bfloat16";
+  FakeServer server(fake);
+  StreamOptions options = options_for(server);
+  std::ostringstream out;
+  EXPECT_EQ(run_stream(options, out).dtype, "bfloat16");
+  EXPECT_EQ(server.service().served_by_dtype(), (std::map<hvlm::v1::DType, int64_t>{{hvlm::v1::BFLOAT16, 3}}));
+
+  std::vector<float> input(10 * kFakeDim);
+  SyntheticFeatures(5).fill(input.data(), input.size());
+  std::vector<float> expected(input.size());
+  for (size_t i = 0; i < input.size(); ++i) {
+    expected[i] = 2 * bfloat16_bits_to_float(float_to_bfloat16_bits(input[i]));
+  }
+  const NpyArray output = read_npy(options.output_path);
+  EXPECT_EQ(output.dtype, NpyDtype::kFloat32);
+  EXPECT_EQ(output.values, expected);
+}
+
+// A value the wire dtype cannot hold is refused before a session opens, naming it; the message
+// says whether the dtype was asked for or is the stack's.
+TEST_F(StreamSession, FeaturesBeyondTheWireDtypesRangeAreRefusedUpFront) {
+  FakeAttentionService::Options fake;
+  fake.stack_dtype = "float16";
+  FakeServer server(fake);
+  StreamOptions options = options_for(server);
+  std::vector<float> input(3 * kFakeDim, 1.0f);
+  input[kFakeDim + 2] = 70000.0f;
+  options.input_path = temp("big.npy");
+  write_npy(options.input_path, {3, kFakeDim}, input.data());
+  options.frames = 0;
+  std::ostringstream out;
+  try {
+    run_stream(options, out);
+    ADD_FAILURE() << "70000 sent as float16";
+  } catch (const TensorCodecError& e) {
+    EXPECT_STREQ(e.what(), "the features hold 70000.000000 (element 10), beyond the range of float16, the stack's "
+                           "dtype and so the wire's: the stack cannot take it");
+  }
+  options.dtype = hvlm::v1::FLOAT16;
+  try {
+    run_stream(options, out);
+    ADD_FAILURE() << "70000 sent as float16";
+  } catch (const TensorCodecError& e) {
+    EXPECT_NE(std::string(e.what()).find("float16, the wire dtype; --dtype float32 sends it unchanged"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(server.service().sessions_opened(), 0);
+  options.dtype = hvlm::v1::FLOAT32;  // the fake takes any value
+  EXPECT_EQ(run_stream(options, out).dtype, "float32");
+}
+
 TEST_F(StreamSession, UsesTheGivenSessionIdAndWritesJson) {
   FakeServer server;
   StreamOptions options = options_for(server);
@@ -196,7 +254,8 @@ TEST_F(StreamSession, OpenSessionFailureNamesTheRpc) {
   FakeServer server;
   StreamOptions options = options_for(server);
   options.stack = "missing";
-  options.dim = kFakeDim;
+  options.dim = kFakeDim;  // with the dtype: no ListStacks, so OpenSession is the first call
+  options.dtype = hvlm::v1::FLOAT32;
   std::ostringstream out;
   try {
     run_stream(options, out);
@@ -244,7 +303,8 @@ TEST_F(StreamSession, UnreachableServerIsUnavailable) {
   options.connection.timeout_seconds = 5;
   options.stack = "echo";
   options.frames = 4;
-  options.dim = 4;
+  options.dim = 4;  // with the dtype: no ListStacks, so OpenSession is the first call
+  options.dtype = hvlm::v1::FLOAT32;
   options.segment_frames = 4;
   std::ostringstream out;
   try {

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -93,6 +94,41 @@ TEST(TensorCodec, DecodingRejectsTensorsThatBreakTheRules) {
   bad.add_shape(int64_t{1} << 62);
   bad.add_shape(int64_t{1} << 62);
   EXPECT_THROW(decode_tensor(bad), TensorCodecError);
+}
+
+// 65504 is float16's largest value; 65519 still rounds down to it, 65520 rounds up to infinity.
+// bfloat16's largest is about 3.39e38, so float32's largest overflows it. Infinities and NaN
+// are not overflows (the server refuses them as non-finite), and float32 never overflows.
+TEST(TensorCodec, FirstOverflowFindsFiniteValuesTheDtypeCannotHold) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float big = std::numeric_limits<float>::max();
+  const std::vector<float> half_ok = {65504.0f, -65519.0f, inf, nan, 1e-9f};
+  EXPECT_EQ(first_overflow(half_ok.data(), half_ok.size(), hvlm::v1::FLOAT16), -1);
+  const std::vector<float> half_bad = {1.0f, inf, -65520.0f, 1e6f};
+  EXPECT_EQ(first_overflow(half_bad.data(), half_bad.size(), hvlm::v1::FLOAT16), 2);
+  EXPECT_EQ(first_overflow(half_bad.data(), half_bad.size(), hvlm::v1::BFLOAT16), -1);
+  const std::vector<float> bf_bad = {3.38e38f, -big};
+  EXPECT_EQ(first_overflow(bf_bad.data(), bf_bad.size(), hvlm::v1::BFLOAT16), 1);
+  EXPECT_EQ(first_overflow(bf_bad.data(), bf_bad.size(), hvlm::v1::FLOAT32), -1);
+}
+
+TEST(TensorCodec, AStacksDtypeIsItsWireDtype) {
+  hvlm::v1::StackInfo stack;
+  stack.set_name("video");
+  for (const auto& [name, dtype] : {std::pair<std::string, hvlm::v1::DType>{"float32", hvlm::v1::FLOAT32},
+                                    {"bfloat16", hvlm::v1::BFLOAT16},
+                                    {"float16", hvlm::v1::FLOAT16}}) {
+    stack.set_dtype(name);
+    EXPECT_EQ(stack_wire_dtype(stack), dtype) << name;
+  }
+  stack.set_dtype("float64");
+  try {
+    stack_wire_dtype(stack);
+    ADD_FAILURE() << "float64 taken as a wire dtype";
+  } catch (const TensorCodecError& e) {
+    EXPECT_STREQ(e.what(), "stack 'video' reports dtype 'float64', which is not a wire dtype; pass --dtype");
+  }
 }
 
 TEST(TensorCodec, DtypeNamesParseBack) {
