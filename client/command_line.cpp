@@ -361,7 +361,7 @@ void check_load_size(const LoadOptions& options, int64_t dim, hvlm::v1::DType dt
   const int64_t bytes = elements * static_cast<int64_t>(dtype_size(dtype));
   if (bytes * options.sessions > kMaxLoadInFlightBytes) {
     throw UsageError("--sessions: " + std::to_string(options.sessions) + " sessions with " +
-                     std::to_string(bytes) + "-byte segments exceed " +
+                     std::to_string(bytes) + "-byte segments (" + dtype_name(dtype) + ") exceed " +
                      std::to_string(kMaxLoadInFlightBytes) + " bytes in flight");
   }
 }

@@ -60,10 +60,17 @@ SegmentStream::Exchange SegmentStream::exchange(const hvlm::v1::Tensor& features
   Exchange result;
   const auto start = std::chrono::steady_clock::now();
   // The request borrows the caller's features for the write, which serializes them, instead of
-  // copying them into itself (~100 KB a segment); it hands them back before anything can throw.
-  request.unsafe_arena_set_allocated_features(const_cast<hvlm::v1::Tensor*>(&features));
-  const bool written = stream_->Write(request);
-  request.unsafe_arena_release_features();
+  // copying them into itself (~100 KB a segment); the guard hands them back however the write
+  // ends, so the request never frees them.
+  bool written = false;
+  {
+    struct Borrow {
+      hvlm::v1::SegmentRequest& request;
+      ~Borrow() { request.unsafe_arena_release_features(); }
+    } borrow{request};
+    request.unsafe_arena_set_allocated_features(const_cast<hvlm::v1::Tensor*>(&features));
+    written = stream_->Write(request);
+  }
   if (!written) {
     fail_from_status("the stream broke while sending " + segment);
   }

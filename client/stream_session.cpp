@@ -118,9 +118,12 @@ RunSummary run_stream(const StreamOptions& options, std::ostream& out) {
   // A value beyond a 16-bit dtype's range would reach the server as infinity and be refused as
   // non-finite; saying so here names the real problem, before a session is opened.
   if (const int64_t i = first_overflow(features.values.data(), features.values.size(), dtype); i >= 0) {
-    throw TensorCodecError("the features hold " + std::to_string(features.values[static_cast<size_t>(i)]) +
-                           " (element " + std::to_string(i) + "), beyond the range of " + dtype_name(dtype) +
-                           (options.dtype ? ", the wire dtype; --dtype float32 sends it unchanged"
+    char value[32];
+    std::snprintf(value, sizeof value, "%g", static_cast<double>(features.values[static_cast<size_t>(i)]));
+    throw TensorCodecError(std::string("the features hold ") + value + " (element " + std::to_string(i) +
+                           " in row-major order), beyond the range of " + dtype_name(dtype) +
+                           (options.dtype ? ", the wire dtype; --dtype float32 sends it unchanged (the stack's "
+                                            "dtype must still hold it)"
                                           : ", the stack's dtype and so the wire's: the stack cannot take it"));
   }
   // The outputs have the features' shape; their values are kept only to be written.

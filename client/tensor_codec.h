@@ -39,7 +39,8 @@ std::optional<hvlm::v1::DType> parse_dtype(const std::string& name);
 hvlm::v1::DType stack_wire_dtype(const hvlm::v1::StackInfo& stack);
 
 // The index of the first of `count` values that is finite but would round to infinity as
-// `dtype` (beyond 65504 in magnitude for FLOAT16, about 3.39e38 for BFLOAT16), or -1 for none.
+// `dtype` (65520 or more in magnitude for FLOAT16, about 3.3962e38 or more for BFLOAT16), or -1
+// for none.
 int64_t first_overflow(const float* values, size_t count, hvlm::v1::DType dtype);
 
 // "[2, 64, 768]".

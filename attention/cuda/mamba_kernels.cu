@@ -823,8 +823,9 @@ auto chunk_kernel(size_t* smem) {
   return kernel;
 }
 
-// Enough chunks that pass 3 fills every resident block slot of the GPU HVLM_SCAN_WAVES times
-// (whole waves: a partial last wave would idle SMs), but chunks of at least kMinChunkSteps.
+// Enough chunks that pass 3 fills every resident block slot of the GPU HVLM_SCAN_WAVES times,
+// at most (whole waves where the channel blocks divide the slots: a partial last wave would
+// idle SMs), but chunks of at least kMinChunkSteps.
 // One wave leaves each SM's two blocks to finish apart (ncu: 13.6 of 16 warps active on
 // average), but more, shorter chunks gained little (H200, 64k, delta ready, median of 3: 1, 2,
 // 3, 4, 6, 8 waves 1058, 1047, 1048, 1053, 1071, 1088 us) and cost at 8192 (162 against 168
@@ -849,7 +850,8 @@ ScanPlan make_plan(const SelectiveScanArgs& a) {
   const int64_t slots = static_cast<int64_t>(std::max(sms, 1)) * std::max(per_sm, 1);
   const int64_t units = ((a.channels + kScanThreads - 1) / kScanThreads) *
                         std::min<int64_t>(a.batch, kMaxGridYZ);
-  int64_t chunks = std::max<int64_t>(1, HVLM_SCAN_WAVES * slots / units);
+  constexpr int64_t kWaves = HVLM_SCAN_WAVES;
+  int64_t chunks = std::max<int64_t>(1, kWaves * slots / units);
   chunks = std::min(chunks, (a.length + kMinChunkSteps - 1) / kMinChunkSteps);
   chunks = std::min<int64_t>(chunks, kMaxGridYZ);
   plan.chunk_steps = (a.length + chunks - 1) / chunks;

@@ -1,7 +1,7 @@
 // The kernel of piece_copy.h. Grid: x = blocks striding over one piece, y = the piece. Each
-// thread keeps kUnroll independent 16-byte loads in flight: a read across the bus takes a
-// microsecond or two (an access to the device's own memory, less), so throughput needs many
-// outstanding requests.
+// thread keeps kUnroll independent loads in flight (of the widest word the piece allows): a read
+// across the bus takes a microsecond or two (an access to the device's own memory, less), so
+// throughput needs many outstanding requests.
 #include "attention/cuda/piece_copy.h"
 
 #include <cuda_runtime.h>

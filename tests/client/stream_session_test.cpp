@@ -171,15 +171,16 @@ TEST_F(StreamSession, FeaturesBeyondTheWireDtypesRangeAreRefusedUpFront) {
     run_stream(options, out);
     ADD_FAILURE() << "70000 sent as float16";
   } catch (const TensorCodecError& e) {
-    EXPECT_STREQ(e.what(), "the features hold 70000.000000 (element 10), beyond the range of float16, the stack's "
-                           "dtype and so the wire's: the stack cannot take it");
+    EXPECT_STREQ(e.what(), "the features hold 70000 (element 10 in row-major order), beyond the range of float16, "
+                           "the stack's dtype and so the wire's: the stack cannot take it");
   }
   options.dtype = hvlm::v1::FLOAT16;
   try {
     run_stream(options, out);
     ADD_FAILURE() << "70000 sent as float16";
   } catch (const TensorCodecError& e) {
-    EXPECT_NE(std::string(e.what()).find("float16, the wire dtype; --dtype float32 sends it unchanged"),
+    EXPECT_NE(std::string(e.what()).find("float16, the wire dtype; --dtype float32 sends it unchanged (the stack's dtype must still "
+                        "hold it)"),
               std::string::npos)
         << e.what();
   }
