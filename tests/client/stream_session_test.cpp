@@ -15,11 +15,13 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace hvlm::client {
@@ -59,6 +61,15 @@ class StreamSession : public ::testing::Test {
 std::vector<float> doubled(std::vector<float> values) {
   for (float& v : values) v *= 2;
   return values;
+}
+
+// The fake's answer to `count` synthetic features of `seed` sent as bfloat16: each rounded to
+// bfloat16, then doubled.
+std::vector<float> doubled_as_bfloat16(uint64_t seed, size_t count) {
+  std::vector<float> values(count);
+  SyntheticFeatures(seed).fill(values.data(), values.size());
+  for (float& v : values) v = bfloat16_bits_to_float(float_to_bfloat16_bits(v));
+  return doubled(std::move(values));
 }
 
 TEST_F(StreamSession, OutputsAreTheServersAnswersInFrameOrder) {
@@ -121,15 +132,9 @@ TEST_F(StreamSession, NarrowWireDtypesRoundTheFeatures) {
   std::ostringstream out;
   run_stream(options, out);
 
-  std::vector<float> input(3 * 10 * kFakeDim);
-  SyntheticFeatures(5).fill(input.data(), input.size());
-  std::vector<float> expected(input.size());
-  for (size_t i = 0; i < input.size(); ++i) {
-    expected[i] = 2 * bfloat16_bits_to_float(float_to_bfloat16_bits(input[i]));
-  }
   const NpyArray output = read_npy(options.output_path);
   EXPECT_EQ(output.shape, (std::vector<int64_t>{3, 10, kFakeDim}));
-  EXPECT_EQ(output.values, expected);
+  EXPECT_EQ(output.values, doubled_as_bfloat16(5, 3 * 10 * kFakeDim));
 }
 
 // Without --dtype the features go in the stack's own dtype, and the outputs are written as
@@ -143,15 +148,9 @@ TEST_F(StreamSession, WithoutDtypeTheFeaturesGoInTheStacksOwn) {
   EXPECT_EQ(run_stream(options, out).dtype, "bfloat16");
   EXPECT_EQ(server.service().served_by_dtype(), (std::map<hvlm::v1::DType, int64_t>{{hvlm::v1::BFLOAT16, 3}}));
 
-  std::vector<float> input(10 * kFakeDim);
-  SyntheticFeatures(5).fill(input.data(), input.size());
-  std::vector<float> expected(input.size());
-  for (size_t i = 0; i < input.size(); ++i) {
-    expected[i] = 2 * bfloat16_bits_to_float(float_to_bfloat16_bits(input[i]));
-  }
   const NpyArray output = read_npy(options.output_path);
   EXPECT_EQ(output.dtype, NpyDtype::kFloat32);
-  EXPECT_EQ(output.values, expected);
+  EXPECT_EQ(output.values, doubled_as_bfloat16(5, 10 * kFakeDim));
 }
 
 // A value the wire dtype cannot hold is refused before a session opens, naming it; the message
