@@ -763,267 +763,8 @@ __global__ void __launch_bounds__(256) scan_carry_kernel(const ScanPtrs<T> p, co
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Selective scan in one pass (16 states; long sequences over many channels)
-// ---------------------------------------------------------------------------------------------
-//
-// Where the chunked scan needs several chunks it computes every exp twice (passes 1 and 3).
-// This kernel computes each once: lane (q, p) of a warp keeps states 2p and 2p + 1 of channel q
-// of the warp's 4 and walks the whole sequence, so the recurrence of a state is one FFMA a step
-// and a batch-1 sequence of 1536 channels is 384 warps: one block of 4 warps per SM (its shared
-// memory is sized so no second block fits), a scheduler each, on 96 of the H200's 132 SMs.
-// With one warp a scheduler nothing hides latency but the warp's own independent work, so a
-// step's dependent chain is kept to the FFMA through h, and everything else of a group of 8
-// steps is independent of it:
-//  - the block stages a tile of 64 steps of u, delta, z, B and C by cp.async two tiles ahead,
-//    then converts it once into float tiles laid out for the lanes: (dt, dt u) pairs per channel
-//    (one 16-byte load gives a lane two steps), (D u, z) pairs, and (B_2p, B_2p+1, C_2p, C_2p+1)
-//    per state pair (one 16-byte load a step, the same 128 bytes for every channel of the warp);
-//    dt's bias and softplus are applied there, once per (t, c) rather than per state;
-//  - per step a lane does 2 x (FMUL, EX2, FMUL, FFMA) and one FMUL + FFMA for its part of
-//    C_t . h_t; the 8 parts of a channel's step sit on 8 lanes, so each group's 8 x 8 parts go
-//    through shared memory (two 16-byte stores a lane, 8 conflict-free loads) and lane p sums
-//    step p's: every lane gates and stores one y a group, in the same straight-line code as the
-//    next group's steps (one __syncwarp a group), so the two overlap.
-// Chosen over the chunked scan when that would need more than one chunk and the blocks fill
-// enough of the GPU's SMs (kOnePassMinFill); see make_plan.
-namespace one_pass {
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-constexpr int kStates = 16;                        // exactly; other state sizes run chunked
-constexpr int kLanes = kStates / 2;                // lanes a channel, two states each
-constexpr int kWarpChannels = 32 / kLanes;         // 4
-constexpr int kChannels = kWarps * kWarpChannels;  // 16 a block
-constexpr int kTile = 64;                          // steps staged at once
-constexpr int kGroup = kLanes;                     // steps a reduction: one y a lane
-constexpr int kGroups = kTile / kGroup;
-static_assert(kGroups % 2 == 0, "the reduction buffers alternate by group within a tile");
-constexpr int kPairPitch = 2 * kTile + 16;         // floats a channel row of the pair tiles
-constexpr int kPartPitch = 12;                     // floats of a lane's 8 parts (conflict-free)
-constexpr int kPartChannel = kLanes * kPartPitch + 8;
-constexpr int kPartWarp = kWarpChannels * kPartChannel;
-// At least this much dynamic shared memory a block, so that no SM runs two blocks (228 KB an
-// SM): a second block would share the first one's schedulers while other SMs idle.
-constexpr size_t kMinSmemBytes = 120 * 1024;
-
-template <typename T>
-struct Smem {
-  static constexpr int kRow = 3 * kChannels + 2 * kStates;  // [u | delta | z | B | C]
-  alignas(16) T raw[2][kTile][kRow];                        // as cp.async lands it
-  alignas(16) float dtu[2][kChannels][kPairPitch];          // (dt, dt * u) of each step
-  alignas(16) float duz[2][kChannels][kPairPitch];          // (D * u, z)
-  alignas(16) float4 bc[2][kTile][kLanes];                  // (B_2p, B_2p+1, C_2p, C_2p+1)
-  alignas(16) float parts[kWarps][2][kPartWarp];            // a group's parts of C_t . h_t
-};
-
-template <typename T>
-size_t smem_bytes() { return std::max(sizeof(Smem<T>), kMinSmemBytes); }
-
-// 16 bytes of shared memory as floats: 4 floats, or 8 values of a 2-byte type.
-template <typename T>
-__device__ __forceinline__ void unpack_piece(const T* src, float (&out)[16 / sizeof(T)]) {
-  if constexpr (sizeof(T) == 4) {
-    const float4 v = *reinterpret_cast<const float4*>(src);
-    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
-  } else {
-    const uint4 v = *reinterpret_cast<const uint4*>(src);
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = unpack2<T>(w[i]);
-      out[2 * i] = f.x, out[2 * i + 1] = f.y;
-    }
-  }
-}
-
-// Two consecutive values of shared memory as floats.
-template <typename T>
-__device__ __forceinline__ float2 unpack_pair(const T* src) {
-  if constexpr (sizeof(T) == 4) {
-    return *reinterpret_cast<const float2*>(src);
-  } else {
-    return unpack2<T>(*reinterpret_cast<const uint32_t*>(src));
-  }
-}
-}  // namespace one_pass
-
-// Grid: x = blocks of 16 channels, y = batch (grid-stride). The caller checks the arguments
-// (one_pass_ok) and passes one_pass::smem_bytes<T>() of dynamic shared memory.
-template <typename T>
-__global__ void __launch_bounds__(one_pass::kThreads, 1) scan_one_pass_kernel(const ScanPtrs<T> p) {
-  using namespace one_pass;
-  extern __shared__ __align__(16) unsigned char one_pass_smem[];
-  Smem<T>& sm = *reinterpret_cast<Smem<T>*>(one_pass_smem);
-  constexpr int kVec = 16 / static_cast<int>(sizeof(T));  // values of a 16-byte piece
-  constexpr int kParts = kChannels / kVec;                 // pieces of a row of one stream
-  constexpr int kRowPieces = 5 * kParts;                   // u, delta, z, B, C
-  constexpr int kTilePieces = kTile * kRowPieces;
-  constexpr int kIssue = (kTilePieces + kThreads - 1) / kThreads;
-  constexpr int kConvertPer = kTile * kParts / kThreads;   // stream pieces a thread converts
-  constexpr int kPairsPer = kTile * kLanes / kThreads;     // B/C pairs a thread converts
-  static_assert(kTile * kParts % kThreads == 0 && kTile * kLanes % kThreads == 0, "whole items");
-
-  const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32;
-  const int q = lane / kLanes, pr = lane % kLanes;  // channel of the warp, state pair
-  const int cb = warp * kWarpChannels + q;          // channel of the block
-  const int64_t channels = p.channels, length = p.length;
-  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kChannels, c = c0 + cb;
-  const float2 a_pair = *reinterpret_cast<const float2*>(p.a + c * kStates + 2 * pr);
-  const float a0 = a_pair.x * kLog2e, a1 = a_pair.y * kLog2e;  // exp(dt A) = 2^(dt a)
-  const bool do_softplus = p.delta_softplus;
-  const int num_tiles = static_cast<int>((length + kTile - 1) / kTile);
-
-  // The channels of the stream pieces this thread converts: piece i covers channels
-  // part * kVec .. + kVec - 1 of the block, part = (tid + i * kThreads) / kTile.
-  float d_skip[kConvertPer][kVec], dt_bias[kConvertPer][kVec];
-#pragma unroll
-  for (int i = 0; i < kConvertPer; ++i) {
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      const int64_t ch = c0 + ((tid + i * kThreads) / kTile) * kVec + k;
-      d_skip[i][k] = p.d[ch];
-      dt_bias[i][k] = p.delta_bias != nullptr ? p.delta_bias[ch] : 0.0f;
-    }
-  }
-
-  for (int64_t bi = blockIdx.y; bi < p.batch; bi += gridDim.y) {
-    const int64_t row0 = bi * length;
-    float* const h_ptr = p.h + (bi * channels + c) * kStates + 2 * pr;
-    const float2 h_in = *reinterpret_cast<const float2*>(h_ptr);
-    float h0 = h_in.x, h1 = h_in.y;
-
-    // Tile `tile` into raw[tile & 1], one cp.async group (empty past the last tile). Rows past
-    // the sequence are not copied; convert masks them.
-    auto issue = [&](int tile) {
-      if (tile < num_tiles) {
-        const int buf = tile & 1;
-#pragma unroll
-        for (int j = 0; j < kIssue; ++j) {
-          const int piece = tid + j * kThreads;
-          const int r = piece / kRowPieces, col = piece % kRowPieces;
-          const int64_t t = static_cast<int64_t>(tile) * kTile + r;
-          if (piece < kTilePieces && t < length) {
-            const int stream = col / kParts, part = col % kParts;
-            const int64_t row = row0 + t;
-            const T* src;
-            if (stream == 0) {
-              src = p.u + row * channels + c0;
-            } else if (stream == 1) {
-              src = p.delta + row * channels + c0;
-            } else if (stream == 2) {
-              src = p.z + row * p.row_stride_z + c0;
-            } else {
-              src = (stream == 3 ? p.b : p.c) + row * p.row_stride_bc;
-            }
-            cp_async16(&sm.raw[buf][r][stream * kChannels + part * kVec], src + part * kVec);
-          }
-        }
-      }
-      cp_async_commit();
-    };
-
-    // raw[tile & 1] -> the float tiles of buffer tile & 1 (the whole block; between barriers).
-    // Steps past the sequence get dt = 0 and B = C = u = z = 0: h stays, nothing is stored.
-    auto convert = [&](int tile) {
-      const int buf = tile & 1;
-      const int64_t t0 = static_cast<int64_t>(tile) * kTile;
-#pragma unroll
-      for (int i = 0; i < kConvertPer; ++i) {
-        const int item = tid + i * kThreads, r = item % kTile, part = item / kTile;
-        const bool valid = t0 + r < length;
-        float u[kVec], dl[kVec], z[kVec];
-        unpack_piece<T>(&sm.raw[buf][r][0 * kChannels + part * kVec], u);
-        unpack_piece<T>(&sm.raw[buf][r][1 * kChannels + part * kVec], dl);
-        unpack_piece<T>(&sm.raw[buf][r][2 * kChannels + part * kVec], z);
-#pragma unroll
-        for (int k = 0; k < kVec; ++k) {
-          float dt = dl[k] + dt_bias[i][k];
-          if (do_softplus) dt = softplus_approx(dt);
-          dt = valid ? dt : 0.0f;
-          const float uu = valid ? u[k] : 0.0f;
-          const int ch = part * kVec + k;
-          *reinterpret_cast<float2*>(&sm.dtu[buf][ch][2 * r]) = make_float2(dt, dt * uu);
-          *reinterpret_cast<float2*>(&sm.duz[buf][ch][2 * r]) = make_float2(d_skip[i][k] * uu, valid ? z[k] : 0.0f);
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < kPairsPer; ++i) {
-        const int item = tid + i * kThreads, r = item / kLanes, pp = item % kLanes;
-        const float2 bv = unpack_pair<T>(&sm.raw[buf][r][3 * kChannels + 2 * pp]);
-        const float2 cv = unpack_pair<T>(&sm.raw[buf][r][4 * kChannels + 2 * pp]);
-        sm.bc[buf][r][pp] = t0 + r < length ? make_float4(bv.x, bv.y, cv.x, cv.y) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      }
-    };
-
-    // The group of 8 steps starting at row `row` of tile buffer `buf` (step t of the sequence):
-    // sums its parts (written a group ago, made visible by the caller's __syncwarp), gates and
-    // stores step row + pr of this lane's channel.
-    auto finish = [&](int buf, int row, int64_t t, bool store) {
-      const float* parts = sm.parts[warp][(row / kGroup) & 1] + q * kPartChannel + pr;
-      float v[kLanes];
-#pragma unroll
-      for (int k = 0; k < kLanes; ++k) v[k] = parts[k * kPartPitch];
-      const float sum = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
-      const float2 dz = *reinterpret_cast<const float2*>(&sm.duz[buf][cb][2 * (row + pr)]);
-      const float gate = (HVLM_SCAN_FAST_GATE && sizeof(T) == 2) ? silu_tanh(dz.y) : silu(dz.y);
-      if (store && t + pr < length) p.y[(row0 + t + pr) * channels + c] = from_float<T>((sum + dz.x) * gate);
-    };
-
-    issue(0);
-    issue(1);
-    cp_async_wait<1>();
-    __syncthreads();
-    convert(0);
-    __syncthreads();
-    issue(2);  // into raw[0], which convert(0) has consumed
-    for (int tile = 0; tile < num_tiles; ++tile) {
-      const int buf = tile & 1;
-      const int64_t t0 = static_cast<int64_t>(tile) * kTile;
-#pragma unroll 1
-      for (int g = 0; g < kGroups; ++g) {
-        // Orders the last group's part stores before finish's loads below, and the loads of
-        // the group before it (same buffer) before this group's stores.
-        __syncwarp();
-        const int row = g * kGroup;
-        const float* pair = &sm.dtu[buf][cb][2 * row];
-        const float4* bcr = &sm.bc[buf][row][pr];
-        float part[kGroup];
-#pragma unroll
-        for (int j = 0; j < kGroup; j += 2) {
-          const float4 e = *reinterpret_cast<const float4*>(pair + 2 * j);  // steps j, j + 1
-          const float4 v0 = bcr[j * kLanes], v1 = bcr[(j + 1) * kLanes];
-          h0 = fmaf(exp2_approx(e.x * a0), h0, e.y * v0.x);
-          h1 = fmaf(exp2_approx(e.x * a1), h1, e.y * v0.y);
-          part[j] = fmaf(v0.w, h1, v0.z * h0);
-          h0 = fmaf(exp2_approx(e.z * a0), h0, e.w * v1.x);
-          h1 = fmaf(exp2_approx(e.z * a1), h1, e.w * v1.y);
-          part[j + 1] = fmaf(v1.w, h1, v1.z * h0);
-        }
-        float* mine = sm.parts[warp][g & 1] + q * kPartChannel + pr * kPartPitch;
-        *reinterpret_cast<float4*>(mine) = make_float4(part[0], part[1], part[2], part[3]);
-        *reinterpret_cast<float4*>(mine + 4) = make_float4(part[4], part[5], part[6], part[7]);
-        // The group before: this tile's, or the last of the tile before (its buffers are
-        // rewritten only after the barrier below).
-        const bool first = g == 0;
-        finish(first ? buf ^ 1 : buf, first ? kTile - kGroup : row - kGroup, t0 + row - kGroup, tile > 0 || g > 0);
-      }
-      cp_async_wait<1>();  // this thread's copies of tile + 1
-      __syncthreads();     // everyone's; and every warp is done with the buffers of tile - 1
-      if (tile + 1 < num_tiles) convert(tile + 1);
-      __syncthreads();
-      issue(tile + 3);     // into raw[(tile + 1) & 1], just converted
-    }
-    __syncwarp();
-    finish((num_tiles - 1) & 1, kTile - kGroup, static_cast<int64_t>(num_tiles) * kTile - kGroup, true);
-    *reinterpret_cast<float2*>(h_ptr) = make_float2(h0, h1);
-    cp_async_wait<0>();
-    __syncthreads();  // the next batch row reuses every buffer
-  }
-}
-
 // How a scan is split into chunks, and the workspace that needs.
 struct ScanPlan {
-  bool one_pass = false;  // scan_one_pass_kernel instead of the chunks
   int num_chunks = 1;
   int64_t chunk_steps = 0;
   size_t workspace_bytes = 0;
@@ -1069,37 +810,6 @@ bool scan_async_ok(const SelectiveScanArgs& a) {
   }
 }
 
-// Whether scan_one_pass_kernel takes these arguments: 16 states, whole blocks of 16 channels, and
-// 16-byte copies of every stream's rows (the caller's layer passes all of these: x_proj's
-// [dt | B | C] rows at dt_rank 48 keep B and C aligned).
-template <typename T>
-bool one_pass_ok(const SelectiveScanArgs& a) {
-  constexpr int64_t kVec = 16 / sizeof(T);
-  auto aligned = [](const void* ptr, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; };
-  return a.state_size == one_pass::kStates && a.channels % one_pass::kChannels == 0 && a.row_stride_z % kVec == 0 &&
-         a.row_stride_bc % kVec == 0 && aligned(a.u, 16) && aligned(a.delta, 16) && aligned(a.z, 16) &&
-         aligned(a.b, 16) && aligned(a.c, 16) && aligned(a.y, sizeof(T)) && aligned(a.a, 8) && aligned(a.h, 8);
-}
-
-// The one-pass kernel takes over from the chunked one where the chunks would compute the exps
-// twice (more than one chunk) and its blocks, one an SM, fill at least this share (percent) of
-// the SMs over its waves. HVLM_SCAN_ONE_PASS=0 turns it off (tuning knobs for -D).
-#ifndef HVLM_SCAN_ONE_PASS
-#define HVLM_SCAN_ONE_PASS 1
-#endif
-#ifndef HVLM_SCAN_ONE_PASS_MIN_FILL
-#define HVLM_SCAN_ONE_PASS_MIN_FILL 55
-#endif
-
-template <typename T>
-auto one_pass_kernel() {
-  auto kernel = scan_one_pass_kernel<T>;
-  check_call(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(one_pass::smem_bytes<T>())),
-             "cudaFuncSetAttribute");
-  return kernel;
-}
-
 // The pass's kernel with its dynamic shared memory allowed (the attribute is per device, so it
 // is set on every call; it costs a microsecond of host time).
 template <typename T, int NS, bool kFinal, bool kAsync>
@@ -1127,31 +837,11 @@ template <typename T, int NS>
 ScanPlan make_plan(const SelectiveScanArgs& a) {
   ScanPlan plan;
   plan.chunk_steps = std::max<int64_t>(a.length, 1);
-  if (a.algorithm == ScanAlgorithm::kOnePass) {
-    if (!one_pass_ok<T>(a)) {
-      throw std::invalid_argument(
-          "hvlm::kernels::cuda::selective_scan: the one-pass algorithm needs state_size 16, channels a multiple "
-          "of 16 and 16-byte aligned rows of u, delta, z, b and c");
-    }
-    plan.one_pass = true;
-    return plan;
-  }
   if (a.length <= kMinChunkSteps) return plan;
   int device = 0, sms = 0, per_sm = 0;
   check_call(cudaGetDevice(&device), "cudaGetDevice");
   check_call(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
              "cudaDeviceGetAttribute");
-  if (HVLM_SCAN_ONE_PASS && a.algorithm == ScanAlgorithm::kAuto && one_pass_ok<T>(a)) {
-    const int64_t blocks = a.channels / one_pass::kChannels * std::min<int64_t>(a.batch, kMaxGridYZ);
-    const int64_t slots = std::max(sms, 1);
-    const int64_t waves = (blocks + slots - 1) / slots;
-    // (The chunked plan below has more than one chunk whenever one_pass_ok's 16 channels a
-    // block fill this much of a GPU, except for sequences of one chunk, handled above.)
-    if (blocks * 100 >= HVLM_SCAN_ONE_PASS_MIN_FILL * waves * slots) {
-      plan.one_pass = true;
-      return plan;
-    }
-  }
   size_t smem = 0;
   const auto pass3 = scan_async_ok<T, NS>(a) ? chunk_kernel<T, NS, true, true>(&smem)
                                              : chunk_kernel<T, NS, true, false>(&smem);
@@ -1173,32 +863,6 @@ ScanPlan make_plan(const SelectiveScanArgs& a) {
     plan.workspace_bytes = plan.sum_offset + plan.num_chunks * per_chunk * sizeof(float);
   }
   return plan;
-}
-
-// The arguments as the kernels take them (ws_h, ws_s: the chunked scan's workspace, or nullptr).
-template <typename T>
-ScanPtrs<T> scan_ptrs(const SelectiveScanArgs& a, float* ws_h, float* ws_s) {
-  ScanPtrs<T> p;
-  p.u = static_cast<const T*>(a.u);
-  p.delta = static_cast<const T*>(a.delta);
-  p.delta_bias = a.delta_bias;
-  p.a = a.a;
-  p.b = static_cast<const T*>(a.b);
-  p.c = static_cast<const T*>(a.c);
-  p.d = a.d;
-  p.z = static_cast<const T*>(a.z);
-  p.h = a.h;
-  p.y = static_cast<T*>(a.y);
-  p.ws_h = ws_h;
-  p.ws_s = ws_s;
-  p.batch = a.batch;
-  p.length = a.length;
-  p.channels = a.channels;
-  p.row_stride_bc = a.row_stride_bc;
-  p.row_stride_z = a.row_stride_z;
-  p.state_size = static_cast<int>(a.state_size);
-  p.delta_softplus = a.delta_softplus;
-  return p;
 }
 
 bool is_noop(const SelectiveScanArgs& a) { return a.batch == 0 || a.length == 0 || a.channels == 0; }
@@ -1305,24 +969,32 @@ void selective_scan(const SelectiveScanArgs& a) {
     using T = decltype(tag);
     constexpr int NS = decltype(ns)::value;
     const ScanPlan plan = make_plan<T, NS>(a);
-    if (plan.one_pass) {
-      if constexpr (NS == one_pass::kStates) {
-        const ScanPtrs<T> p = scan_ptrs<T>(a, nullptr, nullptr);
-        const dim3 grid(static_cast<unsigned>(a.channels / one_pass::kChannels),
-                        static_cast<unsigned>(std::min<int64_t>(a.batch, kMaxGridYZ)));
-        one_pass_kernel<T>()<<<grid, one_pass::kThreads, one_pass::smem_bytes<T>(), stream>>>(p);
-        check_launch("scan_one_pass_kernel");
-      }
-      return;
-    }
     if (plan.workspace_bytes > 0 && a.workspace == nullptr) {
       throw std::invalid_argument(
           "hvlm::kernels::cuda::selective_scan: workspace required (selective_scan_workspace_bytes)");
     }
-    const ScanPtrs<T> p = scan_ptrs<T>(
-        a, static_cast<float*>(a.workspace),
-        plan.workspace_bytes > 0 ? reinterpret_cast<float*>(static_cast<char*>(a.workspace) + plan.sum_offset)
-                                 : nullptr);
+    ScanPtrs<T> p;
+    p.u = static_cast<const T*>(a.u);
+    p.delta = static_cast<const T*>(a.delta);
+    p.delta_bias = a.delta_bias;
+    p.a = a.a;
+    p.b = static_cast<const T*>(a.b);
+    p.c = static_cast<const T*>(a.c);
+    p.d = a.d;
+    p.z = static_cast<const T*>(a.z);
+    p.h = a.h;
+    p.y = static_cast<T*>(a.y);
+    p.ws_h = static_cast<float*>(a.workspace);
+    p.ws_s = plan.workspace_bytes > 0
+                 ? reinterpret_cast<float*>(static_cast<char*>(a.workspace) + plan.sum_offset)
+                 : nullptr;
+    p.batch = a.batch;
+    p.length = a.length;
+    p.channels = a.channels;
+    p.row_stride_bc = a.row_stride_bc;
+    p.row_stride_z = a.row_stride_z;
+    p.state_size = static_cast<int>(a.state_size);
+    p.delta_softplus = a.delta_softplus;
 
     const unsigned channel_blocks =
         static_cast<unsigned>((a.channels + kScanThreads - 1) / kScanThreads);

@@ -50,16 +50,6 @@ struct CausalConvArgs {
   void* stream = nullptr;           // cudaStream_t
 };
 
-/// How selective_scan walks time (mamba_kernels.cu explains both). kAuto picks the faster for the
-/// shape on the current device; tests and benchmarks force one.
-enum class ScanAlgorithm {
-  kAuto,
-  kChunked,  // chunks of time in parallel: any arguments
-  kOnePass,  // each (channel, state pair) walks the whole sequence: state_size 16, channels a
-             // multiple of 16, and u, delta, z, b, c, y with their row strides 16-byte aligned
-             // (selective_scan throws std::invalid_argument when forced on other arguments)
-};
-
 /// The selective scan, per batch b, channel c and state s (state_size N):
 ///   v      = delta[b,t,c] + delta_bias[c]          (delta_bias nullptr: + 0)
 ///   dt_t   = delta_softplus ? softplus(v) : v     (softplus as torch: v > 20 ? v : log1p(exp(v)))
@@ -91,7 +81,6 @@ struct SelectiveScanArgs {
   // `stream` completes, so it must not be shared with concurrent calls.
   void* workspace = nullptr;
   void* stream = nullptr;          // cudaStream_t
-  ScanAlgorithm algorithm = ScanAlgorithm::kAuto;
 };
 
 /// Enqueues the conv. Throws std::invalid_argument / std::runtime_error as described above.

@@ -351,8 +351,6 @@ void report(const std::string& name, const char* what, const Compare& c, bool gu
 struct Case {
   int64_t batch, length, channels, state_size, kernel;
   bool delta_softplus, delta_bias;
-  bool layer_layout = false;  // B, C at column 48 of 80 as in the layer (16-byte aligned rows);
-                              // else at column 3 (unaligned)
 };
 
 // Runs the conv over rows [t0, t0 + len) with state `state_in` on the device, into host `out`.
@@ -397,7 +395,7 @@ struct ScanRun {
   bool guards_ok = true;
 };
 
-ScanRun run_scan(const ScanProblem& p, const std::vector<float>& h_in, mk::ScanAlgorithm algorithm) {
+ScanRun run_scan(const ScanProblem& p, const std::vector<float>& h_in) {
   const DType t = p.u.dtype;
   DeviceBuffer u = to_device(p.u), delta = to_device(p.delta), xdbl = to_device(p.xdbl),
                xz = to_device(p.xz), a = to_device(p.a), d = to_device(p.d), h = to_device(h_in);
@@ -425,7 +423,6 @@ ScanRun run_scan(const ScanProblem& p, const std::vector<float>& h_in, mk::ScanA
   s.row_stride_z = p.row_stride_z;
   s.h = h.as<float>();
   s.y = y.ptr;
-  s.algorithm = algorithm;
   const size_t ws_bytes = mk::selective_scan_workspace_bytes(s);
   DeviceBuffer ws(ws_bytes);  // poisoned: the scan must not depend on its contents
   s.workspace = ws_bytes > 0 ? ws.ptr : nullptr;
@@ -494,7 +491,7 @@ void run_case(const Case& cs, DType t, Rng& rng) {
   sp.length = L;
   sp.channels = C;
   sp.state_size = N;
-  sp.bc_offset = cs.layer_layout ? 48 : 3;  // dt rank 48, or an odd one: B and C start unaligned
+  sp.bc_offset = 3;  // an odd dt rank: B and C start unaligned
   sp.row_stride_bc = sp.bc_offset + 2 * N;
   sp.row_stride_z = 2 * C;
   sp.delta_softplus = cs.delta_softplus;
@@ -521,41 +518,32 @@ void run_case(const Case& cs, DType t, Rng& rng) {
   for (auto& v : sp.h0) v = 2.0f * unit() - 1.0f;
   std::vector<double> y_ref, h_ref;
   scan_reference(sp, y_ref, h_ref);
-  // Where the one-pass algorithm applies, both algorithms forced as well as the automatic pick.
-  std::vector<std::pair<mk::ScanAlgorithm, const char*>> algorithms = {{mk::ScanAlgorithm::kAuto, ""}};
-  if (cs.layer_layout && N == 16 && C % 16 == 0) {
-    algorithms.push_back({mk::ScanAlgorithm::kChunked, " chunked"});
-    algorithms.push_back({mk::ScanAlgorithm::kOnePass, " one-pass"});
+  {
+    const ScanRun r = run_scan(sp, sp.h0);
+    report(name, "scan y", compare(r.y, y_ref), r.guards_ok, tol);
+    report(name, "scan h", compare(r.h, h_ref), r.guards_ok, tol_state);
   }
-  for (const auto& [algorithm, label_text] : algorithms) {
-    const std::string label = label_text;
-    {
-      const ScanRun r = run_scan(sp, sp.h0, algorithm);
-      report(name + label, "scan y", compare(r.y, y_ref), r.guards_ok, tol);
-      report(name + label, "scan h", compare(r.h, h_ref), r.guards_ok, tol_state);
+  {  // two pieces with h carried
+    ScanProblem p1 = sp, p2 = sp;
+    p1.length = L1;
+    p2.length = L2;
+    p1.u = slice_time(sp.u, B, L, C, 0, L1);
+    p2.u = slice_time(sp.u, B, L, C, L1, L2);
+    p1.delta = slice_time(sp.delta, B, L, C, 0, L1);
+    p2.delta = slice_time(sp.delta, B, L, C, L1, L2);
+    p1.xdbl = slice_time(sp.xdbl, B, L, sp.row_stride_bc, 0, L1);
+    p2.xdbl = slice_time(sp.xdbl, B, L, sp.row_stride_bc, L1, L2);
+    p1.xz = slice_time(sp.xz, B, L, sp.row_stride_z, 0, L1);
+    p2.xz = slice_time(sp.xz, B, L, sp.row_stride_z, L1, L2);
+    const ScanRun r1 = run_scan(p1, sp.h0);
+    const ScanRun r2 = run_scan(p2, r1.h);
+    std::vector<float> y(static_cast<size_t>(B * L * C));
+    for (int64_t b = 0; b < B; ++b) {
+      std::copy_n(r1.y.begin() + b * L1 * C, L1 * C, y.begin() + b * L * C);
+      std::copy_n(r2.y.begin() + b * L2 * C, L2 * C, y.begin() + (b * L + L1) * C);
     }
-    {  // two pieces with h carried
-      ScanProblem p1 = sp, p2 = sp;
-      p1.length = L1;
-      p2.length = L2;
-      p1.u = slice_time(sp.u, B, L, C, 0, L1);
-      p2.u = slice_time(sp.u, B, L, C, L1, L2);
-      p1.delta = slice_time(sp.delta, B, L, C, 0, L1);
-      p2.delta = slice_time(sp.delta, B, L, C, L1, L2);
-      p1.xdbl = slice_time(sp.xdbl, B, L, sp.row_stride_bc, 0, L1);
-      p2.xdbl = slice_time(sp.xdbl, B, L, sp.row_stride_bc, L1, L2);
-      p1.xz = slice_time(sp.xz, B, L, sp.row_stride_z, 0, L1);
-      p2.xz = slice_time(sp.xz, B, L, sp.row_stride_z, L1, L2);
-      const ScanRun r1 = run_scan(p1, sp.h0, algorithm);
-      const ScanRun r2 = run_scan(p2, r1.h, algorithm);
-      std::vector<float> y(static_cast<size_t>(B * L * C));
-      for (int64_t b = 0; b < B; ++b) {
-        std::copy_n(r1.y.begin() + b * L1 * C, L1 * C, y.begin() + b * L * C);
-        std::copy_n(r2.y.begin() + b * L2 * C, L2 * C, y.begin() + (b * L + L1) * C);
-      }
-      report(name + label, "scan strm", compare(y, y_ref), r1.guards_ok && r2.guards_ok, tol);
-      report(name + label, "scan h2", compare(r2.h, h_ref), true, tol_state);
-    }
+    report(name, "scan strm", compare(y, y_ref), r1.guards_ok && r2.guards_ok, tol);
+    report(name, "scan h2", compare(r2.h, h_ref), true, tol_state);
   }
 }
 
@@ -580,10 +568,6 @@ void check_rejects() {
     s.state_size = bad;
     expect_rejects("state_size " + std::to_string(bad), [&] { mk::selective_scan(s); });
   }
-  s.state_size = 8;
-  s.channels = 16;
-  s.algorithm = mk::ScanAlgorithm::kOnePass;
-  expect_rejects("the one-pass algorithm at 8 states", [&] { mk::selective_scan(s); });
   mk::CausalConvArgs c;
   c.batch = 1;
   c.length = 1;
@@ -824,6 +808,7 @@ int bench(Rng& rng, int64_t L) {
   const size_t ws_bytes = mk::selective_scan_workspace_bytes(s);
   DeviceBuffer ws(ws_bytes);
   s.workspace = ws.ptr;
+  const int64_t chunks = ws_bytes / (B * E * (N + 1) * sizeof(float));
 
   // The layer's path for 2-byte dtypes: dt_proj + bias + softplus as one product
   // (delta_projection), then the scan on the ready delta.
@@ -848,33 +833,23 @@ int bench(Rng& rng, int64_t L) {
   const double conv_us = median_us([&] { mk::causal_conv_silu(ca); });
   const double scan_us = median_us([&] { mk::selective_scan(s); });
   const double plain_us = median_us([&] { mk::selective_scan(s_plain); });
-  mk::SelectiveScanArgs s_chunked = s_plain, s_one_pass = s_plain;
-  s_chunked.algorithm = mk::ScanAlgorithm::kChunked;
-  s_one_pass.algorithm = mk::ScanAlgorithm::kOnePass;
-  const size_t ws_chunked = mk::selective_scan_workspace_bytes(s_chunked);
-  DeviceBuffer ws2(ws_chunked);
-  s_chunked.workspace = ws2.ptr;
-  const double chunked_us = median_us([&] { mk::selective_scan(s_chunked); });
-  const double one_pass_us = median_us([&] { mk::selective_scan(s_one_pass); });
   const double proj_us = median_us([&] { mk::delta_projection(dp); });
   const double act = static_cast<double>(B * L * E) * es;  // bytes of one [B, L, E] activation
   const double conv_bytes = 2 * act;                        // x in, u out
   const double scan_bytes = 4 * act + B * L * 2 * N * es;   // u, delta, z in, y out; B, C
   std::printf("bench: batch %lld, length %lld, channels %lld, state %lld, kernel %lld, bf16\n",
               (long long)B, (long long)L, (long long)E, (long long)N, (long long)K);
-  std::printf("  scan: the automatic pick is %s; the chunked plan has %lld chunks (workspace %.2f MB)\n",
-              ws_bytes == 0 && ws_chunked > 0 ? "one-pass" : "chunked",
-              (long long)std::max<int64_t>(ws_chunked / (B * E * (N + 1) * sizeof(float)), 1), ws_chunked / 1e6);
+  if (ws_bytes == 0) {
+    std::printf("  scan: one pass (no workspace)\n");
+  } else {
+    std::printf("  scan chunks: %lld (workspace %.2f MB)\n", (long long)std::max<int64_t>(chunks, 1), ws_bytes / 1e6);
+  }
   std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "causal_conv_silu", conv_us,
               conv_bytes / conv_us * 1e-3);
   std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "selective_scan (softplus+bias)", scan_us,
               scan_bytes / scan_us * 1e-3);
   std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "selective_scan (delta ready)", plain_us,
               scan_bytes / plain_us * 1e-3);
-  std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "scan chunked (ready delta)", chunked_us,
-              scan_bytes / chunked_us * 1e-3);
-  std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "scan one-pass (ready delta)", one_pass_us,
-              scan_bytes / one_pass_us * 1e-3);
   std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "delta_projection (dt_proj+softplus)", proj_us,
               (act + B * L * (R + 2 * N) * es) / proj_us * 1e-3);
   std::printf("  %-34s %9.1f us\n", "delta_projection + scan (layer)", proj_us + plain_us);
@@ -937,14 +912,6 @@ int main(int argc, char** argv) {
         {1, 130, 3, 5, 4, false, true},      // 5 states padded to 8, one partial block
         {1, 500, 264, 16, 4, true, true},    // a second channel block of 8 channels
         {1, 8192, 1536, 16, 4, true, true},  // the layer's shape
-        // The layer's B/C layout: the one-pass scan where auto picks it (long sequences over
-        // many channels), and forced on each of these.
-        {1, 8192, 1536, 16, 4, true, true, true},
-        {1, 300, 1536, 16, 4, false, true, true},  // partial tiles (and the streaming halves)
-        {2, 333, 32, 16, 4, true, false, true},    // batch rows in turn
-        {1, 64, 16, 16, 4, false, false, true},    // exactly one tile
-        {3, 129, 48, 16, 2, true, true, true},     // one step into a third tile
-        {1, 1, 16, 16, 4, true, true, true},       // one step (the streaming split: 0 and 1)
     };
     for (DType t : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
       std::printf("%s\n", dtype_name(t));
