@@ -25,7 +25,10 @@
 //   latency and workspace traffic. (Measured, and reverted: a one-pass kernel with lanes over
 //   states, 16 lanes per channel walking the whole sequence, ran 3-5x slower at batch 1: only
 //   768 warps, stalled on loads, with more per-step overhead than the exp it saves; and
-//   splitting a channel's states over a lane pair here was 25-45% slower. docs/benchmarks.md.)
+//   splitting a channel's states over a lane pair here was 25-45% slower; and lanes over state
+//   pairs, 8 lanes a channel and one 4-warp block an SM (commit 86e593b), 3x slower: 3182 vs
+//   1065 us at 64k, its per-lane 16-byte shared-memory loads 4 wavefronts each with the latency
+//   exposed at one warp a scheduler. docs/benchmarks.md.)
 //   The chunked form runs at high occupancy with no inter-block
 //   waits, is simple to verify, and its pass-1 overhead vanishes where it is not needed: the
 //   chunk count is sized so pass 3 fills the GPU in one wave, so a short sequence or a large
