@@ -1,6 +1,7 @@
 #include "attention/cuda_kernels.h"
 
 #include "attention/cuda/delta_projection.h"
+#include "attention/cuda/mamba_input.h"
 #include "attention/cuda/mamba_kernels.h"
 #include "attention/cuda/performer_kernels.h"
 #include "attention/cuda/piece_copy.h"
@@ -174,9 +175,66 @@ at::Tensor mamba_conv(const at::Tensor& xz, const at::Tensor& conv_weight, const
   return u;
 }
 
+std::optional<MambaInputs> mamba_input(const at::Tensor& xz, const at::Tensor& conv_weight,
+                                       const at::Tensor& conv_bias, at::Tensor& conv_state,
+                                       const at::Tensor& x_proj_weight, const at::Tensor& dt_weight,
+                                       const at::Tensor& dt_bias) {
+  if (!xz.is_cuda() || xz.dim() != 3 || !xz.is_contiguous() || xz.size(2) % 2 != 0) return std::nullopt;
+  const int64_t batch = xz.size(0), length = xz.size(1), channels = xz.size(2) / 2;
+  const auto dtype = xz.scalar_type();
+  for (const at::Tensor* t : {&conv_weight, &conv_bias, &x_proj_weight, &dt_weight}) {
+    if (t->scalar_type() != dtype || !t->is_contiguous() || t->device() != xz.device()) return std::nullopt;
+  }
+  if (conv_weight.dim() != 2 || conv_weight.size(1) != channels || conv_bias.numel() != channels ||
+      x_proj_weight.dim() != 2 || x_proj_weight.size(1) != channels || dt_weight.dim() != 2 ||
+      dt_weight.size(0) != channels || dt_bias.scalar_type() != at::kFloat || !dt_bias.is_contiguous() ||
+      dt_bias.numel() != channels || dt_bias.device() != xz.device()) {
+    return std::nullopt;
+  }
+  const int64_t kernel = conv_weight.size(0);
+  if (conv_state.scalar_type() != at::kFloat || conv_state.device() != xz.device() ||
+      conv_state.sizes() != at::IntArrayRef({batch, channels, kernel - 1})) {
+    return std::nullopt;
+  }
+  if (dtype != at::kBFloat16 && dtype != at::kHalf) return std::nullopt;
+  const auto state_in = conv_state.contiguous();
+  kernels::cuda::MambaInputArgs args;
+  args.dtype = element_type(xz, "mamba_input");
+  args.batch = batch;
+  args.length = length;
+  args.channels = channels;
+  args.kernel = kernel;
+  args.rank = dt_weight.size(1);
+  args.proj = x_proj_weight.size(0);
+  args.x = xz.data_ptr();
+  args.row_stride_x = 2 * channels;
+  args.conv_weight = conv_weight.data_ptr();
+  args.conv_bias = conv_bias.data_ptr();
+  args.x_proj_weight = x_proj_weight.data_ptr();
+  args.dt_weight = dt_weight.data_ptr();
+  args.dt_bias = dt_bias.data_ptr<float>();
+  // The outputs are not allocated yet (fresh allocations are aligned enough).
+  if (!kernels::cuda::mamba_input_supported(args)) return std::nullopt;
+  const c10::cuda::CUDAGuard device_guard(xz.device());
+  auto state_out = at::empty_like(state_in);
+  MambaInputs out;
+  out.u = at::empty({batch, length, channels}, xz.options());
+  out.x_dbl = at::empty({batch, length, args.proj}, xz.options());
+  out.delta = at::empty({batch, length, channels}, xz.options());
+  args.conv_state_in = kernel > 1 ? state_in.data_ptr<float>() : nullptr;
+  args.conv_state_out = kernel > 1 ? state_out.data_ptr<float>() : nullptr;
+  args.u = out.u.data_ptr();
+  args.x_dbl = out.x_dbl.data_ptr();
+  args.delta = out.delta.data_ptr();
+  args.stream = at::cuda::getCurrentCUDAStream().stream();
+  launch("mamba_input", [&] { kernels::cuda::mamba_input_stage(args); });
+  conv_state = state_out;
+  return out;
+}
+
 at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Tensor& dt_weight,
                       const at::Tensor& dt_bias, const at::Tensor& a, const at::Tensor& d, const at::Tensor& xz,
-                      at::Tensor& ssm_state) {
+                      at::Tensor& ssm_state, const at::Tensor& ready_delta) {
   TORCH_CHECK(u.is_cuda() && u.is_contiguous() && x_dbl.is_contiguous() && xz.is_contiguous(),
               "mamba_scan: u, x_dbl and xz must be contiguous CUDA tensors");
   TORCH_CHECK(ssm_state.scalar_type() == at::kFloat && ssm_state.is_contiguous(),
@@ -209,10 +267,16 @@ at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Te
   // delta: for 2-byte dtypes dt_proj + bias + softplus in one kernel, so the scan reads it
   // ready; otherwise (float32) the product alone, and the scan adds the bias and applies the
   // softplus itself.
-  const bool fused_delta = kernels::cuda::delta_projection_supported(dtype, rank) &&
-                           dt_weight.scalar_type() == u.scalar_type();
-  at::Tensor delta;
-  if (fused_delta) {
+  if (ready_delta.defined()) {
+    TORCH_CHECK(ready_delta.sizes() == u.sizes() && ready_delta.scalar_type() == u.scalar_type() &&
+                    ready_delta.is_contiguous() && ready_delta.device() == u.device(),
+                "mamba_scan: a ready delta must be a contiguous tensor like u ", u.sizes(), ", got ",
+                ready_delta.sizes(), " ", ready_delta.scalar_type());
+  }
+  const bool fused_delta = ready_delta.defined() || (kernels::cuda::delta_projection_supported(dtype, rank) &&
+                                                     dt_weight.scalar_type() == u.scalar_type());
+  at::Tensor delta = ready_delta;
+  if (!ready_delta.defined() && fused_delta) {
     const at::Tensor weight = dt_weight.contiguous();
     delta = at::empty_like(u);
     kernels::cuda::DeltaProjectionArgs dp;
@@ -227,7 +291,7 @@ at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Te
     dp.delta = delta.data_ptr();
     dp.stream = stream;
     launch("mamba_delta_projection", [&] { kernels::cuda::delta_projection(dp); });
-  } else {
+  } else if (!ready_delta.defined()) {
     delta = at::matmul(x_dbl.narrow(-1, 0, rank), dt_weight.t()).contiguous();
   }
   auto y = at::empty_like(u);

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace hvlm::cuda {
@@ -46,16 +47,33 @@ at::Tensor performer_attention(const at::Tensor& q, const at::Tensor& k, const a
 /// replaced by the state after the pass. Returns u = silu(conv(x)) [B, L, E].
 at::Tensor mamba_conv(const at::Tensor& xz, const at::Tensor& conv_weight, const at::Tensor& conv_bias,
                       at::Tensor& conv_state);
+/// The outputs of MambaLayer's input stage: u = silu(conv(x)), x_dbl = u x_proj^T and delta =
+/// softplus(x_dbl[..., :R] dt_proj^T + dt_bias), each [B, L, *] in the layer's dtype.
+struct MambaInputs {
+  at::Tensor u, x_dbl, delta;
+};
+/// The conv, x_proj and dt_proj + softplus in one kernel (attention/cuda/mamba_input.h), for
+/// bfloat16/float16 layers whose shapes it takes: operands as mamba_conv's, plus x_proj_weight
+/// [P, E] (x_proj.weight, P = R + 2N) and dt_weight [E, R] (dt_proj.weight) in xz's dtype and
+/// dt_bias [E] float32. Returns std::nullopt, having changed nothing, where the kernel does not
+/// take them (callers then run mamba_conv, x_proj and mamba_scan's own delta); otherwise
+/// conv_state is replaced by the state after the pass.
+std::optional<MambaInputs> mamba_input(const at::Tensor& xz, const at::Tensor& conv_weight,
+                                       const at::Tensor& conv_bias, at::Tensor& conv_state,
+                                       const at::Tensor& x_proj_weight, const at::Tensor& dt_weight,
+                                       const at::Tensor& dt_bias);
 /// u [B, L, E]; x_dbl [B, L, R + 2N] (dt | B | C); dt_weight [E, R] (dt_proj.weight); dt_bias
 /// [E] float32 (dt_proj.bias: delta = softplus(x_dbl[..., :R] dt_weight^T + dt_bias); for
 /// bfloat16/float16 one kernel computes delta whole (attention/cuda/delta_projection.h), for
 /// float32 the scan applies the bias and softplus to the product); a [E, N] float32
 /// (= -exp(A_log)); d [E] float32; xz as above (z = its second half); ssm_state [B, E, N]
 /// float32, updated in place. Operands of other shapes, dtypes or devices are refused.
+/// `delta`, when defined, is delta ready to use ([B, L, E] contiguous in u's dtype, as
+/// mamba_input returns it), and dt_weight and dt_bias are then not used.
 /// Returns y [B, L, E] (before out_proj).
 at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Tensor& dt_weight,
                       const at::Tensor& dt_bias, const at::Tensor& a, const at::Tensor& d, const at::Tensor& xz,
-                      at::Tensor& ssm_state);
+                      at::Tensor& ssm_state, const at::Tensor& delta = {});
 
 /// Concatenates `parts` along dim 0 into a new contiguous tensor on `device` (a CUDA device),
 /// one kernel per 64 parts on the current stream, not waited for (attention/cuda/piece_copy.h):

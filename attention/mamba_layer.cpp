@@ -203,6 +203,12 @@ at::Tensor MambaLayerImpl::run_chunk(const at::Tensor& x, at::Tensor& conv_state
 #if HVLM_WITH_CUDA
   if (x.is_cuda()) {
     const auto constants = kernel_constants();
+    // 2-byte dtypes: conv, x_proj and dt_proj + softplus as one kernel where it takes the shapes.
+    if (auto in = cuda::mamba_input(xz, constants->conv_weight, constants->conv_bias, conv_state, x_proj->weight,
+                                    dt_proj->weight, constants->dt_bias)) {
+      return out_proj->forward(cuda::mamba_scan(in->u, in->x_dbl, dt_proj->weight, constants->dt_bias, constants->a,
+                                                constants->d, xz, ssm_state, in->delta));
+    }
     auto u = cuda::mamba_conv(xz, constants->conv_weight, constants->conv_bias, conv_state);
     auto x_dbl = x_proj->forward(u).contiguous();  // [B, L, R + 2N]: dt | B | C
     return out_proj->forward(cuda::mamba_scan(u, x_dbl, dt_proj->weight, constants->dt_bias, constants->a,

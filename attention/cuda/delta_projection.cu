@@ -118,21 +118,12 @@ __device__ __forceinline__ void zero_padding(T* dst, int count, int rank, int kp
   for (int i = threadIdx.x; i < count * pad; i += kThreads) dst[i / pad * pitch + rank + i % pad] = from_float<T>(0.0f);
 }
 
-// The softplus for values rounded to T afterwards.
-template <typename T>
-__device__ __forceinline__ float softplus_for(float x) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return softplus_approx_bf16(x);
-  } else {
-    return softplus_approx(x);
-  }
-}
-
 template <typename T, bool kVec>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     delta_projection_kernel(const T* __restrict__ dt, int64_t stride_dt, const T* __restrict__ weight,
                             const float* __restrict__ bias, T* __restrict__ delta, int64_t rows,
                             int64_t channels, int rank, int kp, int channel_tiles) {
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;  // softplus_rounded's fit
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int pitch = operand_pitch(kp);
   T* const w_tile = reinterpret_cast<T*>(smem_raw);
@@ -229,8 +220,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
           const int r = mi * 16 + 8 * h + g;
 #pragma unroll
           for (int nj = 0; nj < 4; ++nj) {
-            const float v0 = softplus_for<T>(acc[mi][nj][2 * h]);
-            const float v1 = softplus_for<T>(acc[mi][nj][2 * h + 1]);
+            const float v0 = softplus_rounded<kBf16>(acc[mi][nj][2 * h]);
+            const float v1 = softplus_rounded<kBf16>(acc[mi][nj][2 * h + 1]);
             *reinterpret_cast<uint32_t*>(staging + r * kStagingPitch + nj * 8 + 2 * t) = pack2<T>(v0, v1);
           }
         }
@@ -258,9 +249,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 #pragma unroll
           for (int nj = 0; nj < 4; ++nj) {
             const int64_t c = ch0 + wn + nj * 8 + 2 * t;
-            if (c < channels) delta[row * channels + c] = from_float<T>(softplus_for<T>(acc[mi][nj][2 * h]));
+            if (c < channels) delta[row * channels + c] = from_float<T>(softplus_rounded<kBf16>(acc[mi][nj][2 * h]));
             if (c + 1 < channels) {
-              delta[row * channels + c + 1] = from_float<T>(softplus_for<T>(acc[mi][nj][2 * h + 1]));
+              delta[row * channels + c + 1] = from_float<T>(softplus_rounded<kBf16>(acc[mi][nj][2 * h + 1]));
             }
           }
         }

@@ -73,4 +73,20 @@ __device__ __forceinline__ float softplus_approx_bf16(float x) {
   return softplus_fit(x, c);
 }
 
+// The softplus for results rounded to bfloat16 (kBf16: the degree-4 fit is enough) or to a
+// finer type afterwards.
+template <bool kBf16>
+__device__ __forceinline__ float softplus_rounded(float x) {
+  if constexpr (kBf16) {
+    return softplus_approx_bf16(x);
+  } else {
+    return softplus_approx(x);
+  }
+}
+
+// x * sigmoid(x). For x < -88 the exp overflows to inf and x * (1 / inf) gives -0: the limit.
+__device__ __forceinline__ float silu(float x) {
+  return __fdividef(x, 1.0f + exp2_approx(-kLog2e * x));
+}
+
 }  // namespace hvlm::kernels::cuda

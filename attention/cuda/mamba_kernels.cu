@@ -103,11 +103,6 @@ namespace {
 template <typename T>
 __device__ __forceinline__ float load(const T* p) { return to_float(__ldg(p)); }
 
-// x * sigmoid(x). For x < -88 the exp overflows to inf and x * (1 / inf) gives -0: the limit.
-__device__ __forceinline__ float silu(float x) {
-  return __fdividef(x, 1.0f + exp2_approx(-kLog2e * x));
-}
-
 // x * sigmoid(x) with one special-function operation (tanh.approx, max relative error ~2^-11)
 // instead of two: sigmoid(x) = (1 + tanh(x / 2)) / 2. The scan's gate for 2-byte outputs, whose
 // own rounding (2^-8 for bfloat16, 2^-11 for float16) is as coarse or coarser; float32 outputs

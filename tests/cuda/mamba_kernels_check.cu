@@ -13,15 +13,19 @@
 // The delta projection (attention/cuda/delta_projection.h) is checked the same way against
 //   delta[r,c] = softplus(sum_k dt[r,k] w[c,k] + bias[c]), elementwise as well as norm-wise,
 // and the scan's FMA-pipe exp (fast_math.cuh's exp2_poly) against exp2 in float64 over its range.
+// The fused input stage (attention/cuda/mamba_input.h) must give the conv kernel's u and conv
+// state bit for bit, x_dbl within the dtype's rounding of u x_proj^T in float64, and
+// delta_projection's delta (run on its x_dbl) bit for bit.
 //
 //   nvcc -std=c++17 -O3 -arch=sm_90 -o check tests/cuda/mamba_kernels_check.cu \
-//        attention/cuda/mamba_kernels.cu attention/cuda/delta_projection.cu
+//        attention/cuda/mamba_kernels.cu attention/cuda/delta_projection.cu attention/cuda/mamba_input.cu
 //   ./check [--seed N]      correctness; exit code 0 only if every case passes
 //   ./check --bench         times conv and scan at batch 1, length 8192, 1536 channels,
 //                           16 states, bf16 (median of 50 after warm-up); --lengths 8192,65536
 //                           for other lengths
 #include "../../attention/cuda/delta_projection.h"
 #include "../../attention/cuda/fast_math.cuh"
+#include "../../attention/cuda/mamba_input.h"
 #include "../../attention/cuda/mamba_kernels.h"
 
 #include <cuda_bf16.h>
@@ -724,6 +728,159 @@ void check_delta_projection_all(Rng& rng) {
 }
 
 // ------------------------------------------------------------------------------------------
+// The fused input stage
+// ------------------------------------------------------------------------------------------
+
+struct InputShape {
+  int64_t batch, length, channels, kernel, rank, proj;
+  bool bias, state;  // a dt_proj bias; a nonzero conv state in
+};
+
+// Bytes that differ between two equally long buffers.
+size_t differing(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+  size_t n = 0;
+  for (size_t i = 0; i < a.size(); ++i) n += a[i] != b[i];
+  return n;
+}
+
+void check_mamba_input(DType t, const InputShape& sh, Rng& rng) {
+  const int64_t B = sh.batch, L = sh.length, E = sh.channels, K = sh.kernel, R = sh.rank, P = sh.proj;
+  const int64_t hist = K - 1;
+  const size_t es = dtype_size(t);
+  ConvProblem cp{B, L, E, K, 2 * E, uniform(t, B * L * 2 * E, rng, -2.0f, 2.0f), uniform(t, K * E, rng, -0.5f, 0.5f),
+                 uniform(t, E, rng, -0.5f, 0.5f), std::vector<float>(B * E * hist, 0.0f)};
+  if (sh.state) {
+    for (auto& v : cp.state_in) v = rng.uniform(-1.0f, 1.0f);
+  }
+  HostTensor wx = uniform(t, P * E, rng, -0.08f, 0.08f), wdt = uniform(t, E * R, rng, -0.3f, 0.3f);
+  std::vector<float> bias(E, 0.0f);
+  if (sh.bias) {
+    for (auto& v : bias) v = rng.uniform(-6.0f, 2.0f);
+  }
+  DeviceBuffer x = to_device(cp.x), cw = to_device(cp.weight), cb = to_device(cp.bias), dwx = to_device(wx),
+               dwdt = to_device(wdt), dbias = to_device(bias), sin = to_device(cp.state_in);
+  DeviceBuffer sout(cp.state_in.size() * sizeof(float)), u(B * L * E * es), xdbl(B * L * P * es), delta(B * L * E * es);
+  mk::MambaInputArgs a;
+  a.dtype = t;
+  a.batch = B;
+  a.length = L;
+  a.channels = E;
+  a.kernel = K;
+  a.rank = R;
+  a.proj = P;
+  a.x = x.ptr;
+  a.row_stride_x = 2 * E;
+  a.conv_weight = cw.ptr;
+  a.conv_bias = cb.ptr;
+  a.conv_state_in = hist > 0 ? sin.as<float>() : nullptr;
+  a.conv_state_out = hist > 0 ? sout.as<float>() : nullptr;
+  a.x_proj_weight = dwx.ptr;
+  a.dt_weight = dwdt.ptr;
+  a.dt_bias = sh.bias ? dbias.as<float>() : nullptr;
+  a.u = u.ptr;
+  a.x_dbl = xdbl.ptr;
+  a.delta = delta.ptr;
+  char name[160];
+  std::snprintf(name, sizeof(name), "%s B%lld L%lld E%lld K%lld R%lld P%lld%s%s", dtype_name(t), (long long)B,
+                (long long)L, (long long)E, (long long)K, (long long)R, (long long)P, sh.bias ? " bias" : "",
+                sh.state ? " state" : "");
+  if (!mk::mamba_input_supported(a)) {
+    std::printf("  %-6s %-44s not supported\n", verdict(false), name);
+    return;
+  }
+  mk::mamba_input_stage(a);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<uint8_t> ub(u.bytes), xb(xdbl.bytes), db(delta.bytes), sb(sout.bytes);
+  bool guards_ok = u.download(ub.data()) && xdbl.download(xb.data()) && delta.download(db.data()) &&
+                   sout.download(sb.data());
+
+  // u and the conv state: the conv kernel's, bit for bit.
+  const ConvRun conv = run_conv(cp, cp.state_in);
+  std::vector<uint8_t> conv_u(ub.size());
+  for (size_t i = 0; i < conv.out.size(); ++i) put(t, conv_u, i, conv.out[i]);
+  std::vector<uint8_t> conv_s(sb.size());
+  if (!conv_s.empty()) std::memcpy(conv_s.data(), conv.state_out.data(), conv_s.size());
+  const size_t u_diff = differing(ub, conv_u), s_diff = differing(sb, conv_s);
+  std::printf("  %-6s %-44s %-10s %zu of %zu bytes differ from causal_conv_silu's%s\n",
+              verdict(u_diff == 0 && s_diff == 0 && guards_ok && conv.guards_ok), name, "u, state", u_diff + s_diff,
+              ub.size() + sb.size(), guards_ok ? "" : " GUARD OVERWRITTEN");
+
+  // x_dbl: u (as stored) x_proj^T in float64, within the output's rounding.
+  const std::vector<float> uv = decode(t, ub, B * L * E);
+  std::vector<double> ref(B * L * P);
+  parallel_for(B * L, [&](int64_t r) {
+    for (int64_t n = 0; n < P; ++n) {
+      double acc = 0;
+      for (int64_t c = 0; c < E; ++c) acc += static_cast<double>(uv[r * E + c]) * wx.values[n * E + c];
+      ref[r * P + n] = acc;
+    }
+  });
+  const double half_ulp = t == DType::kBFloat16 ? 1.0 / 256 : 1.0 / 2048;
+  report(name, "x_dbl", compare(decode(t, xb, B * L * P), ref), guards_ok, half_ulp);
+
+  // delta: delta_projection on this x_dbl, bit for bit.
+  DeviceBuffer delta_ref(delta.bytes);
+  mk::DeltaProjectionArgs dp;
+  dp.dtype = t;
+  dp.rows = B * L;
+  dp.channels = E;
+  dp.rank = R;
+  dp.dt = xdbl.ptr;
+  dp.row_stride_dt = P;
+  dp.weight = dwdt.ptr;
+  dp.bias = sh.bias ? dbias.as<float>() : nullptr;
+  dp.delta = delta_ref.ptr;
+  mk::delta_projection(dp);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<uint8_t> rb(delta_ref.bytes);
+  delta_ref.download(rb.data());
+  const size_t d_diff = differing(db, rb);
+  std::printf("  %-6s %-44s %-10s %zu of %zu bytes differ from delta_projection's\n", verdict(d_diff == 0), name,
+              "delta", d_diff, db.size());
+}
+
+void check_mamba_input_all(Rng& rng) {
+  const std::vector<InputShape> shapes = {
+      {1, 1000, 1536, 4, 48, 80, true, true},  // the layer's shape (dim 768), a partial last tile
+      {2, 130, 64, 4, 8, 24, true, false},     // one slice, two tiles a sequence, batch 2
+      {3, 5, 128, 3, 16, 48, false, true},     // a sequence shorter than a warp's rows
+      {1, 2, 192, 4, 32, 96, true, true},      // shorter than the conv's history
+      {1, 300, 256, 2, 64, 128, true, true},   // the largest rank and projection
+      {2, 257, 128, 1, 24, 90, true, false},   // kernel 1; a rank that ends mid k step
+      {1, 4096, 512, 4, 32, 64, true, true},   // dim 256's layer, many tiles
+  };
+  for (DType t : {DType::kBFloat16, DType::kFloat16}) {
+    for (const InputShape& s : shapes) check_mamba_input(t, s, rng);
+  }
+  auto rejects = [](const std::string& what, const mk::MambaInputArgs& a) {
+    expect_rejects("mamba_input_stage: " + what, [&] { mk::mamba_input_stage(a); });
+  };
+  mk::MambaInputArgs a;
+  a.batch = 1;
+  a.length = 1;
+  a.channels = 64;
+  a.kernel = 4;
+  a.rank = 8;
+  a.proj = 16;
+  a.row_stride_x = 128;
+  a.dtype = DType::kFloat32;
+  rejects("float32", a);
+  a.dtype = DType::kBFloat16;
+  rejects("null pointers", a);
+  a.channels = 96;
+  rejects("channels not a multiple of 64", a);
+  a.channels = 64;
+  a.rank = 12;
+  rejects("a rank not a multiple of 8", a);
+  a.rank = 8;
+  a.proj = 8;
+  rejects("proj not above the rank", a);
+  a.proj = 16;
+  a.kernel = 5;
+  rejects("kernel 5", a);
+}
+
+// ------------------------------------------------------------------------------------------
 // Benchmark
 // ------------------------------------------------------------------------------------------
 
@@ -830,10 +987,37 @@ int bench(Rng& rng, int64_t L) {
   s_plain.delta_bias = nullptr;
   s_plain.delta_softplus = false;
 
+  // The fused input stage (conv + x_proj + dt_proj/softplus) on the same operands.
+  HostTensor w_x = uniform(t, (R + 2 * N) * E, rng, -0.05f, 0.05f);
+  DeviceBuffer dw_x = to_device(w_x), in_u(B * L * E * es), in_xdbl(B * L * (R + 2 * N) * es),
+               in_delta(B * L * E * es);
+  mk::MambaInputArgs ia;
+  ia.dtype = t;
+  ia.batch = B;
+  ia.length = L;
+  ia.channels = E;
+  ia.kernel = K;
+  ia.rank = R;
+  ia.proj = R + 2 * N;
+  ia.x = dxz.ptr;
+  ia.row_stride_x = 2 * E;
+  ia.conv_weight = dw.ptr;
+  ia.conv_bias = dcb.ptr;
+  ia.conv_state_in = dcs_in.as<float>();
+  ia.conv_state_out = dcs_out.as<float>();
+  ia.x_proj_weight = dw_x.ptr;
+  ia.dt_weight = nullptr;  // set below, once dt_proj's weight exists
+  ia.dt_bias = dbias.as<float>();
+  ia.u = in_u.ptr;
+  ia.x_dbl = in_xdbl.ptr;
+  ia.delta = in_delta.ptr;
+
   const double conv_us = median_us([&] { mk::causal_conv_silu(ca); });
   const double scan_us = median_us([&] { mk::selective_scan(s); });
   const double plain_us = median_us([&] { mk::selective_scan(s_plain); });
   const double proj_us = median_us([&] { mk::delta_projection(dp); });
+  ia.dt_weight = dw_dt.ptr;
+  const double input_us = median_us([&] { mk::mamba_input_stage(ia); });
   const double act = static_cast<double>(B * L * E) * es;  // bytes of one [B, L, E] activation
   const double conv_bytes = 2 * act;                        // x in, u out
   const double scan_bytes = 4 * act + B * L * 2 * N * es;   // u, delta, z in, y out; B, C
@@ -853,6 +1037,9 @@ int bench(Rng& rng, int64_t L) {
   std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "delta_projection (dt_proj+softplus)", proj_us,
               (act + B * L * (R + 2 * N) * es) / proj_us * 1e-3);
   std::printf("  %-34s %9.1f us\n", "delta_projection + scan (layer)", proj_us + plain_us);
+  std::printf("  %-34s %9.1f us  %7.0f GB/s  (conv + delta_projection apart: %.1f us, plus x_proj)\n",
+              "mamba_input_stage (conv+x_proj+dt)", input_us, (3 * act + 2 * B * L * (R + 2 * N) * es) / input_us * 1e-3,
+              conv_us + proj_us);
   const double updates = static_cast<double>(B * L * E * N);
   std::printf("  scan: %.2f G state updates/s (exp unit floor ~48 us per pass at 16/clk/SM)\n",
               updates / scan_us * 1e-3);
@@ -922,6 +1109,8 @@ int main(int argc, char** argv) {
     check_exp2_poly();
     std::printf("delta projection\n");
     check_delta_projection_all(rng);
+    std::printf("mamba input stage\n");
+    check_mamba_input_all(rng);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "exception: %s\n", e.what());
     return 3;
