@@ -70,9 +70,17 @@ struct Params {
 
 // Shared memory: the dt_proj bias slices (2 x 64 floats), x_proj weight slices (2 x NT*8 rows),
 // dt_proj weight slices (2 x 64 rows), the warps' tiles (8 x 16 rows); rows kPitch elements.
+// HVLM_INPUT_STAGE_X (a tuning knob for experiments with -D): 1 stages each slice's inputs in
+// shared memory by cp.async a slice ahead; 0 loads them into registers during the product.
+#ifndef HVLM_INPUT_STAGE_X
+#define HVLM_INPUT_STAGE_X 1
+#endif
+constexpr int kTileInputs = kTileRows + kHalo;  // rows of a staged input slice
+
 template <typename T, int NT>
 constexpr size_t smem_bytes() {
-  return 2 * kSlice * sizeof(float) + (2 * NT * 8 + 2 * kSlice + kWarps * kWarpRows) * kPitch * sizeof(T);
+  return 2 * kSlice * sizeof(float) + (2 * NT * 8 + 2 * kSlice + kWarps * kWarpRows) * kPitch * sizeof(T) +
+         (HVLM_INPUT_STAGE_X ? 2 * kTileInputs * kSlice * sizeof(T) : 0);
 }
 
 // The conv + SiLU of one lane's channel pair at row r of its warp's 16, kernel size K: the
@@ -106,6 +114,7 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
   T* const wx_s = reinterpret_cast<T*>(smem_raw + 2 * kSlice * sizeof(float));
   T* const wdt_s = wx_s + 2 * NT * 8 * kPitch;
   T* const tiles = wdt_s + 2 * kSlice * kPitch;
+  T* const x_s = tiles + kWarps * kWarpRows * kPitch;  // [2][kTileInputs][kSlice] (HVLM_INPUT_STAGE_X)
 
   const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t4 = lane % 4;  // mma fragment coordinates
@@ -160,13 +169,29 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
       cp_async16(bias_s + buf * kSlice + tid * 4, p.dt_bias + j * kSlice + tid * 4);
     }
   };
+  // Slice j's inputs, steps t0 - 3 .. t0 + 127 of the block (zeros outside the sequence).
+  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
+  auto issue_x = [&](int j, int buf) {
+    if constexpr (HVLM_INPUT_STAGE_X) {
+      T* const dst = x_s + buf * kTileInputs * kSlice;
+      const T* const src = p.x + row0 * stride_x + j * kSlice;
+      for (int i = tid; i < kTileInputs * 8; i += kThreads) {
+        const int r = i / 8, piece = i % 8;
+        const int64_t tau = t0 - kHalo + r;
+        const bool valid = tau >= 0 && tau < length;
+        cp_async16_or_zero(dst + r * kSlice + piece * 8, src + (valid ? tau : 0) * stride_x + piece * 8, valid);
+      }
+    }
+  };
   issue_wx(0, 0);
   issue_wdt(0, 0);
+  issue_x(0, 0);
   cp_async_commit();
 
   // The lane's channel pair at steps tw - 3 .. tw + 15 of slice j (zeros outside 0 .. length - 1).
   uint32_t raw[kInputs];
   auto load_inputs = [&](int j) {
+    if constexpr (HVLM_INPUT_STAGE_X) return;
     const unsigned* src = reinterpret_cast<const unsigned*>(p.x + (row0 + tw - kHalo) * stride_x + j * kSlice + 2 * lane);
     const int64_t step = stride_x / 2;  // in pairs
     if (tw >= kHalo && tw + kWarpRows <= length) {  // the common case: every step in the sequence
@@ -196,8 +221,17 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
   for (int j = 0; j < slices; ++j) {
     cp_async_wait<0>();  // slice j's weights (issued a slice ago)
     __syncthreads();     // ... visible to all, and every warp is past slice j - 1's product
-    if (j + 1 < slices) issue_wx(j + 1, (j + 1) % 2);
+    if (j + 1 < slices) {
+      issue_wx(j + 1, (j + 1) % 2);
+      issue_x(j + 1, (j + 1) % 2);
+    }
     cp_async_commit();
+    if constexpr (HVLM_INPUT_STAGE_X) {
+      const uint32_t* const src = reinterpret_cast<const uint32_t*>(x_s + (j % 2) * kTileInputs * kSlice +
+                                                                    warp * kWarpRows * kSlice) + lane;
+#pragma unroll
+      for (int i = 0; i < kInputs; ++i) raw[i] = src[i * kSlice / 2];
+    }
 
     const int64_t c = static_cast<int64_t>(j) * kSlice + 2 * lane;
     float w[kMaxKernel][2], bias[2], head[kHalo][2];
