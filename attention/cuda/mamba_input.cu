@@ -2,19 +2,21 @@
 //
 // A block owns a tile of 128 rows (time steps) of one sequence, with 8 warps of 16 rows, and
 // walks the channels in slices of 64 twice:
-//   phase A, per slice: each lane computes the conv + SiLU of one channel pair over its warp's
-//     16 rows from registers (its 16 + 3 inputs, 4-byte loads of the pair; the 3 before the
-//     tile from the conv state where the sequence starts), stores u to memory, and puts it in
-//     the warp's own 16 x 64 tile in shared memory; the warp then multiplies that tile by the
-//     slice of x_proj's weight (m16n8k16 mma, float32 accumulators that stay in registers over
-//     all slices). The weight slices are copied by cp.async one slice ahead, shared by the
-//     block; the next slice's inputs are loaded while the product runs.
+//   phase A, per slice: the slice's inputs for the tile's rows and the 3 before them are staged
+//     in shared memory by cp.async a slice ahead (rows outside the sequence zero-filled; the
+//     3 before the sequence's start come from the conv state), as is the slice of x_proj's
+//     weight. Each lane computes the conv + SiLU of one channel pair over its warp's 16 rows,
+//     stores u to memory and into the warp's own 16 x 64 tile in shared memory; the warp then
+//     multiplies that tile by the weight slice (m16n8k16 mma, float32 accumulators that stay
+//     in registers over all slices).
 //   between: the accumulators are x_dbl for the warp's rows: stored, and their dt columns,
 //     rounded as stored, become the A operand of dt_proj directly (the C layout of one product
 //     is the A layout of the next), so dt never goes through memory.
 //   phase B, per slice: dt (16 x R) times the slice of dt_proj's weight (copied a slice ahead
 //     with the bias), softplus in the epilogue, rounded into the warp's tile, and stored as
 //     whole 16-byte pieces of rows.
+// Every copy's addresses are planned once per thread: the first version recomputed them per
+// slice, and that integer work was ~40% of the kernel's instructions.
 // No block barrier separates the conv of a warp from its product: a warp reads only the u rows
 // it wrote. Each phase has one barrier per slice, for the shared weight slices.
 // The conv and softplus are the formulas of causal_conv_silu and delta_projection (silu and
@@ -70,17 +72,12 @@ struct Params {
 
 // Shared memory: the dt_proj bias slices (2 x 64 floats), x_proj weight slices (2 x NT*8 rows),
 // dt_proj weight slices (2 x 64 rows), the warps' tiles (8 x 16 rows); rows kPitch elements.
-// HVLM_INPUT_STAGE_X (a tuning knob for experiments with -D): 1 stages each slice's inputs in
-// shared memory by cp.async a slice ahead; 0 loads them into registers during the product.
-#ifndef HVLM_INPUT_STAGE_X
-#define HVLM_INPUT_STAGE_X 1
-#endif
 constexpr int kTileInputs = kTileRows + kHalo;  // rows of a staged input slice
 
 template <typename T, int NT>
 constexpr size_t smem_bytes() {
   return 2 * kSlice * sizeof(float) + (2 * NT * 8 + 2 * kSlice + kWarps * kWarpRows) * kPitch * sizeof(T) +
-         (HVLM_INPUT_STAGE_X ? 2 * kTileInputs * kSlice * sizeof(T) : 0);
+         2 * kTileInputs * kSlice * sizeof(T);
 }
 
 // The conv + SiLU of one lane's channel pair at row r of its warp's 16, kernel size K: the
@@ -114,7 +111,7 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
   T* const wx_s = reinterpret_cast<T*>(smem_raw + 2 * kSlice * sizeof(float));
   T* const wdt_s = wx_s + 2 * NT * 8 * kPitch;
   T* const tiles = wdt_s + 2 * kSlice * kPitch;
-  T* const x_s = tiles + kWarps * kWarpRows * kPitch;  // [2][kTileInputs][kSlice] (HVLM_INPUT_STAGE_X)
+  T* const x_s = tiles + kWarps * kWarpRows * kPitch;  // [2][kTileInputs][kSlice]
 
   const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t4 = lane % 4;  // mma fragment coordinates
@@ -125,6 +122,8 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
   const int slices = static_cast<int>(channels / kSlice);
   const int proj = p.proj, rank = p.rank, hist = p.kernel - 1;
   T* const tile = tiles + warp * kWarpRows * kPitch;
+  // The warp's rows that are steps of the sequence (the others are computed, never stored).
+  const int rows_here = static_cast<int>(min(max(length - tw, static_cast<int64_t>(0)), static_cast<int64_t>(kWarpRows)));
 
   // The weight buffers' rows and columns that no copy writes (x_proj rows past proj, dt_proj
   // columns past the rank) must be zeros, and the bias zeros when there is none.
@@ -149,37 +148,57 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
   }
   __syncthreads();
 
+  // The copies of every slice, planned once (per-slice address arithmetic was most of the
+  // copy loops' instructions): thread tid copies the 16-byte piece tid % 8 of rows tid / 8 +
+  // 32 k of the x_proj weight and of the staged inputs, and pieces tid % 4 and tid % 4 + 4 of
+  // dt_proj weight row tid / 4.
+  constexpr int kRowsPerPass = kThreads / 8;
+  const int piece = tid % 8, prow = tid / 8;
+  const T* const wx_src = p.x_proj_weight + static_cast<int64_t>(prow) * channels + piece * 8;
+  T* const wx_dst = wx_s + prow * kPitch + piece * 8;
   auto issue_wx = [&](int j, int buf) {
-    T* const dst = wx_s + buf * NT * 8 * kPitch;
-    const T* const src = p.x_proj_weight + j * kSlice;
-    for (int i = tid; i < proj * 8; i += kThreads) {
-      const int n = i / 8, piece = i % 8;
-      cp_async16(dst + n * kPitch + piece * 8, src + n * channels + piece * 8);
+#pragma unroll
+    for (int k = 0; k < (NT * 8 + kRowsPerPass - 1) / kRowsPerPass; ++k) {
+      if (prow + k * kRowsPerPass < proj) {
+        cp_async16(wx_dst + (buf * NT * 8 + k * kRowsPerPass) * kPitch,
+                   wx_src + static_cast<int64_t>(k * kRowsPerPass) * channels + j * kSlice);
+      }
     }
   };
+  static_assert(kThreads / 4 == kSlice, "one dt_proj weight row per 4 threads");
+  const int dt_pieces = rank / 8, dt_piece = tid % 4;
+  const T* const wdt_src = p.dt_weight + static_cast<int64_t>(tid / 4) * rank + dt_piece * 8;
+  T* const wdt_dst = wdt_s + (tid / 4) * kPitch + dt_piece * 8;
   auto issue_wdt = [&](int j, int buf) {
-    T* const dst = wdt_s + buf * kSlice * kPitch;
-    const int pieces = rank / 8;
-    const T* const src = p.dt_weight + static_cast<int64_t>(j) * kSlice * rank;
-    for (int i = tid; i < kSlice * pieces; i += kThreads) {
-      const int c = i / pieces, piece = i % pieces;
-      cp_async16(dst + c * kPitch + piece * 8, src + c * rank + piece * 8);
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      if (dt_piece + 4 * k < dt_pieces) {
+        cp_async16(wdt_dst + buf * kSlice * kPitch + 32 * k, wdt_src + static_cast<int64_t>(j) * kSlice * rank + 32 * k);
+      }
     }
     if (p.dt_bias != nullptr && tid < kSlice / 4) {
       cp_async16(bias_s + buf * kSlice + tid * 4, p.dt_bias + j * kSlice + tid * 4);
     }
   };
-  // Slice j's inputs, steps t0 - 3 .. t0 + 127 of the block (zeros outside the sequence).
+  // Slice j's inputs, steps t0 - 3 .. t0 + kTileRows - 1 of the block (zeros outside the sequence).
   const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
+  constexpr int kInputPasses = (kTileInputs + kRowsPerPass - 1) / kRowsPerPass;
+  const int64_t x_off = (row0 + t0 - kHalo + prow) * stride_x + piece * 8;  // at pass 0 (may be < 0)
+  T* const x_dst = x_s + prow * kSlice + piece * 8;
+  unsigned x_valid = 0;  // bit k: pass k's row is a step of the sequence
+#pragma unroll
+  for (int k = 0; k < kInputPasses; ++k) {
+    const int64_t tau = t0 - kHalo + prow + k * kRowsPerPass;
+    if (prow + k * kRowsPerPass < kTileInputs && tau >= 0 && tau < length) x_valid |= 1u << k;
+  }
   auto issue_x = [&](int j, int buf) {
-    if constexpr (HVLM_INPUT_STAGE_X) {
-      T* const dst = x_s + buf * kTileInputs * kSlice;
-      const T* const src = p.x + row0 * stride_x + j * kSlice;
-      for (int i = tid; i < kTileInputs * 8; i += kThreads) {
-        const int r = i / 8, piece = i % 8;
-        const int64_t tau = t0 - kHalo + r;
-        const bool valid = tau >= 0 && tau < length;
-        cp_async16_or_zero(dst + r * kSlice + piece * 8, src + (valid ? tau : 0) * stride_x + piece * 8, valid);
+#pragma unroll
+    for (int k = 0; k < kInputPasses; ++k) {
+      if (prow + k * kRowsPerPass < kTileInputs) {
+        const bool valid = (x_valid >> k) & 1u;
+        // A row outside the sequence reads nothing, but its address must still be a valid one.
+        const T* const src = valid ? p.x + x_off + static_cast<int64_t>(k * kRowsPerPass) * stride_x + j * kSlice : p.x;
+        cp_async16_or_zero(x_dst + (buf * kTileInputs + k * kRowsPerPass) * kSlice, src, valid);
       }
     }
   };
@@ -188,25 +207,7 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
   issue_x(0, 0);
   cp_async_commit();
 
-  // The lane's channel pair at steps tw - 3 .. tw + 15 of slice j (zeros outside 0 .. length - 1).
-  uint32_t raw[kInputs];
-  auto load_inputs = [&](int j) {
-    if constexpr (HVLM_INPUT_STAGE_X) return;
-    const unsigned* src = reinterpret_cast<const unsigned*>(p.x + (row0 + tw - kHalo) * stride_x + j * kSlice + 2 * lane);
-    const int64_t step = stride_x / 2;  // in pairs
-    if (tw >= kHalo && tw + kWarpRows <= length) {  // the common case: every step in the sequence
-#pragma unroll
-      for (int i = 0; i < kInputs; ++i) raw[i] = __ldg(src + i * step);
-    } else {
-#pragma unroll
-      for (int i = 0; i < kInputs; ++i) {
-        const int64_t tau = tw - kHalo + i;
-        raw[i] = (tau >= 0 && tau < length) ? __ldg(src + i * step) : 0u;
-      }
-    }
-  };
-  load_inputs(0);
-
+  uint32_t raw[kInputs];  // the lane's channel pair at steps tw - 3 .. tw + 15 of the slice
   float acc[NT][4];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
@@ -226,7 +227,7 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
       issue_x(j + 1, (j + 1) % 2);
     }
     cp_async_commit();
-    if constexpr (HVLM_INPUT_STAGE_X) {
+    {  // the lane's inputs from the staged slice
       const uint32_t* const src = reinterpret_cast<const uint32_t*>(x_s + (j % 2) * kTileInputs * kSlice +
                                                                     warp * kWarpRows * kSlice) + lane;
 #pragma unroll
@@ -269,7 +270,7 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
 #pragma unroll
       for (int r = 0; r < kWarpRows; ++r) {
         uint32_t v = conv_row<T, K>(r, raw, head, w, bias);
-        if (tw + r < length) {
+        if (r < rows_here) {
           *u_out = v;
         } else {
           v = 0u;  // rows past the sequence: zeros into the product (never stored)
@@ -284,7 +285,6 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
       case 2: conv_rows(std::integral_constant<int, 2>{}); break;
       default: conv_rows(std::integral_constant<int, 1>{}); break;
     }
-    if (j + 1 < slices) load_inputs(j + 1);  // in flight during the product
     __syncwarp();
 
     const uint32_t wx_buf = wx_addr + (j % 2) * NT * 8 * kPitch * static_cast<uint32_t>(sizeof(T));
@@ -310,9 +310,9 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
     const int col = nt * 8 + 2 * t4;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int64_t row = tw + g + 8 * h;
-      if (col < proj && row < length) {
-        *reinterpret_cast<uint32_t*>(p.x_dbl + (row0 + row) * proj + col) = pack2<T>(acc[nt][2 * h], acc[nt][2 * h + 1]);
+      const int r = g + 8 * h;
+      if (col < proj && r < rows_here) {
+        *reinterpret_cast<uint32_t*>(p.x_dbl + (row0 + tw + r) * proj + col) = pack2<T>(acc[nt][2 * h], acc[nt][2 * h + 1]);
       }
     }
   }
@@ -370,7 +370,7 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
 #pragma unroll
     for (int i = 0; i < kWarpRows * 8 / 32; ++i) {
       const int r = i * 4 + lane / 8, piece = lane % 8;
-      if (tw + r < length) {
+      if (r < rows_here) {
         *reinterpret_cast<uint4*>(d_out + r * channels + piece * 8) =
             *reinterpret_cast<const uint4*>(tile + r * kPitch + piece * 8);
       }
