@@ -279,12 +279,16 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
         *reinterpret_cast<uint32_t*>(tile + r * kPitch + 2 * lane) = v;
       }
     };
+#ifdef HVLM_INPUT_ONLY_K4  // experiment: one conv variant in the code
+    conv_rows(std::integral_constant<int, 4>{});
+#else
     switch (p.kernel) {  // uniform across the block
       case 4: conv_rows(std::integral_constant<int, 4>{}); break;
       case 3: conv_rows(std::integral_constant<int, 3>{}); break;
       case 2: conv_rows(std::integral_constant<int, 2>{}); break;
       default: conv_rows(std::integral_constant<int, 1>{}); break;
     }
+#endif
     __syncwarp();
 
     const uint32_t wx_buf = wx_addr + (j % 2) * NT * 8 * kPitch * static_cast<uint32_t>(sizeof(T));
