@@ -73,11 +73,12 @@ struct Params {
 // Shared memory: the dt_proj bias slices (2 x 64 floats), x_proj weight slices (2 x NT*8 rows),
 // dt_proj weight slices (2 x 64 rows), the warps' tiles (8 x 16 rows); rows kPitch elements.
 constexpr int kTileInputs = kTileRows + kHalo;  // rows of a staged input slice
+constexpr int kConvRows = kMaxKernel + 1;       // a staged conv slice: the taps' weights, the bias
 
 template <typename T, int NT>
 constexpr size_t smem_bytes() {
   return 2 * kSlice * sizeof(float) + (2 * NT * 8 + 2 * kSlice + kWarps * kWarpRows) * kPitch * sizeof(T) +
-         2 * kTileInputs * kSlice * sizeof(T);
+         2 * (kTileInputs + kConvRows) * kSlice * sizeof(T);
 }
 
 // The conv + SiLU of one lane's channel pair at row r of its warp's 16, kernel size K: the
@@ -111,7 +112,8 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
   T* const wx_s = reinterpret_cast<T*>(smem_raw + 2 * kSlice * sizeof(float));
   T* const wdt_s = wx_s + 2 * NT * 8 * kPitch;
   T* const tiles = wdt_s + 2 * kSlice * kPitch;
-  T* const x_s = tiles + kWarps * kWarpRows * kPitch;  // [2][kTileInputs][kSlice]
+  T* const cw_s = tiles + kWarps * kWarpRows * kPitch;  // [2][kConvRows][kSlice]: taps (zeros past the kernel), bias
+  T* const x_s = cw_s + 2 * kConvRows * kSlice;          // [2][kTileInputs][kSlice]
 
   const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t4 = lane % 4;  // mma fragment coordinates
@@ -131,6 +133,8 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
     constexpr int kWords = (2 * NT * 8 + 2 * kSlice) * kPitch * static_cast<int>(sizeof(T)) / 16;
     uint4* const w16 = reinterpret_cast<uint4*>(wx_s);
     for (int i = tid; i < kWords; i += kThreads) w16[i] = make_uint4(0, 0, 0, 0);
+    constexpr int kConvWords = 2 * kConvRows * kSlice * static_cast<int>(sizeof(T)) / 16;
+    for (int i = tid; i < kConvWords; i += kThreads) reinterpret_cast<uint4*>(cw_s)[i] = make_uint4(0, 0, 0, 0);
     if (p.dt_bias == nullptr) {
       for (int i = tid; i < 2 * kSlice; i += kThreads) bias_s[i] = 0.0f;
     }
@@ -201,6 +205,11 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
         cp_async16_or_zero(x_dst + (buf * kTileInputs + k * kRowsPerPass) * kSlice, src, valid);
       }
     }
+    // The conv's weight rows (the kernel's taps; the others stay zero) and bias for the slice.
+    if (prow < kConvRows && (prow < p.kernel || prow == kMaxKernel)) {
+      const T* const src = prow < kMaxKernel ? p.conv_weight + static_cast<int64_t>(prow) * channels : p.conv_bias;
+      cp_async16(cw_s + (buf * kConvRows + prow) * kSlice + piece * 8, src + j * kSlice + piece * 8);
+    }
   };
   issue_wx(0, 0);
   issue_wdt(0, 0);
@@ -217,6 +226,19 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
   const uint32_t tile_addr = static_cast<uint32_t>(__cvta_generic_to_shared(tile));
   const uint32_t wx_addr = static_cast<uint32_t>(__cvta_generic_to_shared(wx_s));
   const uint32_t wdt_addr = static_cast<uint32_t>(__cvta_generic_to_shared(wdt_s));
+
+  // The warp's tile (16 rows x 64 channels) to rows tw.. of a [*, channels] output at `out`,
+  // as whole 16-byte pieces of rows; rows past the sequence are not stored.
+  auto store_tile = [&](T* out) {
+#pragma unroll
+    for (int i = 0; i < kWarpRows * 8 / 32; ++i) {
+      const int r = i * 4 + lane / 8, piece = lane % 8;
+      if (r < rows_here) {
+        *reinterpret_cast<uint4*>(out + r * channels + piece * 8) =
+            *reinterpret_cast<const uint4*>(tile + r * kPitch + piece * 8);
+      }
+    }
+  };
 
   // Phase A: conv + SiLU -> u, and x_dbl += u W_x^T, a slice of 64 channels at a time.
   for (int j = 0; j < slices; ++j) {
@@ -236,15 +258,15 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
 
     const int64_t c = static_cast<int64_t>(j) * kSlice + 2 * lane;
     float w[kMaxKernel][2], bias[2], head[kHalo][2];
-#pragma unroll
-    for (int k = 0; k < kMaxKernel; ++k) {
-      const float2 wk = k < p.kernel ? unpack2<T>(__ldg(reinterpret_cast<const unsigned*>(p.conv_weight + k * channels + c)))
-                                     : make_float2(0.0f, 0.0f);
-      w[k][0] = wk.x;
-      w[k][1] = wk.y;
-    }
     {
-      const float2 bk = unpack2<T>(__ldg(reinterpret_cast<const unsigned*>(p.conv_bias + c)));
+      const uint32_t* const cw = reinterpret_cast<const uint32_t*>(cw_s + (j % 2) * kConvRows * kSlice) + lane;
+#pragma unroll
+      for (int k = 0; k < kMaxKernel; ++k) {
+        const float2 wk = unpack2<T>(cw[k * kSlice / 2]);
+        w[k][0] = wk.x;
+        w[k][1] = wk.y;
+      }
+      const float2 bk = unpack2<T>(cw[kMaxKernel * kSlice / 2]);
       bias[0] = bk.x;
       bias[1] = bk.y;
     }
@@ -264,19 +286,13 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
         }
       }
     }
+    // Into the warp's tile (rows past the sequence too: finite, never stored, and a row of the
+    // product depends on its own A row only).
     auto conv_rows = [&](auto kernel_size) {
       constexpr int K = decltype(kernel_size)::value;
-      uint32_t* u_out = reinterpret_cast<uint32_t*>(p.u + (row0 + tw) * channels + c);
 #pragma unroll
       for (int r = 0; r < kWarpRows; ++r) {
-        uint32_t v = conv_row<T, K>(r, raw, head, w, bias);
-        if (r < rows_here) {
-          *u_out = v;
-        } else {
-          v = 0u;  // rows past the sequence: zeros into the product (never stored)
-        }
-        u_out += channels / 2;
-        *reinterpret_cast<uint32_t*>(tile + r * kPitch + 2 * lane) = v;
+        *reinterpret_cast<uint32_t*>(tile + r * kPitch + 2 * lane) = conv_row<T, K>(r, raw, head, w, bias);
       }
     };
 #ifdef HVLM_INPUT_ONLY_K4  // experiment: one conv variant in the code
@@ -290,6 +306,7 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
     }
 #endif
     __syncwarp();
+    store_tile(p.u + (row0 + tw) * channels + static_cast<int64_t>(j) * kSlice);
 
     const uint32_t wx_buf = wx_addr + (j % 2) * NT * 8 * kPitch * static_cast<uint32_t>(sizeof(T));
 #pragma unroll
@@ -370,15 +387,7 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
       }
     }
     __syncwarp();
-    T* const d_out = p.delta + (row0 + tw) * channels + static_cast<int64_t>(j) * kSlice;
-#pragma unroll
-    for (int i = 0; i < kWarpRows * 8 / 32; ++i) {
-      const int r = i * 4 + lane / 8, piece = lane % 8;
-      if (r < rows_here) {
-        *reinterpret_cast<uint4*>(d_out + r * channels + piece * 8) =
-            *reinterpret_cast<const uint4*>(tile + r * kPitch + piece * 8);
-      }
-    }
+    store_tile(p.delta + (row0 + tw) * channels + static_cast<int64_t>(j) * kSlice);
     __syncwarp();  // read before the next slice's values overwrite the tile
   }
   cp_async_wait<0>();  // none left in flight
@@ -400,8 +409,8 @@ bool mamba_input_supported(const MambaInputArgs& a) {
          a.channels % kSlice == 0 && a.rank >= 8 && a.rank <= kMaxRank && a.rank % 8 == 0 &&
          a.proj > a.rank && a.proj <= kMaxProj && a.proj % 2 == 0 && a.row_stride_x >= a.channels &&
          a.row_stride_x % 8 == 0 && aligned(a.x, 16) && aligned(a.u, 16) && aligned(a.delta, 16) &&
-         aligned(a.x_proj_weight, 16) && aligned(a.dt_weight, 16) && aligned(a.conv_weight, 4) &&
-         aligned(a.conv_bias, 4) && aligned(a.x_dbl, 4) && aligned(a.dt_bias, 16);
+         aligned(a.x_proj_weight, 16) && aligned(a.dt_weight, 16) && aligned(a.conv_weight, 16) &&
+         aligned(a.conv_bias, 16) && aligned(a.x_dbl, 4) && aligned(a.dt_bias, 16);
 }
 
 void mamba_input_stage(const MambaInputArgs& a) {
