@@ -51,8 +51,8 @@ struct MambaInputArgs {
 
 /// Whether mamba_input_stage takes these arguments: a 2-byte dtype, batch 1..65535, length >= 1,
 /// kernel 1..4, channels a multiple of 64, rank a multiple of 8 up to 64, proj even with
-/// rank < proj <= 128, row_stride_x a multiple of 8, and x, u, delta and both weights 16-byte
-/// aligned (x_dbl and dt_bias 4-byte). Callers run the separate kernels otherwise.
+/// rank < proj <= 128, row_stride_x a multiple of 8; x, u, delta, the four weights and dt_bias
+/// 16-byte aligned, x_dbl 4-byte aligned. Callers run the separate kernels otherwise.
 bool mamba_input_supported(const MambaInputArgs& args);
 
 /// Enqueues the stage. Throws std::invalid_argument when !mamba_input_supported(args) or a
