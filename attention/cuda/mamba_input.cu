@@ -40,8 +40,14 @@
 namespace hvlm::kernels::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
+// Warps a block (HVLM_INPUT_WARPS, a tuning knob for experiments with -D): each owns 16 rows,
+// and the blocks an SM holds give it 16 warps.
+#ifndef HVLM_INPUT_WARPS
+#define HVLM_INPUT_WARPS 8
+#endif
+constexpr int kWarps = HVLM_INPUT_WARPS;
+constexpr int kThreads = kWarps * 32;
+constexpr int kBlocksPerSm = 16 / kWarps;
 constexpr int kWarpRows = 16;                  // one m16 tile of rows a warp
 constexpr int kTileRows = kWarps * kWarpRows;  // a block's rows
 constexpr int kSlice = 64;                     // channels a step of either phase; a lane's pair
@@ -75,10 +81,18 @@ struct Params {
 constexpr int kTileInputs = kTileRows + kHalo;  // rows of a staged input slice
 constexpr int kConvRows = kMaxKernel + 1;       // a staged conv slice: the taps' weights, the bias
 
+// Shared memory: the dt_proj bias slices (2 x 64 floats), the warps' tiles (kWarps x 16 rows of
+// kPitch), then one region that phase A uses for the x_proj weight slices (2 x NT*8 rows of
+// kPitch), the conv slices (2 x kConvRows rows of 64) and the input slices (2 x kTileInputs
+// rows of 64), and phase B for the dt_proj weight slices (2 x 64 rows of kPitch).
+template <typename T, int NT>
+constexpr size_t phase_a_elems() {
+  return (2 * NT * 8) * kPitch + 2 * (kConvRows + kTileInputs) * kSlice;
+}
 template <typename T, int NT>
 constexpr size_t smem_bytes() {
-  return 2 * kSlice * sizeof(float) + (2 * NT * 8 + 2 * kSlice + kWarps * kWarpRows) * kPitch * sizeof(T) +
-         2 * (kTileInputs + kConvRows) * kSlice * sizeof(T);
+  constexpr size_t a = phase_a_elems<T, NT>(), b = 2 * kSlice * kPitch;
+  return 2 * kSlice * sizeof(float) + (kWarps * kWarpRows * kPitch + (a > b ? a : b)) * sizeof(T);
 }
 
 // The conv + SiLU of one lane's channel pair at row r of its warp's 16, kernel size K: the
@@ -104,16 +118,16 @@ __device__ __forceinline__ uint32_t conv_row(int r, const uint32_t (&raw)[kInput
 }
 
 template <typename T, int NT>
-__global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T> p) {
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) mamba_input_kernel(const Params<T> p) {
   static_assert(NT % 2 == 0 && NT * 8 <= kMaxProj && NT >= 8, "n tiles in pairs, room for dt's k steps");
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   float* const bias_s = reinterpret_cast<float*>(smem_raw);  // [2][kSlice]
-  T* const wx_s = reinterpret_cast<T*>(smem_raw + 2 * kSlice * sizeof(float));
-  T* const wdt_s = wx_s + 2 * NT * 8 * kPitch;
-  T* const tiles = wdt_s + 2 * kSlice * kPitch;
-  T* const cw_s = tiles + kWarps * kWarpRows * kPitch;  // [2][kConvRows][kSlice]: taps (zeros past the kernel), bias
-  T* const x_s = cw_s + 2 * kConvRows * kSlice;          // [2][kTileInputs][kSlice]
+  T* const tiles = reinterpret_cast<T*>(smem_raw + 2 * kSlice * sizeof(float));
+  T* const wx_s = tiles + kWarps * kWarpRows * kPitch;  // phase A: [2][NT * 8][kPitch]
+  T* const cw_s = wx_s + 2 * NT * 8 * kPitch;           // phase A: [2][kConvRows][kSlice]: taps (zeros past the kernel), bias
+  T* const x_s = cw_s + 2 * kConvRows * kSlice;         // phase A: [2][kTileInputs][kSlice]
+  T* const wdt_s = wx_s;                                // phase B: [2][kSlice][kPitch]
 
   const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t4 = lane % 4;  // mma fragment coordinates
@@ -127,14 +141,13 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
   // The warp's rows that are steps of the sequence (the others are computed, never stored).
   const int rows_here = static_cast<int>(min(max(length - tw, static_cast<int64_t>(0)), static_cast<int64_t>(kWarpRows)));
 
-  // The weight buffers' rows and columns that no copy writes (x_proj rows past proj, dt_proj
-  // columns past the rank) must be zeros, and the bias zeros when there is none.
+  // What no copy writes must be zeros: the x_proj weight rows past proj, the conv rows past
+  // the kernel (phase A's weights and conv slices, here), the dt_proj weight columns past the
+  // rank (phase B's, when it starts), and the bias when there is none.
   {
-    constexpr int kWords = (2 * NT * 8 + 2 * kSlice) * kPitch * static_cast<int>(sizeof(T)) / 16;
+    constexpr int kWords = (2 * NT * 8 * kPitch + 2 * kConvRows * kSlice) * static_cast<int>(sizeof(T)) / 16;
     uint4* const w16 = reinterpret_cast<uint4*>(wx_s);
     for (int i = tid; i < kWords; i += kThreads) w16[i] = make_uint4(0, 0, 0, 0);
-    constexpr int kConvWords = 2 * kConvRows * kSlice * static_cast<int>(sizeof(T)) / 16;
-    for (int i = tid; i < kConvWords; i += kThreads) reinterpret_cast<uint4*>(cw_s)[i] = make_uint4(0, 0, 0, 0);
     if (p.dt_bias == nullptr) {
       for (int i = tid; i < 2 * kSlice; i += kThreads) bias_s[i] = 0.0f;
     }
@@ -169,15 +182,17 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
       }
     }
   };
-  static_assert(kThreads / 4 == kSlice, "one dt_proj weight row per 4 threads");
-  const int dt_pieces = rank / 8, dt_piece = tid % 4;
-  const T* const wdt_src = p.dt_weight + static_cast<int64_t>(tid / 4) * rank + dt_piece * 8;
-  T* const wdt_dst = wdt_s + (tid / 4) * kPitch + dt_piece * 8;
+  constexpr int kDtThreadsPerRow = kThreads / kSlice;  // of a dt_proj weight row's 8 pieces
+  static_assert(kThreads % kSlice == 0 && 8 % kDtThreadsPerRow == 0, "whole weight rows per pass");
+  const int dt_pieces = rank / 8, dt_piece = tid % kDtThreadsPerRow;
+  const T* const wdt_src = p.dt_weight + static_cast<int64_t>(tid / kDtThreadsPerRow) * rank + dt_piece * 8;
+  T* const wdt_dst = wdt_s + (tid / kDtThreadsPerRow) * kPitch + dt_piece * 8;
   auto issue_wdt = [&](int j, int buf) {
 #pragma unroll
-    for (int k = 0; k < 2; ++k) {
-      if (dt_piece + 4 * k < dt_pieces) {
-        cp_async16(wdt_dst + buf * kSlice * kPitch + 32 * k, wdt_src + static_cast<int64_t>(j) * kSlice * rank + 32 * k);
+    for (int k = 0; k < 8 / kDtThreadsPerRow; ++k) {
+      if (dt_piece + kDtThreadsPerRow * k < dt_pieces) {
+        cp_async16(wdt_dst + buf * kSlice * kPitch + 8 * kDtThreadsPerRow * k,
+                   wdt_src + static_cast<int64_t>(j) * kSlice * rank + 8 * kDtThreadsPerRow * k);
       }
     }
     if (p.dt_bias != nullptr && tid < kSlice / 4) {
@@ -212,7 +227,6 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
     }
   };
   issue_wx(0, 0);
-  issue_wdt(0, 0);
   issue_x(0, 0);
   cp_async_commit();
 
@@ -349,7 +363,16 @@ __global__ void __launch_bounds__(kThreads, 2) mamba_input_kernel(const Params<T
     dt_a[kk][3] = hi ? pack2<T>(acc[2 * kk + 1][2], acc[2 * kk + 1][3]) : 0u;
   }
 
-  // Phase B: delta = softplus(dt W_dt^T + bias), a slice of 64 channels at a time.
+  // Phase B: delta = softplus(dt W_dt^T + bias), a slice of 64 channels at a time, in the
+  // shared region phase A has finished with: zero the weight columns past the rank, fetch the
+  // first slice.
+  __syncthreads();
+  for (int i = tid; i < 2 * kSlice * (kPitch - rank); i += kThreads) {
+    const int row = i / (kPitch - rank), col = rank + i % (kPitch - rank);
+    wdt_s[row * kPitch + col] = from_float<T>(0.0f);
+  }
+  issue_wdt(0, 0);
+  cp_async_commit();
   for (int j = 0; j < slices; ++j) {
     cp_async_wait<0>();
     __syncthreads();
