@@ -214,7 +214,7 @@ std::optional<MambaInputs> mamba_input(const at::Tensor& xz, const at::Tensor& c
   args.dt_weight = dt_weight.data_ptr();
   args.dt_bias = dt_bias.data_ptr<float>();
   // The outputs are not allocated yet (fresh allocations are aligned enough).
-  if (!kernels::cuda::mamba_input_supported(args)) return std::nullopt;
+  if (!kernels::cuda::mamba_input_supported(args) || !kernels::cuda::mamba_input_preferred(args)) return std::nullopt;
   const c10::cuda::CUDAGuard device_guard(xz.device());
   auto state_out = at::empty_like(state_in);
   MambaInputs out;

@@ -56,7 +56,8 @@ struct MambaInputs {
 /// bfloat16/float16 layers whose shapes it takes: operands as mamba_conv's, plus x_proj_weight
 /// [P, E] (x_proj.weight, P = R + 2N) and dt_weight [E, R] (dt_proj.weight) in xz's dtype and
 /// dt_bias [E] float32. Returns std::nullopt, having changed nothing, where the kernel does not
-/// take them (callers then run mamba_conv, x_proj and mamba_scan's own delta); otherwise
+/// take them or is not the faster choice (too few rows to fill the GPU: see
+/// mamba_input_preferred); callers then run mamba_conv, x_proj and mamba_scan's own delta. Otherwise
 /// conv_state is replaced by the state after the pass.
 std::optional<MambaInputs> mamba_input(const at::Tensor& xz, const at::Tensor& conv_weight,
                                        const at::Tensor& conv_bias, at::Tensor& conv_state,

@@ -41,7 +41,8 @@ namespace hvlm::kernels::cuda {
 namespace {
 
 // Warps a block (HVLM_INPUT_WARPS, a tuning knob for experiments with -D): each owns 16 rows,
-// and the blocks an SM holds give it 16 warps.
+// and the blocks an SM holds give it 16 warps (128 registers a thread). Measured at 65536
+// rows: 8 warps 266 us, 4 warps 277 (more copies of the weights, more long-scoreboard stalls).
 #ifndef HVLM_INPUT_WARPS
 #define HVLM_INPUT_WARPS 8
 #endif
@@ -309,16 +310,12 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) mamba_input_kernel(con
         *reinterpret_cast<uint32_t*>(tile + r * kPitch + 2 * lane) = conv_row<T, K>(r, raw, head, w, bias);
       }
     };
-#ifdef HVLM_INPUT_ONLY_K4  // experiment: one conv variant in the code
-    conv_rows(std::integral_constant<int, 4>{});
-#else
     switch (p.kernel) {  // uniform across the block
       case 4: conv_rows(std::integral_constant<int, 4>{}); break;
       case 3: conv_rows(std::integral_constant<int, 3>{}); break;
       case 2: conv_rows(std::integral_constant<int, 2>{}); break;
       default: conv_rows(std::integral_constant<int, 1>{}); break;
     }
-#endif
     __syncwarp();
     store_tile(p.u + (row0 + tw) * channels + static_cast<int64_t>(j) * kSlice);
 
@@ -425,6 +422,17 @@ int n_tiles(int64_t proj) {
 }
 
 }  // namespace
+
+bool mamba_input_preferred(const MambaInputArgs& a) {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    return false;
+  }
+  // Whole tiles' worth of rows for 15/16 of a wave of blocks (H200: 247 x 128 rows, ~31.6k).
+  const int64_t wave_rows = static_cast<int64_t>(sms) * kBlocksPerSm * kTileRows;
+  return a.length >= kTileRows && a.batch * a.length >= wave_rows * 15 / 16;
+}
 
 bool mamba_input_supported(const MambaInputArgs& a) {
   return (a.dtype == DType::kBFloat16 || a.dtype == DType::kFloat16) && a.batch >= 1 && a.batch <= 65535 &&

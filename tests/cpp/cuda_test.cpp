@@ -272,6 +272,57 @@ TEST(Cuda, MambaConvRefusesMismatchedOperands) {
   EXPECT_EQ(u.sizes(), (std::vector<int64_t>{B, L, E}));
   EXPECT_FALSE(at::equal(state, before));
 }
+
+// The fused input stage (conv + x_proj + dt_proj/softplus, attention/cuda/mamba_input.h) at a
+// length where it is the path taken: u and the conv state exactly as the conv kernel's, x_dbl
+// and delta as the separate products; a short sequence leaves it to the separate kernels.
+TEST(Cuda, MambaInputStageMatchesSeparateKernels) {
+  SKIP_WITHOUT_CUDA();
+  c10::InferenceMode guard;
+  const int64_t B = 1, L = 65536, E = 256, K = 4, R = 8, N = 16;
+  const auto on = [](at::Tensor t) { return t.to(at::Device(at::kCUDA), at::kBFloat16); };
+  const at::Tensor xz = on(randn({B, L, 2 * E})), conv_w = on(randn({K, E}) * 0.5), conv_b = on(randn({E}) * 0.5),
+                   w_x = on(randn({R + 2 * N, E}) * 0.06), w_dt = on(randn({E, R}) * 0.3);
+  const at::Tensor dt_bias = (randn({E}) - 3).to(at::kCUDA);
+  const at::Tensor state_in = randn({B, E, K - 1}).to(at::kCUDA);
+  at::Tensor fused_state = state_in.clone(), conv_state = state_in.clone();
+  const auto in = hvlm::cuda::mamba_input(xz, conv_w, conv_b, fused_state, w_x, w_dt, dt_bias);
+  ASSERT_TRUE(in.has_value()) << "the fused stage declined a 65536-row sequence";
+  const at::Tensor u = hvlm::cuda::mamba_conv(xz, conv_w, conv_b, conv_state);
+  EXPECT_TRUE(at::equal(in->u, u));
+  EXPECT_TRUE(at::equal(fused_state, conv_state));
+  const at::Tensor x_dbl = at::matmul(u.to(at::kFloat), w_x.to(at::kFloat).t());
+  EXPECT_LE(relative_error(in->x_dbl, x_dbl.cpu()), 1e-2);
+  const at::Tensor delta =
+      at::softplus(at::matmul(in->x_dbl.narrow(2, 0, R).to(at::kFloat), w_dt.to(at::kFloat).t()) + dt_bias);
+  EXPECT_LE(relative_error(in->delta, delta.cpu()), 1e-2);
+  // Too few rows to fill the GPU: declined, the state untouched.
+  at::Tensor short_state = state_in.clone();
+  EXPECT_FALSE(hvlm::cuda::mamba_input(xz.narrow(1, 0, 1000).contiguous(), conv_w, conv_b, short_state, w_x, w_dt,
+                                       dt_bias)
+                   .has_value());
+  EXPECT_TRUE(at::equal(short_state, state_in));
+}
+
+// A long bfloat16 sequence (the fused input stage's path) continued from a short one (the
+// separate kernels' path), against the CPU in float32.
+TEST(Cuda, MambaLongSequenceContinuesAcrossInputPaths) {
+  SKIP_WITHOUT_CUDA();
+  c10::InferenceMode guard;
+  MambaLayer cpu(MambaLayerOptions(128).state_size(16).d_conv(4));
+  cpu->eval();
+  const int64_t first = 1000, total = 66536;
+  const auto x = randn({1, total, 128});
+  const auto [want, want_state] = cpu->forward_stream(x, MambaState{});
+  auto gpu = MambaLayer(std::dynamic_pointer_cast<MambaLayerImpl>(cpu->clone()));
+  gpu->to(at::Device(at::kCUDA), at::kBFloat16);
+  const auto xg = x.to(at::Device(at::kCUDA), at::kBFloat16);
+  auto [y1, state1] = gpu->forward_stream(xg.narrow(1, 0, first), MambaState{});
+  auto [y2, state2] = gpu->forward_stream(xg.narrow(1, first, total - first), state1);
+  EXPECT_LE(relative_error(at::cat({y1, y2}, 1), want), kBFloat16Tolerance);
+  EXPECT_LE(relative_error(state2.ssm_state, want_state.ssm_state), kBFloat16Tolerance);
+  EXPECT_LE(relative_error(state2.conv_state, want_state.conv_state), kBFloat16Tolerance);
+}
 #endif
 
 const char* kStackSpec = R"({"dim": 64, "blocks": [
