@@ -15,8 +15,12 @@
 //   phase B, per slice: dt (16 x R) times the slice of dt_proj's weight (copied a slice ahead
 //     with the bias), softplus in the epilogue, rounded into the warp's tile, and stored as
 //     whole 16-byte pieces of rows.
-// Every copy's addresses are planned once per thread: the first version recomputed them per
-// slice, and that integer work was ~40% of the kernel's instructions.
+// Every copy's addresses are planned once per thread (recomputing them per slice was ~16% of
+// the first version's instructions), and the conv's weights come with the inputs.
+// Measured on the H200 (65536 rows, 1536 channels, rank 48, bf16): 267 us against ~315 for the
+// conv, cuBLAS's x_proj and delta_projection apart; with 64 blocks (8192 rows) 104 against ~68,
+// hence mamba_input_preferred. Per-version timings and ncu figures: docs/benchmarks.md, "The
+// tenth session".
 // No block barrier separates the conv of a warp from its product: a warp reads only the u rows
 // it wrote. Each phase has one barrier per slice, for the shared weight slices.
 // The conv and softplus are the formulas of causal_conv_silu and delta_projection (silu and
