@@ -22,7 +22,7 @@ if has kernels; then
   for check in $checks; do
     name=$(basename "$check" _check.cu)
     sources=("attention/cuda/${name}.cu")
-    [[ $name == mamba_kernels ]] && sources+=(attention/cuda/delta_projection.cu)  # checked there too
+    [[ $name == mamba_kernels ]] && sources+=(attention/cuda/delta_projection.cu attention/cuda/mamba_input.cu)  # checked there too
     nvcc -std=c++17 -O3 -arch=sm_90 -I. -o "build-cuda/${name}_check" "$check" "${sources[@]}" \
       > "$out/${name}-build.log" 2>&1 &
   done
@@ -46,7 +46,7 @@ if has kernels; then
     bench_args=()
     [[ $name == mamba_kernels ]] && bench_args=(--lengths 8192,65536)
     "./build-cuda/${name}_check" --bench "${bench_args[@]}" > "$out/${name}-bench.log" 2>&1 || echo "${name}_check --bench failed"
-    grep -E "bench|scan|conv|delta" "$out/${name}-bench.log" | tail -16 || true
+    grep -E "bench|scan|conv|delta|input" "$out/${name}-bench.log" | tail -18 || true
   done
 fi
 if has test; then
