@@ -264,19 +264,18 @@ at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Te
   const c10::cuda::CUDAGuard device_guard(u.device());
   const kernels::cuda::DType dtype = element_type(u, "mamba_scan");
   const auto stream = at::cuda::getCurrentCUDAStream().stream();
-  // delta: for 2-byte dtypes dt_proj + bias + softplus in one kernel, so the scan reads it
-  // ready; otherwise (float32) the product alone, and the scan adds the bias and applies the
-  // softplus itself.
-  if (ready_delta.defined()) {
-    TORCH_CHECK(ready_delta.sizes() == u.sizes() && ready_delta.scalar_type() == u.scalar_type() &&
-                    ready_delta.is_contiguous() && ready_delta.device() == u.device(),
-                "mamba_scan: a ready delta must be a contiguous tensor like u ", u.sizes(), ", got ",
-                ready_delta.sizes(), " ", ready_delta.scalar_type());
-  }
-  const bool fused_delta = ready_delta.defined() || (kernels::cuda::delta_projection_supported(dtype, rank) &&
-                                                     dt_weight.scalar_type() == u.scalar_type());
+  // delta: given ready (by mamba_input), or for 2-byte dtypes dt_proj + bias + softplus in one
+  // kernel, so the scan reads it ready; otherwise (float32) the product alone, and the scan adds
+  // the bias and applies the softplus itself.
   at::Tensor delta = ready_delta;
-  if (!ready_delta.defined() && fused_delta) {
+  const bool project_fused = kernels::cuda::delta_projection_supported(dtype, rank) &&
+                             dt_weight.scalar_type() == u.scalar_type();
+  if (delta.defined()) {
+    TORCH_CHECK(delta.sizes() == u.sizes() && delta.scalar_type() == u.scalar_type() && delta.is_contiguous() &&
+                    delta.device() == u.device(),
+                "mamba_scan: a ready delta must be a contiguous tensor like u ", u.sizes(), ", got ", delta.sizes(),
+                " ", delta.scalar_type());
+  } else if (project_fused) {
     const at::Tensor weight = dt_weight.contiguous();
     delta = at::empty_like(u);
     kernels::cuda::DeltaProjectionArgs dp;
@@ -291,9 +290,10 @@ at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Te
     dp.delta = delta.data_ptr();
     dp.stream = stream;
     launch("mamba_delta_projection", [&] { kernels::cuda::delta_projection(dp); });
-  } else if (!ready_delta.defined()) {
+  } else {
     delta = at::matmul(x_dbl.narrow(-1, 0, rank), dt_weight.t()).contiguous();
   }
+  const bool delta_ready = ready_delta.defined() || project_fused;
   auto y = at::empty_like(u);
   kernels::cuda::SelectiveScanArgs args;
   args.batch = batch;
@@ -303,8 +303,8 @@ at::Tensor mamba_scan(const at::Tensor& u, const at::Tensor& x_dbl, const at::Te
   args.dtype = dtype;
   args.u = u.data_ptr();
   args.delta = delta.data_ptr();
-  args.delta_bias = fused_delta ? nullptr : dt_bias.data_ptr<float>();
-  args.delta_softplus = !fused_delta;
+  args.delta_bias = delta_ready ? nullptr : dt_bias.data_ptr<float>();
+  args.delta_softplus = !delta_ready;
   args.a = a.data_ptr<float>();
   const int64_t element = static_cast<int64_t>(x_dbl.element_size());
   args.b = static_cast<const char*>(x_dbl.data_ptr()) + rank * element;
