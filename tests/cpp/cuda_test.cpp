@@ -223,6 +223,15 @@ TEST(Cuda, MambaScanRefusesMismatchedOperands) {
            at::Tensor host = before.cpu();
            hvlm::cuda::mamba_scan(u, x_dbl, dt_weight, dt_bias, a, d, xz, host);
          }},
+        {"ready delta one step short", [&](at::Tensor& h) {
+           hvlm::cuda::mamba_scan(u, x_dbl, dt_weight, dt_bias, a, d, xz, h, u.narrow(1, 0, L - 1).contiguous());
+         }},
+        {"ready delta in float16", [&](at::Tensor& h) {
+           hvlm::cuda::mamba_scan(u, x_dbl, dt_weight, dt_bias, a, d, xz, h, u.to(at::kHalf));
+         }},
+        {"ready delta on the CPU", [&](at::Tensor& h) {
+           hvlm::cuda::mamba_scan(u, x_dbl, dt_weight, dt_bias, a, d, xz, h, u.cpu());
+         }},
     };
     for (const RefusedCall& c : cases) {
       EXPECT_THROW(c.call(state), c10::Error) << c.what << " in " << dtype;
