@@ -22,7 +22,7 @@ if has kernels; then
   for check in $checks; do
     name=$(basename "$check" _check.cu)
     sources=("attention/cuda/${name}.cu")
-    [[ $name == mamba_kernels ]] && sources+=(attention/cuda/scan_time_parallel.cu attention/cuda/delta_projection.cu attention/cuda/mamba_input.cu)  # checked there too
+    [[ $name == mamba_kernels ]] && sources+=(attention/cuda/delta_projection.cu attention/cuda/mamba_input.cu)  # checked there too
     nvcc -std=c++17 -O3 -arch=sm_90 -I. -o "build-cuda/${name}_check" "$check" "${sources[@]}" \
       > "$out/${name}-build.log" 2>&1 &
   done

@@ -1,5 +1,5 @@
-// cp.async wrappers shared by our CUDA kernels (sm_80+ PTX): 16 or 8 bytes from global to
-// shared memory without passing through registers, grouped by commit and waited for by group.
+// cp.async wrappers shared by our CUDA kernels (sm_80+ PTX): 16 bytes from global to shared
+// memory without passing through registers, grouped by commit and waited for by group.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -12,13 +12,7 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
 }
 
-// One 8-byte copy (through L1: 8-byte copies cannot bypass it); both addresses 8-byte aligned.
-__device__ __forceinline__ void cp_async8(void* smem, const void* gmem) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(dst), "l"(gmem) : "memory");
-}
-
-// A 16-byte copy only when `valid`; otherwise the 16 bytes are zero-filled and nothing is read
+// The same, but only when `valid`; otherwise the 16 bytes are zero-filled and nothing is read
 // (gmem must still be a valid address).
 __device__ __forceinline__ void cp_async16_or_zero(void* smem, const void* gmem, bool valid) {
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));

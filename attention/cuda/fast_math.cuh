@@ -89,14 +89,4 @@ __device__ __forceinline__ float silu(float x) {
   return __fdividef(x, 1.0f + exp2_approx(-kLog2e * x));
 }
 
-// x * sigmoid(x) with one special-function operation (tanh.approx, max relative error ~2^-11)
-// instead of two: sigmoid(x) = (1 + tanh(x / 2)) / 2. For results rounded to a 2-byte dtype,
-// whose own rounding (2^-8 for bfloat16, 2^-11 for float16) is as coarse or coarser.
-__device__ __forceinline__ float silu_tanh(float x) {
-  const float half = 0.5f * x;
-  float t;
-  asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(half));
-  return fmaf(half, t, half);
-}
-
 }  // namespace hvlm::kernels::cuda

@@ -82,7 +82,6 @@
 #include "attention/cuda/async_copy.cuh"
 #include "attention/cuda/element.cuh"
 #include "attention/cuda/fast_math.cuh"
-#include "attention/cuda/scan_time_parallel.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -104,8 +103,16 @@ namespace {
 template <typename T>
 __device__ __forceinline__ float load(const T* p) { return to_float(__ldg(p)); }
 
-// The scan's gate for 2-byte outputs is silu_tanh (fast_math.cuh); float32 outputs keep the
-// exact form (HVLM_SCAN_FAST_GATE=0: the exact form everywhere).
+// x * sigmoid(x) with one special-function operation (tanh.approx, max relative error ~2^-11)
+// instead of two: sigmoid(x) = (1 + tanh(x / 2)) / 2. The scan's gate for 2-byte outputs, whose
+// own rounding (2^-8 for bfloat16, 2^-11 for float16) is as coarse or coarser; float32 outputs
+// keep the exact form (HVLM_SCAN_FAST_GATE=0: the exact form everywhere).
+__device__ __forceinline__ float silu_tanh(float x) {
+  const float half = 0.5f * x;
+  float t;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(half));
+  return fmaf(half, t, half);
+}
 #ifndef HVLM_SCAN_FAST_GATE
 #define HVLM_SCAN_FAST_GATE 1
 #endif
@@ -858,32 +865,6 @@ ScanPlan make_plan(const SelectiveScanArgs& a) {
 
 bool is_noop(const SelectiveScanArgs& a) { return a.batch == 0 || a.length == 0 || a.channels == 0; }
 
-// The share of the SMs the one-pass grid must keep busy for kAuto to take it: its blocks walk
-// the whole sequence, so SMs it leaves idle stay idle to the end.
-constexpr double kTimeParallelMinFill = 0.85;
-
-// Whether selective_scan runs the one-pass kernel (ScanAlgorithm, mamba_kernels.h): forced, or
-// under kAuto where it takes the operands and the chunked scan (`chunked`, its plan) would run
-// two passes.
-bool runs_time_parallel(const SelectiveScanArgs& a, const ScanPlan& chunked) {
-  switch (a.algorithm) {
-    case ScanAlgorithm::kChunked:
-      return false;
-    case ScanAlgorithm::kTimeParallel: {
-      const std::string why = time_parallel_scan_refusal(a);
-      if (!why.empty()) {
-        throw std::invalid_argument("hvlm::kernels::cuda::selective_scan: ScanAlgorithm::kTimeParallel refused: " +
-                                    why);
-      }
-      return true;
-    }
-    case ScanAlgorithm::kAuto:
-      break;
-  }
-  return chunked.num_chunks > 1 && time_parallel_scan_refusal(a).empty() &&
-         time_parallel_scan_fill(a) >= kTimeParallelMinFill;
-}
-
 void validate(const SelectiveScanArgs& a) {
   auto fail = [](const std::string& what) {
     throw std::invalid_argument("hvlm::kernels::cuda::selective_scan: " + what);
@@ -894,10 +875,6 @@ void validate(const SelectiveScanArgs& a) {
   }
   if (a.dtype != DType::kFloat32 && a.dtype != DType::kBFloat16 && a.dtype != DType::kFloat16) {
     fail("unknown dtype");
-  }
-  if (a.algorithm != ScanAlgorithm::kAuto && a.algorithm != ScanAlgorithm::kChunked &&
-      a.algorithm != ScanAlgorithm::kTimeParallel) {
-    fail("unknown algorithm");
   }
   if (is_noop(a)) return;
   if (a.row_stride_bc < a.state_size) fail("row_stride_bc must be >= state_size");
@@ -977,8 +954,7 @@ size_t selective_scan_workspace_bytes(const SelectiveScanArgs& a) {
   if (is_noop(a)) return 0;
   size_t bytes = 0;
   dispatch_scan(a.dtype, a.state_size, [&](auto tag, auto ns) {
-    const ScanPlan plan = make_plan<decltype(tag), decltype(ns)::value>(a);
-    bytes = runs_time_parallel(a, plan) ? 0 : plan.workspace_bytes;
+    bytes = make_plan<decltype(tag), decltype(ns)::value>(a).workspace_bytes;
   });
   return bytes;
 }
@@ -991,10 +967,6 @@ void selective_scan(const SelectiveScanArgs& a) {
     using T = decltype(tag);
     constexpr int NS = decltype(ns)::value;
     const ScanPlan plan = make_plan<T, NS>(a);
-    if (runs_time_parallel(a, plan)) {
-      time_parallel_scan(a);
-      return;
-    }
     if (plan.workspace_bytes > 0 && a.workspace == nullptr) {
       throw std::invalid_argument(
           "hvlm::kernels::cuda::selective_scan: workspace required (selective_scan_workspace_bytes)");

@@ -50,19 +50,6 @@ struct CausalConvArgs {
   void* stream = nullptr;           // cudaStream_t
 };
 
-/// How selective_scan walks time; every algorithm computes the function below, to float32
-/// rounding (attention/cuda/mamba_kernels.cu and scan_time_parallel.cu explain them).
-///  kChunked: time split into chunks run side by side, each chunk's start state found by a
-///    first pass over the chunks (two passes where the sequence has more than one chunk; none of
-///    a short sequence or a large batch). Any operands.
-///  kTimeParallel: one pass, each warp scanning a channel's steps across its lanes. Needs a
-///    2-byte dtype, state_size 16, delta_softplus false, channels and row_stride_z multiples of
-///    4, row_stride_bc a multiple of 8, u/delta/z/y 8-byte and b/c 16-byte aligned (else
-///    std::invalid_argument). No workspace.
-///  kAuto: kTimeParallel where it takes the operands, the chunked scan would need two passes and
-///    the one-pass grid fills the GPU; else kChunked.
-enum class ScanAlgorithm { kAuto, kChunked, kTimeParallel };
-
 /// The selective scan, per batch b, channel c and state s (state_size N):
 ///   v      = delta[b,t,c] + delta_bias[c]          (delta_bias nullptr: + 0)
 ///   dt_t   = delta_softplus ? softplus(v) : v     (softplus as torch: v > 20 ? v : log1p(exp(v)))
@@ -94,7 +81,6 @@ struct SelectiveScanArgs {
   // `stream` completes, so it must not be shared with concurrent calls.
   void* workspace = nullptr;
   void* stream = nullptr;          // cudaStream_t
-  ScanAlgorithm algorithm = ScanAlgorithm::kAuto;
 };
 
 /// Enqueues the conv. Throws std::invalid_argument / std::runtime_error as described above.

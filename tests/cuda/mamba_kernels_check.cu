@@ -266,7 +266,6 @@ void conv_reference(const ConvProblem& p, std::vector<double>& out,
 struct ScanProblem {
   int64_t batch, length, channels, state_size, row_stride_bc, bc_offset, row_stride_z;
   bool delta_softplus;
-  mk::ScanAlgorithm algorithm = mk::ScanAlgorithm::kAuto;
   HostTensor u, delta;        // [batch, length, channels]
   HostTensor xdbl;            // [batch, length, row_stride_bc]: B at bc_offset, C after it
   HostTensor xz;              // [batch, length, row_stride_z]: z at column `channels`
@@ -356,8 +355,6 @@ void report(const std::string& name, const char* what, const Compare& c, bool gu
 struct Case {
   int64_t batch, length, channels, state_size, kernel;
   bool delta_softplus, delta_bias;
-  // kTimeParallel: the one-pass scan forced, on B/C rows it takes (16-byte aligned).
-  mk::ScanAlgorithm algorithm = mk::ScanAlgorithm::kAuto;
 };
 
 // Runs the conv over rows [t0, t0 + len) with state `state_in` on the device, into host `out`.
@@ -430,7 +427,6 @@ ScanRun run_scan(const ScanProblem& p, const std::vector<float>& h_in) {
   s.row_stride_z = p.row_stride_z;
   s.h = h.as<float>();
   s.y = y.ptr;
-  s.algorithm = p.algorithm;
   const size_t ws_bytes = mk::selective_scan_workspace_bytes(s);
   DeviceBuffer ws(ws_bytes);  // poisoned: the scan must not depend on its contents
   s.workspace = ws_bytes > 0 ? ws.ptr : nullptr;
@@ -451,10 +447,9 @@ void run_case(const Case& cs, DType t, Rng& rng) {
   const double tol = t == DType::kFloat32 ? 1e-4 : 2e-2;
   const double tol_state = 1e-4;  // states are float32 whatever the dtype
   char name_buf[160];
-  const bool one_pass = cs.algorithm == mk::ScanAlgorithm::kTimeParallel;
-  std::snprintf(name_buf, sizeof(name_buf), "%s B%lld L%lld E%lld N%lld K%lld%s%s%s", dtype_name(t),
+  std::snprintf(name_buf, sizeof(name_buf), "%s B%lld L%lld E%lld N%lld K%lld%s%s", dtype_name(t),
                 (long long)B, (long long)L, (long long)C, (long long)N, (long long)K,
-                cs.delta_softplus ? " softplus" : "", cs.delta_bias ? "+bias" : "", one_pass ? " 1pass" : "");
+                cs.delta_softplus ? " softplus" : "", cs.delta_bias ? "+bias" : "");
   const std::string name = name_buf;
   const int64_t L1 = L / 2, L2 = L - L1;  // the streaming split (L1 may be 0)
 
@@ -500,9 +495,8 @@ void run_case(const Case& cs, DType t, Rng& rng) {
   sp.length = L;
   sp.channels = C;
   sp.state_size = N;
-  sp.bc_offset = one_pass ? 8 : 3;  // an odd dt rank: B and C start unaligned
+  sp.bc_offset = 3;  // an odd dt rank: B and C start unaligned
   sp.row_stride_bc = sp.bc_offset + 2 * N;
-  sp.algorithm = cs.algorithm;
   sp.row_stride_z = 2 * C;
   sp.delta_softplus = cs.delta_softplus;
   sp.u = uniform(t, static_cast<size_t>(B * L * C), rng, -1.0f, 1.0f);
@@ -569,68 +563,6 @@ void expect_rejects(const std::string& what, F call) {
   std::printf("  %-6s rejects %s\n", verdict(threw), what.c_str());
 }
 
-// The one-pass scan forced on operands it does not take: std::invalid_argument, and the state
-// and output untouched (nothing was enqueued).
-void check_time_parallel_rejects() {
-  constexpr int64_t L = 4, C = 8, N = 16;
-  DeviceBuffer u(L * C * 4), delta(L * C * 4), bc(L * 40 * 4 + 16), z(L * C * 4), y(L * C * 4);
-  std::vector<float> ones(C * N, 1.0f);
-  DeviceBuffer a = to_device(ones), d = to_device(ones), h = to_device(ones);
-  mk::SelectiveScanArgs s;
-  s.batch = 1;
-  s.length = L;
-  s.channels = C;
-  s.state_size = N;
-  s.dtype = DType::kBFloat16;
-  s.u = u.ptr;
-  s.delta = delta.ptr;
-  s.a = a.as<float>();
-  s.b = bc.ptr;
-  s.c = bc.as<uint8_t>() + 32;
-  s.row_stride_bc = 40;
-  s.d = d.as<float>();
-  s.z = z.ptr;
-  s.row_stride_z = C;
-  s.h = h.as<float>();
-  s.y = y.ptr;
-  s.algorithm = mk::ScanAlgorithm::kTimeParallel;
-  auto rejects = [&](const std::string& what, mk::SelectiveScanArgs bad) {
-    expect_rejects("one-pass scan: " + what, [&] { mk::selective_scan(bad); });
-  };
-  mk::SelectiveScanArgs bad = s;
-  bad.dtype = DType::kFloat32;
-  rejects("float32", bad);
-  bad = s;
-  bad.state_size = 8;
-  rejects("8 states", bad);
-  bad = s;
-  bad.delta_softplus = true;
-  rejects("softplus in the scan", bad);
-  bad = s;
-  bad.channels = 6;
-  bad.row_stride_z = 6;
-  rejects("6 channels", bad);
-  bad = s;
-  bad.row_stride_bc = 36;
-  rejects("B/C row stride 36", bad);
-  bad = s;
-  bad.b = bc.as<uint8_t>() + 8;
-  rejects("B 8-byte aligned", bad);
-  bad = s;
-  bad.z = z.as<uint8_t>() + 2;
-  rejects("z 2-byte aligned", bad);
-  bad = s;
-  bad.algorithm = static_cast<mk::ScanAlgorithm>(7);
-  rejects("an unknown algorithm", bad);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  std::vector<float> h_after(C * N);
-  std::vector<uint8_t> y_after(y.bytes);
-  const bool guards = h.download(h_after.data()) && y.download(y_after.data());
-  const bool untouched = guards && h_after == ones &&
-                         std::all_of(y_after.begin(), y_after.end(), [](uint8_t v) { return v == kPoison; });
-  std::printf("  %-6s one-pass scan refusals leave the state and y untouched\n", verdict(untouched));
-}
-
 void check_rejects() {
   mk::SelectiveScanArgs s;
   s.batch = 1;
@@ -646,7 +578,6 @@ void check_rejects() {
   c.channels = 1;
   c.kernel = 0;
   expect_rejects("kernel 0", [&] { mk::causal_conv_silu(c); });
-  check_time_parallel_rejects();
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1055,11 +986,6 @@ int bench(Rng& rng, int64_t L) {
   s_plain.delta = dds.ptr;
   s_plain.delta_bias = nullptr;
   s_plain.delta_softplus = false;
-  mk::SelectiveScanArgs s_chunked = s_plain, s_one_pass = s_plain;  // each algorithm forced
-  s_chunked.algorithm = mk::ScanAlgorithm::kChunked;
-  s_chunked.workspace = ws.ptr;  // the largest workspace: s's (the same chunks)
-  s_one_pass.algorithm = mk::ScanAlgorithm::kTimeParallel;
-  s_one_pass.workspace = nullptr;
 
   // The fused input stage (conv + x_proj + dt_proj/softplus) on the same operands.
   HostTensor w_x = uniform(t, (R + 2 * N) * E, rng, -0.05f, 0.05f);
@@ -1089,8 +1015,6 @@ int bench(Rng& rng, int64_t L) {
   const double conv_us = median_us([&] { mk::causal_conv_silu(ca); });
   const double scan_us = median_us([&] { mk::selective_scan(s); });
   const double plain_us = median_us([&] { mk::selective_scan(s_plain); });
-  const double chunked_us = median_us([&] { mk::selective_scan(s_chunked); });
-  const double one_pass_us = median_us([&] { mk::selective_scan(s_one_pass); });
   const double proj_us = median_us([&] { mk::delta_projection(dp); });
   ia.dt_weight = dw_dt.ptr;
   const double input_us = median_us([&] { mk::mamba_input_stage(ia); });
@@ -1108,10 +1032,8 @@ int bench(Rng& rng, int64_t L) {
               conv_bytes / conv_us * 1e-3);
   std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "selective_scan (softplus+bias)", scan_us,
               scan_bytes / scan_us * 1e-3);
-  std::printf("  %-34s %9.1f us  %7.0f GB/s  (%s)\n", "selective_scan (delta ready)", plain_us,
-              scan_bytes / plain_us * 1e-3, mk::selective_scan_workspace_bytes(s_plain) > 0 ? "chunked" : "one pass");
-  std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "  chunked (forced)", chunked_us, scan_bytes / chunked_us * 1e-3);
-  std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "  one pass (forced)", one_pass_us, scan_bytes / one_pass_us * 1e-3);
+  std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "selective_scan (delta ready)", plain_us,
+              scan_bytes / plain_us * 1e-3);
   std::printf("  %-34s %9.1f us  %7.0f GB/s\n", "delta_projection (dt_proj+softplus)", proj_us,
               (act + B * L * (R + 2 * N) * es) / proj_us * 1e-3);
   std::printf("  %-34s %9.1f us\n", "delta_projection + scan (layer)", proj_us + plain_us);
@@ -1178,22 +1100,9 @@ int main(int argc, char** argv) {
         {1, 500, 264, 16, 4, true, true},    // a second channel block of 8 channels
         {1, 8192, 1536, 16, 4, true, true},  // the layer's shape
     };
-    // The one-pass scan (2-byte dtypes, 16 states, delta ready), forced.
-    constexpr auto k1Pass = mk::ScanAlgorithm::kTimeParallel;
-    const std::vector<Case> one_pass_cases = {
-        {1, 1, 4, 16, 4, false, false, k1Pass},      // one step; 4 of a block's 12 channels
-        {2, 37, 40, 16, 4, false, true, k1Pass},     // batch 2, part of a tile, 3 blocks + 4 channels
-        {1, 1024, 24, 16, 2, false, false, k1Pass},  // whole tiles only
-        {3, 700, 100, 16, 4, false, true, k1Pass},   // channels not a multiple of 12
-        {1, 1300, 1536, 16, 4, false, false, k1Pass},  // 128 blocks, a partial last tile
-        {1, 8192, 1536, 16, 4, false, true, k1Pass},   // the layer's shape
-    };
     for (DType t : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
       std::printf("%s\n", dtype_name(t));
       for (const Case& c : cases) run_case(c, t, rng);
-      if (t != DType::kFloat32) {
-        for (const Case& c : one_pass_cases) run_case(c, t, rng);
-      }
     }
     check_rejects();
     std::printf("fast math\n");
