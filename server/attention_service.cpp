@@ -434,8 +434,9 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
         fail(ErrorCode::kInvalidArgument, "this stream serves session '", session_id_,
              "'; a message named session '", request_.session_id(), "'");
       }
-      DecodedTokens in = decode_tokens(request_.features(), "features",
-                                       service_->limits_.max_tokens_per_segment, false, service_->pinned_);
+      // Straight into the stack's dtype: prepare_segment then has nothing to convert.
+      DecodedTokens in = decode_tokens(request_.features(), "features", service_->limits_.max_tokens_per_segment,
+                                       false, service_->pinned_, service_->stack_or_throw(info_.stack).dtype);
       t.decode_micros = micros_between(start, Clock::now());
       unbatched_ = in.unbatched;
       wire_dtype_ = in.dtype;

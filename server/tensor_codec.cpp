@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -24,10 +25,90 @@ c10::ScalarType scalar_type(v1::DType dtype, const std::string& field) {
   }
 }
 
+// An element of the message's bytes (a protobuf string need not be aligned for U).
+template <typename U>
+U load_unaligned(const char* p) {
+  U v;
+  std::memcpy(&v, p, sizeof(U));
+  return v;
+}
+
+struct ConvertFlags {
+  bool non_finite = false;  // a wire value is NaN or infinite
+  bool overflow = false;    // a finite wire value became infinite in the new dtype
+};
+
+// The wire's float32 values as bfloat16, rounded to nearest even exactly as c10::BFloat16 does
+// for finite values; branch-free, so that the compiler vectorises it.
+ConvertFlags float_to_bfloat16(const char* src, uint16_t* dst, int64_t n) {
+  uint32_t non_finite = 0, overflow = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = load_unaligned<uint32_t>(src + 4 * i);
+    non_finite |= static_cast<uint32_t>((u & 0x7F800000u) == 0x7F800000u);
+    const uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    overflow |= static_cast<uint32_t>((r & 0x7F80u) == 0x7F80u);
+    dst[i] = static_cast<uint16_t>(r);
+  }
+  return {non_finite != 0, overflow != 0};
+}
+
+// Any other pair of dtypes, value by value through float (which holds every wire value exactly).
+template <typename Src, typename Dst>
+ConvertFlags convert_values(const char* src, Dst* dst, int64_t n) {
+  ConvertFlags flags;
+  for (int64_t i = 0; i < n; ++i) {
+    const float f = static_cast<float>(load_unaligned<Src>(src + sizeof(Src) * i));
+    flags.non_finite |= !std::isfinite(f);
+    dst[i] = static_cast<Dst>(f);
+    flags.overflow |= !std::isfinite(static_cast<float>(dst[i]));
+  }
+  return flags;
+}
+
+// The wire's values (of dtype `from`) into `dst`, which has another dtype, in one pass.
+ConvertFlags convert_wire(const char* src, c10::ScalarType from, at::Tensor& dst) {
+  const int64_t n = dst.numel();
+  if (from == at::kFloat && dst.scalar_type() == at::kBFloat16) {
+    return float_to_bfloat16(src, reinterpret_cast<uint16_t*>(dst.data_ptr()), n);
+  }
+  ConvertFlags flags;
+  auto into = [&](auto* out) {
+    switch (from) {
+      case at::kFloat: flags = convert_values<float>(src, out, n); break;
+      case at::kBFloat16: flags = convert_values<c10::BFloat16>(src, out, n); break;
+      default: flags = convert_values<c10::Half>(src, out, n); break;
+    }
+  };
+  switch (dst.scalar_type()) {
+    case at::kFloat: into(dst.data_ptr<float>()); break;
+    case at::kBFloat16: into(dst.data_ptr<c10::BFloat16>()); break;
+    default: into(dst.data_ptr<c10::Half>()); break;
+  }
+  return flags;
+}
+
+// `src` (bfloat16 or float16, contiguous on the host) widened to float32 into `dst`.
+void widen_to_float(const at::Tensor& src, char* dst) {
+  const int64_t n = src.numel();
+  if (src.scalar_type() == at::kBFloat16) {
+    const auto* in = reinterpret_cast<const uint16_t*>(src.data_ptr());
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t u = static_cast<uint32_t>(in[i]) << 16;
+      std::memcpy(dst + 4 * i, &u, 4);
+    }
+  } else {
+    const auto* in = src.data_ptr<c10::Half>();
+    for (int64_t i = 0; i < n; ++i) {
+      const float f = static_cast<float>(in[i]);
+      std::memcpy(dst + 4 * i, &f, 4);
+    }
+  }
+}
+
 }  // namespace
 
 DecodedTokens decode_tokens(const v1::Tensor& tensor, const std::string& field, int64_t max_tokens,
-                            bool allow_empty_time, bool pinned) {
+                            bool allow_empty_time, bool pinned, std::optional<c10::ScalarType> store_as) {
   DecodedTokens out;
   out.dtype = tensor.dtype();
   const c10::ScalarType type = scalar_type(tensor.dtype(), field);
@@ -61,20 +142,39 @@ DecodedTokens decode_tokens(const v1::Tensor& tensor, const std::string& field, 
     fail(ErrorCode::kInvalidArgument, field, ".raw_data has ", tensor.raw_data().size(),
          " bytes, but shape and dtype need ", bytes);
   }
-  out.tokens = at::empty(shape, at::TensorOptions().dtype(type).pinned_memory(pinned));
-  if (bytes > 0) std::memcpy(out.tokens.data_ptr(), tensor.raw_data().data(), static_cast<size_t>(bytes));
-  if (bytes > 0 && !all_finite(out.tokens)) {
-    fail(ErrorCode::kInvalidArgument, field, " has non-finite values (NaN or infinity)");
+  const c10::ScalarType held = store_as.value_or(type);
+  TORCH_CHECK(held == at::kFloat || held == at::kBFloat16 || held == at::kHalf,
+              "decode_tokens: store_as must be float32, bfloat16 or float16");
+  out.tokens = at::empty(shape, at::TensorOptions().dtype(held).pinned_memory(pinned));
+  if (bytes == 0) return out;
+  ConvertFlags flags;
+  if (held == type) {
+    std::memcpy(out.tokens.data_ptr(), tensor.raw_data().data(), static_cast<size_t>(bytes));
+    flags.non_finite = !all_finite(out.tokens);
+  } else {
+    flags = convert_wire(tensor.raw_data().data(), type, out.tokens);
+  }
+  if (flags.non_finite) fail(ErrorCode::kInvalidArgument, field, " has non-finite values (NaN or infinity)");
+  if (flags.overflow) {
+    fail(ErrorCode::kInvalidArgument, field, " has values outside the range of the stack's ", c10::toString(held),
+         " (they overflow to infinity)");
   }
   return out;
 }
 
 void encode_tokens(const at::Tensor& tokens, bool unbatched, v1::DType dtype, v1::Tensor* out) {
-  at::Tensor t = tokens.to(at::kCPU, scalar_type(dtype, "output")).contiguous();
-  if (unbatched) t = t.squeeze(0);
+  const c10::ScalarType type = scalar_type(dtype, "output");
   out->set_dtype(dtype);
   out->clear_shape();
-  for (int64_t s : t.sizes()) out->add_shape(s);
+  for (int64_t i = unbatched && tokens.size(0) == 1 ? 1 : 0; i < tokens.dim(); ++i) out->add_shape(tokens.size(i));
+  if (type == at::kFloat && (tokens.scalar_type() == at::kBFloat16 || tokens.scalar_type() == at::kHalf) &&
+      tokens.is_cpu() && tokens.is_contiguous()) {
+    std::string* raw = out->mutable_raw_data();
+    raw->resize(static_cast<size_t>(tokens.numel()) * 4);
+    widen_to_float(tokens, raw->data());
+    return;
+  }
+  const at::Tensor t = tokens.to(at::kCPU, type).contiguous();
   out->set_raw_data(t.data_ptr(), static_cast<size_t>(t.numel()) * t.element_size());
 }
 

@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace hvlm {
@@ -26,10 +27,16 @@ struct DecodedTokens {
 // permits T = 0 (memories). `max_tokens` bounds B * T (RESOURCE_EXHAUSTED beyond it).
 // `pinned`: put the tokens in page-locked memory (for a stack on a GPU: the copy to the device
 // can then run asynchronously); needs a CUDA-enabled LibTorch.
+// `store_as`: hold the tokens in this dtype (the stack's, so that nothing converts them again)
+// instead of the wire's. The copy out of the message converts (rounding to nearest even, as
+// at::Tensor::to) and checks the values in the same pass; a finite wire value that overflows
+// `store_as` (above 3.4e38 for bfloat16, 65504 for float16) is INVALID_ARGUMENT.
 DecodedTokens decode_tokens(const v1::Tensor& tensor, const std::string& field, int64_t max_tokens,
-                            bool allow_empty_time, bool pinned = false);
+                            bool allow_empty_time, bool pinned = false,
+                            std::optional<c10::ScalarType> store_as = std::nullopt);
 
-// Encodes `tokens` ([B, T, D], any device, floating) as `dtype`; drops B when `unbatched`.
+// Encodes `tokens` ([B, T, D], any device, floating) as `dtype`; drops B when `unbatched`. A
+// contiguous host tensor is converted straight into the message's bytes (one pass).
 void encode_tokens(const at::Tensor& tokens, bool unbatched, v1::DType dtype, v1::Tensor* out);
 
 }  // namespace hvlm

@@ -7,6 +7,7 @@
 #include "attention/safetensors.h"
 
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 
 #include <atomic>
 #include <thread>
@@ -630,6 +631,43 @@ TEST_F(AttentionServiceTest, CloseSessionFreesItAndGetReportsBytes) {
   export_state(id, &st);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(ts_.server->sessions().stats().memory_bytes, 0);
+}
+
+// On a GPU stack in bfloat16, float32 features are decoded straight into the stack's dtype in
+// pinned memory (no second conversion), with and without cross-session batching: the streamed
+// outputs equal the library's on the CPU in float32 within the GPU issue's 2e-2 and come back as
+// float32; a value past bfloat16's range fails its segment with INVALID_ARGUMENT naming the
+// dtype, and the session goes on from there. Skipped where LibTorch sees no CUDA device.
+TEST(AttentionServiceGpuTest, Float32FeaturesIntoABFloat16StackMatchTheCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device visible";
+  for (const bool batching : {false, true}) {
+    ServerConfig config = test_config({{"all", all_blocks_spec()}});
+    config.device = "cuda";
+    config.dtype = "bfloat16";
+    config.batching.enabled = batching;
+    TestServer ts(config);
+    const StackConfig& sc = config.stacks.front();
+    ReferenceSession ref(reference_stack(sc), sc.memory);
+    const std::string id = open_session(*ts.stub, "all");
+    std::vector<at::Tensor> segments;
+    for (int64_t t : {9, 16, 5, 12}) segments.push_back(at::randn({1, t, 32}));
+    std::vector<at::Tensor> outputs;
+    ASSERT_TRUE(stream_segments(*ts.stub, id, segments, 0, &outputs).ok()) << "batching " << batching;
+    ASSERT_EQ(outputs.size(), segments.size());
+    for (size_t i = 0; i < segments.size(); ++i) {
+      EXPECT_LE(rel_error(outputs[i], ref.step(segments[i])), 2e-2) << "segment " << i << ", batching " << batching;
+    }
+    at::Tensor too_large = at::randn({1, 6, 32});
+    too_large[0][2][7] = 3.4e38f;  // finite in float32, infinite in bfloat16
+    const grpc::Status st = stream_segments(*ts.stub, id, {too_large}, 4, nullptr);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(st.error_message().find("outside the range of the stack's BFloat16"), std::string::npos)
+        << st.error_message();
+    const at::Tensor next = at::randn({1, 6, 32});
+    outputs.clear();
+    ASSERT_TRUE(stream_segments(*ts.stub, id, {next}, 4, &outputs).ok()) << "batching " << batching;
+    EXPECT_LE(rel_error(outputs.at(0), ref.step(next)), 2e-2) << "batching " << batching;
+  }
 }
 
 }  // namespace
