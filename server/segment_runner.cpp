@@ -28,7 +28,8 @@ using Clock = std::chrono::steady_clock;
 
 // Checks x against the stack and converts it to the stack's dtype where it is (on the host for
 // requests; it moves to the stack's device with its batch, see to_stack_device): for a GPU
-// stack into pinned memory, from which the device reads it directly. A value finite
+// stack into pinned memory, from which the device reads it directly. (A stream's features
+// arrive decoded in the stack's dtype, pinned, so they pass through unchanged.) A value finite
 // in the wire dtype may overflow the stack's (3e38 in bfloat16, 7e4 in float16): that is the
 // caller's input error, caught here rather than inside a (possibly batched) forward pass.
 at::Tensor prepare(const HostedStack& stack, const at::Tensor& x, const char* what) {

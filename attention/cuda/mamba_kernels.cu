@@ -28,7 +28,11 @@
 //   splitting a channel's states over a lane pair here was 25-45% slower; and lanes over state
 //   pairs, 8 lanes a channel and one 4-warp block an SM (commit 86e593b), 3x slower: 3182 vs
 //   1065 us at 64k, its per-lane 16-byte shared-memory loads 4 wavefronts each with the latency
-//   exposed at one warp a scheduler. docs/benchmarks.md.)
+//   exposed at one warp a scheduler; and lanes over 16-step segments of time with each step's
+//   decay kept for a second walk (17 exps per 16 steps instead of 32; commit 73ee3ae), 1.42x
+//   slower: 1501 vs 1053 us at 64k, 12.7 instructions per state update issued at 46% with the
+//   12 warps an SM that batch 1 gives, every lane reading its own steps' B and C from shared
+//   memory (~385 us of its bandwidth at 64k). docs/benchmarks.md.)
 //   The chunked form runs at high occupancy with no inter-block
 //   waits, is simple to verify, and its pass-1 overhead vanishes where it is not needed: the
 //   chunk count is sized so pass 3 fills the GPU in one wave, so a short sequence or a large
