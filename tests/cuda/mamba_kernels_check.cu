@@ -22,7 +22,8 @@
 //   ./check [--seed N]      correctness; exit code 0 only if every case passes
 //   ./check --bench         times conv and scan at batch 1, length 8192, 1536 channels,
 //                           16 states, bf16 (median of 50 after warm-up); --lengths 8192,65536
-//                           for other lengths
+//                           for other lengths; ends with an overlap probe (the input stage and
+//                           the scan on two streams at once against one after the other)
 #include "../../attention/cuda/delta_projection.h"
 #include "../../attention/cuda/fast_math.cuh"
 #include "../../attention/cuda/mamba_input.h"
@@ -1043,6 +1044,43 @@ int bench(Rng& rng, int64_t L) {
   const double updates = static_cast<double>(B * L * E * N);
   std::printf("  scan: %.2f G state updates/s (exp unit floor ~48 us per pass at 16/clk/SM)\n",
               updates / scan_us * 1e-3);
+
+  // Overlap probe: the input stage and the scan on a ready delta (independent operands) on two
+  // streams at once, the scan launched first, against the two one after the other. How much of
+  // the input stage's time the GPU hides behind the exp-bound scan when their blocks share SMs.
+  cudaStream_t first, second;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&first, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaStreamCreateWithFlags(&second, cudaStreamNonBlocking));
+  cudaEvent_t fork, join1, join2;
+  CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventCreateWithFlags(&join1, cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventCreateWithFlags(&join2, cudaEventDisableTiming));
+  mk::SelectiveScanArgs s_first = s_plain;
+  s_first.stream = first;
+  mk::MambaInputArgs ia_second = ia;
+  ia_second.stream = second;
+  const double both_us = median_us([&] {
+    CUDA_CHECK(cudaEventRecord(fork, nullptr));
+    CUDA_CHECK(cudaStreamWaitEvent(first, fork, 0));
+    CUDA_CHECK(cudaStreamWaitEvent(second, fork, 0));
+    mk::selective_scan(s_first);
+    mk::mamba_input_stage(ia_second);
+    CUDA_CHECK(cudaEventRecord(join1, first));
+    CUDA_CHECK(cudaEventRecord(join2, second));
+    CUDA_CHECK(cudaStreamWaitEvent(nullptr, join1, 0));
+    CUDA_CHECK(cudaStreamWaitEvent(nullptr, join2, 0));
+  });
+  const double serial_us = median_us([&] {
+    mk::selective_scan(s_plain);
+    mk::mamba_input_stage(ia);
+  });
+  std::printf("  overlap: scan %.1f us + input stage %.1f us one after the other %.1f us; on two streams at once %.1f us\n",
+              plain_us, input_us, serial_us, both_us);
+  CUDA_CHECK(cudaStreamSynchronize(first));
+  CUDA_CHECK(cudaStreamSynchronize(second));
+  for (cudaEvent_t e : {fork, join1, join2}) CUDA_CHECK(cudaEventDestroy(e));
+  CUDA_CHECK(cudaStreamDestroy(first));
+  CUDA_CHECK(cudaStreamDestroy(second));
   return 0;
 }
 
