@@ -430,13 +430,14 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
         log::debug("stream attached", {{"session_id", info_.session_id}});
         session_id_ = request_.session_id();
         info_.stack = service_->sessions_.info(session_id_).stack;
+        stack_dtype_ = service_->stack_or_throw(info_.stack).dtype;
       } else if (!request_.session_id().empty() && request_.session_id() != session_id_) {
         fail(ErrorCode::kInvalidArgument, "this stream serves session '", session_id_,
              "'; a message named session '", request_.session_id(), "'");
       }
       // Straight into the stack's dtype: prepare_segment then has nothing to convert.
       DecodedTokens in = decode_tokens(request_.features(), "features", service_->limits_.max_tokens_per_segment,
-                                       false, service_->pinned_, service_->stack_or_throw(info_.stack).dtype);
+                                       false, service_->pinned_, stack_dtype_);
       t.decode_micros = micros_between(start, Clock::now());
       unbatched_ = in.unbatched;
       wire_dtype_ = in.dtype;
@@ -501,6 +502,7 @@ class SegmentStreamReactor final : public grpc::ServerBidiReactor<v1::SegmentReq
   Clock::time_point arrival_;
   std::string session_id_;                           // set by the first message
   AttentionServiceImpl::CallInfo info_;              // the stream's stack and session, once known
+  c10::ScalarType stack_dtype_ = at::kFloat;         // that stack's dtype, once known
   // The segment in flight (one at a time): its timings and how to encode its output.
   StageTimings timings_;
   bool unbatched_ = false;

@@ -1,6 +1,7 @@
 #include "server/segment_runner.h"
 
 #include "server/service_error.h"
+#include "server/tensor_codec.h"
 
 #include "attention/batch_split.h"
 #include "attention/tensor_checks.h"
@@ -43,10 +44,7 @@ at::Tensor prepare(const HostedStack& stack, const at::Tensor& x, const char* wh
   at::Tensor converted = to_pinned
                              ? at::empty(x.sizes(), x.options().dtype(stack.dtype).pinned_memory(true)).copy_(x)
                              : x.to(stack.dtype);
-  if (stack.dtype != x.scalar_type() && !all_finite(converted)) {
-    fail(ErrorCode::kInvalidArgument, what, " has values outside the range of the stack's ",
-         c10::toString(stack.dtype), " (they overflow to infinity)");
-  }
+  if (stack.dtype != x.scalar_type() && !all_finite(converted)) fail_outside_range(what, stack.dtype);
   return converted;
 }
 

@@ -155,11 +155,13 @@ DecodedTokens decode_tokens(const v1::Tensor& tensor, const std::string& field, 
     flags = convert_wire(tensor.raw_data().data(), type, out.tokens);
   }
   if (flags.non_finite) fail(ErrorCode::kInvalidArgument, field, " has non-finite values (NaN or infinity)");
-  if (flags.overflow) {
-    fail(ErrorCode::kInvalidArgument, field, " has values outside the range of the stack's ", c10::toString(held),
-         " (they overflow to infinity)");
-  }
+  if (flags.overflow) fail_outside_range(field, held);
   return out;
+}
+
+void fail_outside_range(const std::string& field, c10::ScalarType dtype) {
+  fail(ErrorCode::kInvalidArgument, field, " has values outside the range of the stack's ", c10::toString(dtype),
+       " (they overflow to infinity)");
 }
 
 void encode_tokens(const at::Tensor& tokens, bool unbatched, v1::DType dtype, v1::Tensor* out) {

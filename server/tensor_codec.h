@@ -35,6 +35,10 @@ DecodedTokens decode_tokens(const v1::Tensor& tensor, const std::string& field, 
                             bool allow_empty_time, bool pinned = false,
                             std::optional<c10::ScalarType> store_as = std::nullopt);
 
+// Fails with INVALID_ARGUMENT: `field` holds finite values that overflow `dtype`, the stack's
+// (the one message for it, whether found while decoding or while preparing a segment).
+[[noreturn]] void fail_outside_range(const std::string& field, c10::ScalarType dtype);
+
 // Encodes `tokens` ([B, T, D], any device, floating) as `dtype`; drops B when `unbatched`. A
 // contiguous host tensor is converted straight into the message's bytes (one pass).
 void encode_tokens(const at::Tensor& tokens, bool unbatched, v1::DType dtype, v1::Tensor* out);
